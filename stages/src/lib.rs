@@ -1,0 +1,2 @@
+//! Stage implementations: index, plan, train, embed, cluster, retrieve, report.
+pub mod train;

@@ -1,0 +1,1 @@
+//! Training: backbones, heads, ranking losses, optimisers and schedules (tch).
