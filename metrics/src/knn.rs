@@ -1,0 +1,551 @@
+//! Exact k-nearest-neighbour search over a gallery, in bounded memory.
+//!
+//! [`knn`] ranks every gallery item for every query with the fused engine of
+//! the `kernel` module: the gallery is packed once, queries are scanned in
+//! blocks of [`QUERY_BLOCK`] rows in parallel (rayon), and each row keeps its
+//! `k` best in a threshold-filtered buffer. Peak memory is the packed gallery,
+//! the output, and per-thread block buffers: never the `queries × gallery`
+//! distance matrix (14.6 GB at SOP scale).
+
+use crate::error::MetricsError;
+use crate::kernel::{
+    combine, dot_seq, key_dist, key_index, normalized_rows, squared_norms, PackedGallery,
+    QueryRows, RowSink, Rows, TopK, QUERY_BLOCK,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// The distance neighbours are ranked by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    /// Euclidean distance `‖q − g‖`. Ranked by the squared distance
+    /// `‖q‖² + ‖g‖² − 2 q·g`, clamped at 0 before the square root that the
+    /// reported distances take.
+    #[default]
+    Euclidean,
+    /// Cosine distance `1 − cos(q, g)`, computed on unit-length copies of the
+    /// rows (an all-zero row stays zero: distance 1 to everything), clamped
+    /// at 0.
+    Cosine,
+}
+
+/// Gallery items a query may not retrieve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclude {
+    /// Every gallery item is a candidate (query → gallery protocols such as
+    /// In-shop).
+    #[default]
+    None,
+    /// Leave-one-out: query `i` is gallery item `i` and never retrieves itself
+    /// (CUB, SOP: the test set is searched against itself). Needs as many
+    /// queries as gallery items.
+    SameIndex,
+}
+
+impl Exclude {
+    /// Gallery items each query can rank.
+    pub fn available(self, gallery: usize) -> usize {
+        match self {
+            Exclude::None => gallery,
+            Exclude::SameIndex => gallery.saturating_sub(1),
+        }
+    }
+}
+
+/// The `k` nearest gallery items of each query, nearest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbors {
+    /// Neighbours per query.
+    pub k: usize,
+    /// Row-major `queries × k` gallery indices. Equal distances are ordered by
+    /// lower gallery index.
+    pub idx: Vec<u32>,
+    /// Row-major `queries × k` distances in the requested [`Distance`]
+    /// (true Euclidean distances, not squared).
+    pub dist: Vec<f32>,
+}
+
+impl Neighbors {
+    /// Number of queries.
+    pub fn queries(&self) -> usize {
+        self.idx.len().checked_div(self.k).unwrap_or(0)
+    }
+
+    /// Indices and distances of query `i`'s neighbours, nearest first.
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let r = i * self.k..(i + 1) * self.k;
+        (&self.idx[r.clone()], &self.dist[r])
+    }
+}
+
+/// Checks a row-major matrix and returns its row count.
+pub(crate) fn check_rows(
+    what: &'static str,
+    data: &[f32],
+    dim: usize,
+) -> Result<usize, MetricsError> {
+    if dim == 0 {
+        return Err(MetricsError::ZeroDim);
+    }
+    if !data.len().is_multiple_of(dim) {
+        return Err(MetricsError::RaggedRows {
+            what,
+            len: data.len(),
+            dim,
+        });
+    }
+    let rows = data.len() / dim;
+    if rows == 0 {
+        return Err(MetricsError::Empty { what });
+    }
+    // u32::MAX is reserved as "no index".
+    let max = u32::MAX as usize - 1;
+    if rows > max {
+        return Err(MetricsError::TooManyRows { what, rows, max });
+    }
+    if let Some(pos) = data.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(MetricsError::NonFinite {
+            what,
+            row: pos / dim,
+        });
+    }
+    Ok(rows)
+}
+
+/// A prepared exact search: inputs validated, gallery packed, per-row terms
+/// computed. Shared by [`knn`] and the one-pass retrieval evaluation.
+pub(crate) struct Search<'a> {
+    packed: PackedGallery,
+    queries: Cow<'a, [f32]>,
+    gallery: Cow<'a, [f32]>,
+    qaux: Vec<f32>,
+    gaux: Vec<f32>,
+    scale: f32,
+    dim: usize,
+    nq: usize,
+    exclude: Exclude,
+    distance: Distance,
+}
+
+impl<'a> Search<'a> {
+    /// Validates the matrices and packs the gallery.
+    pub(crate) fn new(
+        queries: &'a [f32],
+        gallery: &'a [f32],
+        dim: usize,
+        distance: Distance,
+        exclude: Exclude,
+    ) -> Result<Self, MetricsError> {
+        let nq = check_rows("queries", queries, dim)?;
+        let ng = check_rows("gallery", gallery, dim)?;
+        if exclude == Exclude::SameIndex && nq != ng {
+            return Err(MetricsError::LeaveOneOutShape {
+                queries: nq,
+                gallery: ng,
+            });
+        }
+        let (queries, gallery, qaux, gaux, scale) = match distance {
+            Distance::Euclidean => {
+                let (qa, ga) = (squared_norms(queries, dim), squared_norms(gallery, dim));
+                (Cow::Borrowed(queries), Cow::Borrowed(gallery), qa, ga, -2.0)
+            }
+            Distance::Cosine => {
+                let (q, g) = (normalized_rows(queries, dim), normalized_rows(gallery, dim));
+                (
+                    Cow::Owned(q),
+                    Cow::Owned(g),
+                    vec![1.0; nq],
+                    vec![0.0; ng],
+                    -1.0,
+                )
+            }
+        };
+        let packed = PackedGallery::new(&gallery, dim, &gaux, scale, None);
+        Ok(Search {
+            packed,
+            queries,
+            gallery,
+            qaux,
+            gaux,
+            scale,
+            dim,
+            nq,
+            exclude,
+            distance,
+        })
+    }
+
+    /// Refuses a search depth of 0 or beyond what each query can rank.
+    pub(crate) fn check_depth(&self, k: usize) -> Result<(), MetricsError> {
+        if k == 0 {
+            return Err(MetricsError::ZeroK { what: "k" });
+        }
+        let available = self.exclude.available(self.gallery());
+        if k > available {
+            return Err(MetricsError::KTooLarge {
+                k,
+                available,
+                gallery: self.gallery(),
+                leave_one_out: self.exclude == Exclude::SameIndex,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queries(&self) -> usize {
+        self.nq
+    }
+
+    pub(crate) fn gallery(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// Number of query blocks (the unit of parallel work).
+    pub(crate) fn blocks(&self) -> usize {
+        self.nq.div_ceil(QUERY_BLOCK)
+    }
+
+    /// The query rows of block `b`.
+    pub(crate) fn block_rows(&self, b: usize) -> Range<usize> {
+        b * QUERY_BLOCK..((b + 1) * QUERY_BLOCK).min(self.nq)
+    }
+
+    /// Scans every admissible gallery item for each row of block `b`
+    /// (`sinks[i]` receives row `block_rows(b).start + i`).
+    pub(crate) fn scan<S: RowSink>(&self, b: usize, sinks: &mut [S]) {
+        let rows = self.block_rows(b);
+        debug_assert_eq!(sinks.len(), rows.len());
+        let q = QueryRows {
+            data: &self.queries,
+            aux: &self.qaux,
+            dim: self.dim,
+        };
+        self.packed.scan_block(
+            q,
+            Rows::Range(rows.start, rows.len()),
+            self.exclude == Exclude::SameIndex,
+            sinks,
+        );
+    }
+
+    /// The ranking distance of query `i` and gallery item `j`, bit-identical
+    /// to what [`scan`](Self::scan) offers for that pair.
+    pub(crate) fn pair(&self, i: usize, j: usize) -> f32 {
+        let d = self.dim;
+        combine(
+            self.qaux[i],
+            self.gaux[j],
+            self.scale,
+            dot_seq(
+                &self.queries[i * d..(i + 1) * d],
+                &self.gallery[j * d..(j + 1) * d],
+            ),
+        )
+    }
+
+    /// The reported distance for a ranking distance.
+    pub(crate) fn report(&self, d: f32) -> f32 {
+        match self.distance {
+            Distance::Euclidean => d.sqrt(),
+            Distance::Cosine => d,
+        }
+    }
+}
+
+/// Exact `k`-nearest-neighbour search of `gallery` for every row of `queries`.
+///
+/// * `queries`, `gallery`: row-major `f32` matrices of `dim` columns, finite.
+/// * `k`: neighbours per query, at least 1 and at most the gallery items a
+///   query can rank (`gallery`, or `gallery − 1` with [`Exclude::SameIndex`]);
+///   more is [`MetricsError::KTooLarge`].
+/// * Results are exact for the distance as computed in `f32` (see
+///   [`Distance`]), nearest first, equal distances ordered by lower gallery
+///   index. The same pair gets the same distance bits wherever it appears, so
+///   duplicated gallery vectors tie exactly.
+///
+/// Runs on the current rayon pool (wrap the call in `ThreadPool::install` to
+/// choose the thread count); results do not depend on the thread count.
+/// Memory: one packed copy of the gallery, the `queries × k` output, and
+/// per-thread buffers of `QUERY_BLOCK × 2k` candidates.
+pub fn knn(
+    queries: &[f32],
+    gallery: &[f32],
+    dim: usize,
+    k: usize,
+    distance: Distance,
+    exclude: Exclude,
+) -> Result<Neighbors, MetricsError> {
+    let search = Search::new(queries, gallery, dim, distance, exclude)?;
+    search.check_depth(k)?;
+    let nq = search.queries();
+    let mut idx = vec![0u32; nq * k];
+    let mut dist = vec![0.0f32; nq * k];
+    idx.par_chunks_mut(QUERY_BLOCK * k)
+        .zip(dist.par_chunks_mut(QUERY_BLOCK * k))
+        .enumerate()
+        .try_for_each_init(Vec::<TopK>::new, |sinks, (b, (ic, dc))| {
+            let rows = search.block_rows(b);
+            sinks.resize_with(rows.len(), || TopK::new(k));
+            sinks.truncate(rows.len());
+            sinks.iter_mut().for_each(|s| s.reset(k));
+            search.scan(b, sinks);
+            for (i, sink) in sinks.iter_mut().enumerate() {
+                let list = sink.finish();
+                if list.len() < k {
+                    // Every candidate is offered unless its distance is NaN,
+                    // which finite inputs produce only by overflow.
+                    return Err(MetricsError::DistanceOverflow {
+                        row: rows.start + i,
+                    });
+                }
+                for (t, &e) in list.iter().enumerate() {
+                    ic[i * k + t] = key_index(e);
+                    dc[i * k + t] = search.report(key_dist(e));
+                }
+            }
+            Ok(())
+        })?;
+    Ok(Neighbors { k, idx, dist })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{combine, dot_seq};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Scalar brute force with the engine's formula: every distance, full sort.
+    fn brute(
+        q: &[f32],
+        g: &[f32],
+        dim: usize,
+        k: usize,
+        distance: Distance,
+        exclude: Exclude,
+    ) -> Neighbors {
+        let (q, g, qa, ga, scale) = match distance {
+            Distance::Euclidean => {
+                let qa = q.chunks(dim).map(|x| dot_seq(x, x)).collect::<Vec<_>>();
+                let ga = g.chunks(dim).map(|x| dot_seq(x, x)).collect::<Vec<_>>();
+                (q.to_vec(), g.to_vec(), qa, ga, -2.0)
+            }
+            Distance::Cosine => {
+                let q = normalized_rows(q, dim);
+                let g = normalized_rows(g, dim);
+                let (nq, ng) = (q.len() / dim, g.len() / dim);
+                (q, g, vec![1.0; nq], vec![0.0; ng], -1.0)
+            }
+        };
+        let mut idx = Vec::new();
+        let mut dist = Vec::new();
+        for (i, x) in q.chunks(dim).enumerate() {
+            let mut all: Vec<(f32, u32)> = g
+                .chunks(dim)
+                .enumerate()
+                .filter(|&(j, _)| !(exclude == Exclude::SameIndex && j == i))
+                .map(|(j, y)| (combine(qa[i], ga[j], scale, dot_seq(x, y)), j as u32))
+                .collect();
+            all.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+            for &(d, j) in &all[..k] {
+                idx.push(j);
+                dist.push(if distance == Distance::Euclidean {
+                    d.sqrt()
+                } else {
+                    d
+                });
+            }
+        }
+        Neighbors { k, idx, dist }
+    }
+
+    /// Random rows with planted exact duplicates and coarse values (many ties).
+    fn data(n: usize, dim: usize, seed: u64, coarse: bool) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut v: Vec<f32> = (0..n * dim)
+            .map(|_| {
+                if coarse {
+                    rng.gen_range(-2i32..=2) as f32
+                } else {
+                    rng.gen_range(-1.0f32..1.0)
+                }
+            })
+            .collect();
+        for _ in 0..n / 4 {
+            let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
+            let src = v[a * dim..(a + 1) * dim].to_vec();
+            v[b * dim..(b + 1) * dim].copy_from_slice(&src);
+        }
+        v
+    }
+
+    #[test]
+    fn matches_brute_force_exactly() {
+        for &(nq, ng, dim, k) in &[
+            (50usize, 300usize, 16usize, 10usize),
+            (130, 257, 3, 40),
+            (7, 33, 128, 33),
+            (241, 241, 5, 1),
+        ] {
+            for coarse in [false, true] {
+                let q = data(nq, dim, 1, coarse);
+                let g = data(ng, dim, 2, coarse);
+                for distance in [Distance::Euclidean, Distance::Cosine] {
+                    let got = knn(&q, &g, dim, k, distance, Exclude::None).unwrap();
+                    assert_eq!(
+                        got,
+                        brute(&q, &g, dim, k, distance, Exclude::None),
+                        "{nq} {ng} {dim} {k} {coarse} {distance:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leave_one_out_matches_brute_force_with_duplicates() {
+        for &(n, dim, k) in &[(300usize, 8usize, 25usize), (121, 2, 120), (64, 64, 7)] {
+            for coarse in [false, true] {
+                let x = data(n, dim, 3, coarse);
+                for distance in [Distance::Euclidean, Distance::Cosine] {
+                    let got = knn(&x, &x, dim, k, distance, Exclude::SameIndex).unwrap();
+                    let want = brute(&x, &x, dim, k, distance, Exclude::SameIndex);
+                    assert_eq!(got, want, "{n} {dim} {k} {coarse} {distance:?}");
+                    for i in 0..n {
+                        assert!(!got.row(i).0.contains(&(i as u32)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_tie_and_order_by_index() {
+        // Gallery: the same vector five times, then a far one.
+        let dim = 3;
+        let mut g = Vec::new();
+        for _ in 0..5 {
+            g.extend_from_slice(&[0.3f32, -1.7, 2.2]);
+        }
+        g.extend_from_slice(&[9.0, 9.0, 9.0]);
+        let q = [0.3f32, -1.7, 2.2];
+        let nb = knn(&q, &g, dim, 6, Distance::Euclidean, Exclude::None).unwrap();
+        assert_eq!(nb.idx, vec![0, 1, 2, 3, 4, 5]);
+        assert!(nb.dist[..5].iter().all(|&d| d == 0.0));
+        let nb = knn(&g, &g, dim, 4, Distance::Euclidean, Exclude::SameIndex).unwrap();
+        assert_eq!(nb.row(2).0, &[0, 1, 3, 4]);
+        assert_eq!(nb.row(5).0, &[0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn reports_true_euclidean_and_cosine_distances() {
+        let dim = 2;
+        let g = [3.0f32, 4.0, 0.0, 1.0, -2.0, 0.0];
+        let q = [0.0f32, 0.0, 1.0, 0.0];
+        let nb = knn(&q, &g, dim, 3, Distance::Euclidean, Exclude::None).unwrap();
+        assert_eq!(nb.row(0).0, &[1, 2, 0]);
+        let want = [1.0f32, 2.0, 5.0];
+        for (d, w) in nb.row(0).1.iter().zip(want) {
+            assert!((d - w).abs() < 1e-6, "{d} vs {w}");
+        }
+        let nb = knn(&q[2..], &g, dim, 3, Distance::Cosine, Exclude::None).unwrap();
+        // cos with (1,0): (3,4) → 0.6, (0,1) → 0, (-2,0) → -1.
+        assert_eq!(nb.idx, vec![0, 1, 2]);
+        for (d, w) in nb.dist.iter().zip([0.4f32, 1.0, 2.0]) {
+            assert!((d - w).abs() < 1e-6, "{d} vs {w}");
+        }
+    }
+
+    #[test]
+    fn distances_agree_with_direct_f64_computation() {
+        let dim = 32;
+        let q = data(40, dim, 5, false);
+        let g = data(200, dim, 6, false);
+        let nb = knn(&q, &g, dim, 50, Distance::Euclidean, Exclude::None).unwrap();
+        for i in 0..40 {
+            let (idx, dist) = nb.row(i);
+            for (&j, &d) in idx.iter().zip(dist) {
+                let exact: f64 = (0..dim)
+                    .map(|p| {
+                        let t = f64::from(q[i * dim + p]) - f64::from(g[j as usize * dim + p]);
+                        t * t
+                    })
+                    .sum::<f64>()
+                    .sqrt();
+                assert!(
+                    (f64::from(d) - exact).abs() < 1e-3 * exact.max(1.0),
+                    "{d} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let g = [0.0f32; 12];
+        assert!(matches!(
+            knn(&g, &g, 3, 4, Distance::Euclidean, Exclude::SameIndex),
+            Err(MetricsError::KTooLarge {
+                k: 4,
+                available: 3,
+                gallery: 4,
+                leave_one_out: true
+            })
+        ));
+        assert!(matches!(
+            knn(&g, &g, 3, 5, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::KTooLarge {
+                k: 5,
+                available: 4,
+                ..
+            })
+        ));
+        assert!(knn(&g, &g, 3, 4, Distance::Euclidean, Exclude::None).is_ok());
+        assert!(matches!(
+            knn(&g, &g, 5, 1, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::RaggedRows { .. })
+        ));
+        assert!(matches!(
+            knn(&g, &g, 0, 1, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::ZeroDim)
+        ));
+        assert!(matches!(
+            knn(&g, &g, 3, 0, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::ZeroK { .. })
+        ));
+        assert!(matches!(
+            knn(&g[..6], &g, 3, 1, Distance::Euclidean, Exclude::SameIndex),
+            Err(MetricsError::LeaveOneOutShape { .. })
+        ));
+        let mut bad = g;
+        bad[7] = f32::NAN;
+        assert!(matches!(
+            knn(&g, &bad, 3, 1, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::NonFinite {
+                what: "gallery",
+                row: 2
+            })
+        ));
+        assert!(matches!(
+            knn(&[], &g, 3, 1, Distance::Euclidean, Exclude::None),
+            Err(MetricsError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn same_result_on_one_and_two_threads() {
+        let x = data(500, 24, 8, true);
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| knn(&x, &x, 24, 30, Distance::Euclidean, Exclude::SameIndex).unwrap())
+        };
+        assert_eq!(run(1), run(2));
+    }
+}
