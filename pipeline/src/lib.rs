@@ -1,1 +1,23 @@
-//! placeholder
+//! The engine: stages, the DAG, stage keys, explain, the scheduler and run records.
+//!
+//! The engine never names a stage: it sees them through the [`Stage`] trait. A
+//! stage's key is the blake3 of everything that changes its output (its name and
+//! code version, its canonical settings, its inputs' keys, an optional dataset
+//! fingerprint, and a global schema salt) and nothing else.
+#![deny(missing_docs)]
+
+mod error;
+mod explain;
+mod graph;
+mod key;
+mod record;
+mod scheduler;
+mod stage;
+
+pub use error::PipelineError;
+pub use explain::{flatten_settings, Plan, PlannedNode, Reason, Status};
+pub use graph::{Graph, NodeId};
+pub use key::{canonical_json, stage_key, SCHEMA_SALT};
+pub use record::{file_safe, RecordNode, RunRecord};
+pub use scheduler::{execute, Event, ExecOptions, ExecSummary, Outcome};
+pub use stage::{BoxError, PlanEnv, RunContext, Stage};

@@ -1,0 +1,466 @@
+//! The store: lookup with verification, staging directories, atomic commit, listing.
+use crate::{FileEntry, KeyLock, Manifest, StoreError};
+use rand::Rng;
+use rayon::prelude::*;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A store root on disk.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+/// The result of looking a key up.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A finished artifact whose files match its manifest.
+    Hit(Box<Manifest>),
+    /// No artifact under that key.
+    Missing,
+    /// An artifact exists but does not match its manifest (the reason says how).
+    Corrupt(String),
+}
+
+/// One finished artifact, as listed by [`ArtifactStore::list`].
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Stage name.
+    pub stage: String,
+    /// Key.
+    pub key: String,
+    /// Directory.
+    pub dir: PathBuf,
+    /// The manifest, if readable.
+    pub manifest: Option<Manifest>,
+}
+
+impl ArtifactStore {
+    /// Opens (creating if needed) a store at `root`, checking that it can be written.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for sub in ["objects", "tmp", "runs", "locks", "cache"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(|source| StoreError::NotWritable {
+                path: root.clone(),
+                source,
+            })?;
+        }
+        // Creating directories may succeed on an existing read-only tree; probe a write.
+        let probe = root
+            .join("tmp")
+            .join(format!(".probe-{}", std::process::id()));
+        fs::write(&probe, b"").map_err(|source| StoreError::NotWritable {
+            path: root.clone(),
+            source,
+        })?;
+        let _ = fs::remove_file(&probe);
+        Ok(ArtifactStore { root })
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a finished artifact lives.
+    pub fn object_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join("objects").join(stage).join(key)
+    }
+
+    /// The run records directory.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    /// A cache directory that is not an artifact (created if needed).
+    pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("cache").join(name);
+        fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Looks up an artifact; with `verify`, every file is re-hashed, otherwise only
+    /// files whose size or mtime differ from the manifest are.
+    pub fn lookup(&self, stage: &str, key: &str, verify: bool) -> Result<Lookup, StoreError> {
+        let dir = self.object_dir(stage, key);
+        if !dir.exists() {
+            return Ok(Lookup::Missing);
+        }
+        let manifest_path = dir.join("manifest.json");
+        if !manifest_path.exists() {
+            return Ok(Lookup::Corrupt("its manifest.json is missing".into()));
+        }
+        let manifest = match Manifest::read(&manifest_path) {
+            Ok(m) => m,
+            Err(e) => return Ok(Lookup::Corrupt(e.to_string())),
+        };
+        if manifest.key != key || manifest.stage != stage {
+            return Ok(Lookup::Corrupt(format!(
+                "its manifest names {} {}",
+                manifest.stage, manifest.key
+            )));
+        }
+        let problem = manifest
+            .files
+            .par_iter()
+            .find_map_any(|entry| check_file(&dir, entry, verify));
+        Ok(match problem {
+            Some(p) => Lookup::Corrupt(p),
+            None => Lookup::Hit(Box::new(manifest)),
+        })
+    }
+
+    /// Takes the build lock for a key; `on_wait` is called if another process holds it.
+    pub fn lock(
+        &self,
+        stage: &str,
+        key: &str,
+        on_wait: impl FnOnce(),
+    ) -> Result<KeyLock, StoreError> {
+        KeyLock::acquire(&self.lock_path(stage, key), on_wait)
+    }
+
+    fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{stage}-{key}.lock"))
+    }
+
+    /// Starts writing an artifact in a fresh temporary directory of this store.
+    pub fn begin(&self, stage: &str, key: &str) -> Result<Staging, StoreError> {
+        let tag: u64 = rand::thread_rng().gen();
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{stage}-{key}-{tag:016x}"));
+        fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
+        Ok(Staging {
+            dir,
+            target: self.object_dir(stage, key),
+            stage: stage.to_string(),
+            key: key.to_string(),
+            committed: false,
+        })
+    }
+
+    /// Removes a finished (or corrupt) artifact.
+    pub fn remove_object(&self, stage: &str, key: &str) -> Result<(), StoreError> {
+        let dir = self.object_dir(stage, key);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Lists every artifact in the store, sorted by stage then key.
+    pub fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let objects = self.root.join("objects");
+        for stage in read_dir_sorted(&objects)? {
+            if !stage.is_dir() {
+                continue;
+            }
+            let stage_name = file_name(&stage);
+            for dir in read_dir_sorted(&stage)? {
+                let manifest = Manifest::read(&dir.join("manifest.json")).ok();
+                out.push(ObjectInfo {
+                    stage: stage_name.clone(),
+                    key: file_name(&dir),
+                    dir,
+                    manifest,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Temporary directories left by builds that are no longer running
+    /// (their key lock is free); removed unless `dry_run`.
+    pub fn stale_tmp(&self, dry_run: bool) -> Result<Vec<PathBuf>, StoreError> {
+        let mut stale = Vec::new();
+        for dir in read_dir_sorted(&self.root.join("tmp"))? {
+            let name = file_name(&dir);
+            let mut parts = name.rsplitn(3, '-');
+            let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
+            let free = match (stage, key) {
+                (Some(stage), Some(key)) => {
+                    KeyLock::try_acquire(&self.lock_path(stage, key))?.is_some()
+                }
+                _ => true,
+            };
+            if free {
+                if !dry_run {
+                    if dir.is_dir() {
+                        fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
+                    } else {
+                        fs::remove_file(&dir).map_err(StoreError::io("remove", &dir))?;
+                    }
+                }
+                stale.push(dir);
+            }
+        }
+        Ok(stale)
+    }
+}
+
+fn check_file(dir: &Path, entry: &FileEntry, verify: bool) -> Option<String> {
+    let path = dir.join(&entry.path);
+    let meta = match fs::metadata(&path) {
+        Ok(m) => m,
+        Err(_) => return Some(format!("its file `{}` is missing", entry.path)),
+    };
+    if meta.len() != entry.size {
+        return Some(format!(
+            "its file `{}` has {} bytes, the manifest says {}",
+            entry.path,
+            meta.len(),
+            entry.size
+        ));
+    }
+    if !verify && mtime_ns(&meta) == entry.mtime_ns {
+        return None;
+    }
+    match hash_file(&path) {
+        Ok(h) if h == entry.blake3 => None,
+        Ok(_) => Some(format!(
+            "its file `{}` does not match its recorded blake3",
+            entry.path
+        )),
+        Err(e) => Some(format!("its file `{}` cannot be read: {e}", entry.path)),
+    }
+}
+
+/// A directory an artifact is being written into. Dropped without [`Staging::commit`],
+/// it is removed, so nothing half-written ever becomes visible.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    target: PathBuf,
+    stage: String,
+    key: String,
+    committed: bool,
+}
+
+impl Staging {
+    /// The directory to write output files into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hashes and fsyncs every file, writes `manifest.json` last, and renames the
+    /// directory into `objects/`. `manifest.files`, `stage` and `key` are filled here.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest, StoreError> {
+        let mut files = Vec::new();
+        collect_files(&self.dir, &self.dir, &mut files)?;
+        files.retain(|p| p != "manifest.json");
+        let entries: Result<Vec<FileEntry>, StoreError> = files
+            .par_iter()
+            .map(|rel| {
+                let path = self.dir.join(rel);
+                let file = fs::File::open(&path).map_err(StoreError::io("open", &path))?;
+                file.sync_all().map_err(StoreError::io("fsync", &path))?;
+                let meta = file.metadata().map_err(StoreError::io("stat", &path))?;
+                Ok(FileEntry {
+                    path: rel.clone(),
+                    size: meta.len(),
+                    blake3: hash_file(&path).map_err(StoreError::io("hash", &path))?,
+                    mtime_ns: mtime_ns(&meta),
+                })
+            })
+            .collect();
+        manifest.files = entries?;
+        manifest.stage = self.stage.clone();
+        manifest.key = self.key.clone();
+        let manifest_path = self.dir.join("manifest.json");
+        let text =
+            serde_json::to_string_pretty(&manifest).map_err(|e| StoreError::BadManifest {
+                path: manifest_path.clone(),
+                message: e.to_string(),
+            })?;
+        {
+            let mut f = fs::File::create(&manifest_path)
+                .map_err(StoreError::io("create", &manifest_path))?;
+            f.write_all(text.as_bytes())
+                .map_err(StoreError::io("write", &manifest_path))?;
+            f.sync_all()
+                .map_err(StoreError::io("fsync", &manifest_path))?;
+        }
+        sync_dir(&self.dir);
+        if let Some(parent) = self.target.parent() {
+            fs::create_dir_all(parent).map_err(StoreError::io("create", parent))?;
+        }
+        if self.target.exists() {
+            fs::remove_dir_all(&self.target).map_err(StoreError::io("replace", &self.target))?;
+        }
+        fs::rename(&self.dir, &self.target)
+            .map_err(StoreError::io("rename into the store", &self.target))?;
+        if let Some(parent) = self.target.parent() {
+            sync_dir(parent);
+        }
+        self.committed = true;
+        Ok(manifest)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// blake3 of a file's contents, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let len = fs::metadata(path)?.len();
+    if len > 1 << 24 {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        hasher.update_reader(fs::File::open(path)?)?;
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), StoreError> {
+    for path in read_dir_sorted(dir)? {
+        if path.is_dir() {
+            collect_files(base, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(base).unwrap_or(&path);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(StoreError::io("list", dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            stage: String::new(),
+            key: String::new(),
+            version: 1,
+            settings: serde_json::json!({"a": 1}),
+            inputs: Default::default(),
+            fingerprint: None,
+            files: vec![],
+            notes: serde_json::Value::Null,
+            provenance: Default::default(),
+        }
+    }
+
+    #[test]
+    fn commit_then_hit_and_corruption_is_a_miss() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        assert!(matches!(
+            store.lookup("s", "k1", false).unwrap(),
+            Lookup::Missing
+        ));
+        let staging = store.begin("s", "k1").unwrap();
+        fs::create_dir_all(staging.dir().join("sub")).unwrap();
+        fs::write(staging.dir().join("a.bin"), b"hello").unwrap();
+        fs::write(staging.dir().join("sub/b.bin"), b"world!").unwrap();
+        let m = staging.commit(manifest()).unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(
+            m.files[0].blake3,
+            blake3::hash(b"hello").to_hex().to_string()
+        );
+        assert!(matches!(
+            store.lookup("s", "k1", true).unwrap(),
+            Lookup::Hit(_)
+        ));
+        // Same size, different bytes: caught by the mtime check + re-hash.
+        let path = store.object_dir("s", "k1").join("a.bin");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&path, b"jello").unwrap();
+        match store.lookup("s", "k1", false).unwrap() {
+            Lookup::Corrupt(why) => assert!(why.contains("a.bin"), "{why}"),
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        // Truncation: caught by size alone.
+        fs::write(&path, b"he").unwrap();
+        assert!(matches!(
+            store.lookup("s", "k1", false).unwrap(),
+            Lookup::Corrupt(_)
+        ));
+        fs::remove_file(store.object_dir("s", "k1").join("manifest.json")).unwrap();
+        assert!(matches!(
+            store.lookup("s", "k1", false).unwrap(),
+            Lookup::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn dropped_staging_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        let dir = {
+            let staging = store.begin("s", "k").unwrap();
+            fs::write(staging.dir().join("x"), b"1").unwrap();
+            staging.dir().to_path_buf()
+        };
+        assert!(!dir.exists());
+        assert!(matches!(
+            store.lookup("s", "k", false).unwrap(),
+            Lookup::Missing
+        ));
+    }
+
+    #[test]
+    fn stale_tmp_is_collected_but_locked_tmp_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/s-dead-0000000000000001")).unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/s-live-0000000000000002")).unwrap();
+        let _held = store.lock("s", "live", || {}).unwrap();
+        let stale = store.stale_tmp(false).unwrap();
+        assert_eq!(stale.len(), 1);
+        assert!(stale[0].ends_with("s-dead-0000000000000001"));
+        assert!(tmp.path().join("tmp/s-live-0000000000000002").exists());
+    }
+
+    #[test]
+    fn read_only_root_is_a_clear_error() {
+        // /proc refuses new directories even to root, unlike permission bits.
+        let err = ArtifactStore::open("/proc/dml-test-store").unwrap_err();
+        assert!(err.to_string().contains("not writable"), "{err}");
+        assert!(err.to_string().contains("/proc/dml-test-store"), "{err}");
+    }
+}
