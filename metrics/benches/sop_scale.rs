@@ -140,7 +140,7 @@ fn load_average() -> String {
 fn main() {
     let classes: usize = env_or("DML_BENCH_CLASSES", 11_316);
     let dim: usize = env_or("DML_BENCH_DIM", 128);
-    let noise: f32 = env_or("DML_BENCH_NOISE", 1.0);
+    let noise: f32 = env_or("DML_BENCH_NOISE", 1.4);
     let threads: usize = env_or("DML_BENCH_THREADS", 2);
     let python: String = env_or("DML_BENCH_PYTHON", "python3".to_string());
     let skip_sklearn = env_or("DML_BENCH_SKIP_SKLEARN", 0u8) == 1;

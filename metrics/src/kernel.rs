@@ -579,20 +579,6 @@ impl RowSink for Best1 {
     }
 }
 
-/// Records every distance of a row (small all-pairs tables).
-pub(crate) struct DenseRow<'a>(pub &'a mut [f32]);
-
-impl RowSink for DenseRow<'_> {
-    #[inline(always)]
-    fn threshold(&self) -> f32 {
-        f32::INFINITY
-    }
-    #[inline(always)]
-    fn offer(&mut self, d: f32, j: u32) {
-        self.0[j as usize] = d;
-    }
-}
-
 /// A candidate as one sortable integer: the distance's bits above the index.
 ///
 /// Distances are clamped at zero, so their IEEE bits order like the values
@@ -702,6 +688,18 @@ impl RowSink for TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records every distance of a row.
+    struct DenseRow<'a>(&'a mut [f32]);
+
+    impl RowSink for DenseRow<'_> {
+        fn threshold(&self) -> f32 {
+            f32::INFINITY
+        }
+        fn offer(&mut self, d: f32, j: u32) {
+            self.0[j as usize] = d;
+        }
+    }
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
