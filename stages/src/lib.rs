@@ -1,2 +1,8 @@
 //! Stage implementations: index, plan, train, embed, cluster, retrieve, report.
+pub mod config;
+pub mod dag;
+pub mod data_stages;
 pub mod train;
+
+/// The libtorch this build binds (tch 0.24.0 needs exactly this one).
+pub const LIBTORCH_VERSION: &str = "2.11.0";

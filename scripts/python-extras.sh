@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Python packages the tests compare against, installed once into the torch venv
+# (the same interpreter whose libtorch `dml` links): torchvision for the backbone
+# parity test, pyarrow/polars for the notebook-facing tests, Pillow for benches.
+set -euo pipefail
+py="$(command -v python3)"
+# torchvision without its dependencies: they would pull another torch.
+"$py" -c "import torchvision" 2>/dev/null \
+  || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.26.0" >&2
+need=()
+"$py" -c "import safetensors" 2>/dev/null || need+=("safetensors")
+"$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")
+"$py" -c "import polars" 2>/dev/null || need+=("polars")
+"$py" -c "import PIL" 2>/dev/null || need+=("pillow")
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing into $(dirname "$py")/..: ${need[*]}" >&2
+  "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}" >&2
+fi

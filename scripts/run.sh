@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: installs libtorch if missing, builds `dml`, and runs it
+# (`scripts/run.sh` alone runs the built-in synthetic experiment).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/bootstrap.sh)"
+cargo build --release --bin dml
+exec "$CARGO_TARGET_DIR/release/dml" "${@:-run}"

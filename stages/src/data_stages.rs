@@ -1,0 +1,314 @@
+//! The data stages: `synth` (the built-in generated set), `index` (dataset →
+//! `index.parquet`) and `plan` (P×K batches → `plan.parquet`).
+use crate::config::{
+    DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings, PlanSettings,
+    SyntheticSettings,
+};
+use anyhow::{anyhow, bail, Context};
+use dml_artifacts::tables::{self, IndexRow, PlanRow};
+use dml_datasets as ds;
+use dml_pipeline::{BoxError, PlanEnv, RunContext, Stage};
+use rayon::prelude::*;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Generates the synthetic set into the store.
+pub struct SynthStage {
+    settings: SyntheticSettings,
+}
+
+impl SynthStage {
+    /// A synth stage.
+    pub fn new(settings: SyntheticSettings) -> Self {
+        SynthStage { settings }
+    }
+}
+
+impl Stage for SynthStage {
+    fn name(&self) -> &'static str {
+        "synth"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({ "synthetic": self.settings })
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        ds::generate(&self.settings, &ctx.out_dir().join("images"))?;
+        Ok(())
+    }
+}
+
+/// Lists a dataset, fingerprints its files, and writes `index.parquet`.
+pub struct IndexStage {
+    dataset: DatasetSettings,
+    index: IndexSettings,
+    /// The listing and fingerprint computed while keys were resolved, reused by `run`.
+    scanned: Mutex<Option<(ds::Listing, ds::Fingerprint)>>,
+}
+
+impl IndexStage {
+    /// An index stage for an experiment's dataset.
+    pub fn new(c: &ExperimentConfig) -> anyhow::Result<Self> {
+        if c.dataset.kind != DatasetKindName::Synthetic && c.dataset.root.is_empty() {
+            bail!(
+                "dataset.root is not set for a {:?} dataset: pass --set dataset.root=/path/to/the/dataset",
+                c.dataset.kind
+            );
+        }
+        Ok(IndexStage {
+            dataset: c.dataset.clone(),
+            index: c.index.clone(),
+            scanned: Mutex::new(None),
+        })
+    }
+
+    fn kind(&self) -> ds::DatasetKind {
+        match self.dataset.kind {
+            DatasetKindName::Cub => ds::DatasetKind::Cub,
+            DatasetKindName::Sop => ds::DatasetKind::Sop,
+            DatasetKindName::Inshop => ds::DatasetKind::Inshop,
+            DatasetKindName::Cars196 => ds::DatasetKind::Cars196,
+            DatasetKindName::Folder | DatasetKindName::Synthetic => ds::DatasetKind::Folder,
+        }
+    }
+
+    fn list(&self, root: &Path) -> Result<ds::Listing, BoxError> {
+        let opts = ds::ListOptions {
+            train_classes: (!self.dataset.train_classes.is_empty())
+                .then(|| self.dataset.train_classes.clone()),
+        };
+        Ok(ds::list(self.kind(), root, &opts)?)
+    }
+}
+
+/// The files a listing reads: its list files, then its images.
+fn listed_files(listing: &ds::Listing) -> Vec<String> {
+    listing
+        .list_files
+        .iter()
+        .cloned()
+        .chain(listing.records.iter().map(|r| r.path.clone()))
+        .collect()
+}
+
+impl Stage for IndexStage {
+    fn name(&self) -> &'static str {
+        "index"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({
+            "dataset": { "kind": self.dataset.kind, "train_classes": self.dataset.train_classes },
+            "index": self.index,
+        })
+    }
+    fn identity(&self) -> String {
+        self.dataset.root.clone()
+    }
+    fn fingerprint(&self, env: &PlanEnv<'_>) -> Result<Option<String>, BoxError> {
+        if self.dataset.kind == DatasetKindName::Synthetic {
+            // Its input is the synth artifact, already content-addressed.
+            return Ok(None);
+        }
+        let root = PathBuf::from(&self.dataset.root);
+        if !root.is_dir() {
+            return Err(anyhow!(
+                "dataset.root `{}` does not exist or is not a directory",
+                root.display()
+            )
+            .into());
+        }
+        let listing = self.list(&root)?;
+        let files = listed_files(&listing);
+        if !self.index.skip_bad_images {
+            ds::check_files_exist(&root, &listing.records)?;
+        }
+        let existing: Vec<String> = files
+            .into_iter()
+            .filter(|f| root.join(f).is_file())
+            .collect();
+        let abs = std::fs::canonicalize(&root).unwrap_or(root.clone());
+        let cache_name = blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..16].to_string();
+        let cache_path = env
+            .store
+            .cache_dir("stat")?
+            .join(format!("{cache_name}.bin"));
+        let mut cache = ds::StatCache::load(&cache_path)?;
+        let fp = ds::fingerprint(&root, &existing, &mut cache)?;
+        cache.save(&cache_path)?;
+        let hash = fp.hash.clone();
+        *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some((listing, fp));
+        Ok(Some(hash))
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let synthetic = self.dataset.kind == DatasetKindName::Synthetic;
+        let root = if synthetic {
+            ctx.input("synth")?.join("images")
+        } else {
+            PathBuf::from(&self.dataset.root)
+        };
+        // Sizes and hashes: from the fingerprint, or from the synth artifact's manifest.
+        let (listing, digests): (ds::Listing, HashMap<String, (u64, String)>) = if synthetic {
+            let listing = self.list(&root)?;
+            let manifest = ctx
+                .input_manifest("synth")
+                .ok_or_else(|| anyhow!("synth manifest missing"))?;
+            let digests = manifest
+                .files
+                .iter()
+                .filter_map(|f| {
+                    f.path
+                        .strip_prefix("images/")
+                        .map(|p| (p.to_string(), (f.size, f.blake3.clone())))
+                })
+                .collect();
+            (listing, digests)
+        } else {
+            let scanned = self
+                .scanned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let (listing, fp) = match scanned {
+                Some(s) => s,
+                None => {
+                    let listing = self.list(&root)?;
+                    let mut cache = ds::StatCache::default();
+                    let fp = ds::fingerprint(&root, &listed_files(&listing), &mut cache)?;
+                    (listing, fp)
+                }
+            };
+            let digests = fp
+                .files
+                .into_iter()
+                .map(|f| (f.path, (f.size, f.blake3)))
+                .collect();
+            (listing, digests)
+        };
+        let checked: Vec<Result<IndexRow, (String, String)>> = listing
+            .records
+            .par_iter()
+            .map(|r| {
+                let Some((bytes, hash)) = digests.get(&r.path) else {
+                    return Err((r.path.clone(), "listed but not found".to_string()));
+                };
+                let (width, height) = ds::image_dims(&root.join(&r.path))
+                    .map_err(|e| (r.path.clone(), e.to_string()))?;
+                Ok(IndexRow {
+                    image_id: 0,
+                    path: r.path.clone(),
+                    class_id: r.class_id,
+                    class_name: r.class_name.clone(),
+                    split: r.split.as_str().to_string(),
+                    width,
+                    height,
+                    bytes: *bytes,
+                    blake3: hash.clone(),
+                })
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(checked.len());
+        let mut skipped = Vec::new();
+        for c in checked {
+            match c {
+                Ok(row) => rows.push(row),
+                Err((path, why)) if self.index.skip_bad_images => skipped.push(json!({"path": path, "reason": why})),
+                Err((path, why)) => {
+                    return Err(anyhow!(
+                        "image `{}` in {}: {why}; fix or remove it, or pass --skip-bad-images to go on without it",
+                        path,
+                        root.display()
+                    )
+                    .into())
+                }
+            }
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.image_id = i as u32;
+        }
+        if rows.is_empty() {
+            return Err(anyhow!("dataset at {} lists no images", root.display()).into());
+        }
+        tables::write_parquet(
+            &ctx.out_dir().join("index.parquet"),
+            &tables::index_to_batch(&rows),
+        )?;
+        let mut per_split: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &rows {
+            *per_split.entry(r.split.as_str()).or_default() += 1;
+        }
+        ctx.note("images", json!(rows.len()));
+        ctx.note("per_split", json!(per_split));
+        ctx.note("skipped_images", json!(skipped));
+        ctx.note("dataset_root", json!(root.display().to_string()));
+        Ok(())
+    }
+}
+
+/// Plans P×K batches for every training step.
+pub struct PlanStage {
+    settings: PlanSettings,
+}
+
+impl PlanStage {
+    /// A plan stage.
+    pub fn new(settings: PlanSettings) -> Self {
+        PlanStage { settings }
+    }
+}
+
+impl Stage for PlanStage {
+    fn name(&self) -> &'static str {
+        "plan"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({ "plan": self.settings })
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let mut classes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for r in index.iter().filter(|r| r.split == "train") {
+            classes.entry(r.class_id).or_default().push(r.image_id);
+        }
+        if classes.is_empty() {
+            return Err(anyhow!("the index has no train split to plan batches from").into());
+        }
+        let s = &self.settings;
+        let planner = ds::PkPlanner {
+            p: s.p,
+            k: s.k,
+            steps: s.steps,
+            seed: s.seed,
+            allow_repeated_classes: s.allow_repeated_classes,
+        };
+        let rows: Vec<PlanRow> = planner
+            .plan(&classes)
+            .context("planning P×K batches")?
+            .into_iter()
+            .map(|r| PlanRow {
+                step: r.step,
+                slot: r.slot,
+                image_id: r.image_id,
+                class_id: r.class_id,
+            })
+            .collect();
+        tables::write_parquet(
+            &ctx.out_dir().join("plan.parquet"),
+            &tables::plan_to_batch(&rows),
+        )?;
+        let small = classes.values().filter(|v| (v.len() as u32) < s.k).count();
+        ctx.note("train_classes", json!(classes.len()));
+        ctx.note("classes_with_fewer_than_k_images", json!(small));
+        Ok(())
+    }
+}
