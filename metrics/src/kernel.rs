@@ -224,8 +224,11 @@ pub(crate) struct PackedGallery {
     n: usize,
     dim: usize,
     scale: f32,
-    /// `ceil(n / nr)` panels of `dim × nr` floats; padding items are zero.
+    /// `ceil(n / nr)` panels of `dim × nr` floats from `panels[offset..]`
+    /// (64-byte aligned, so no vector load straddles two cache lines);
+    /// padding items are zero.
     panels: Vec<f32>,
+    offset: usize,
     /// `b_j` per item, padded with `+inf` to whole panels.
     aux: Vec<f32>,
     /// The index reported for local item `j` (ascending); identity when `None`.
@@ -263,9 +266,10 @@ impl PackedGallery {
         }
         let nr = isa.nr();
         let npanels = n.div_ceil(nr);
-        let mut panels = vec![0.0f32; npanels * dim * nr];
+        let mut panels = vec![0.0f32; npanels * dim * nr + 16];
+        let offset = panels.as_ptr().align_offset(64).min(16);
         if dim > 0 {
-            panels
+            panels[offset..offset + npanels * dim * nr]
                 .par_chunks_mut(dim * nr)
                 .enumerate()
                 .for_each(|(p, panel)| {
@@ -285,9 +289,15 @@ impl PackedGallery {
             dim,
             scale,
             panels,
+            offset,
             aux: packed_aux,
             ids,
         }
+    }
+
+    /// The packed panels.
+    fn panel_data(&self) -> &[f32] {
+        &self.panels[self.offset..]
     }
 
     /// Number of gallery items.
@@ -389,7 +399,7 @@ fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) 
     let tiles = b.m.div_ceil(MR);
     let mut dist = [0.0f32; NR];
     for pnl in 0..g.n.div_ceil(NR) {
-        let panel = &g.panels[pnl * dim * NR..(pnl + 1) * dim * NR];
+        let panel = &g.panel_data()[pnl * dim * NR..(pnl + 1) * dim * NR];
         let baux = &g.aux[pnl * NR..(pnl + 1) * NR];
         for t in 0..tiles {
             let q = &b.q[t * MR * dim..(t + 1) * MR * dim];
@@ -444,7 +454,7 @@ mod x86 {
         let zero = _mm512_setzero_ps();
         let mut tile = [[0.0f32; NR]; MR];
         for pnl in 0..g.n.div_ceil(NR) {
-            let gp = g.panels.as_ptr().add(pnl * dim * NR);
+            let gp = g.panel_data().as_ptr().add(pnl * dim * NR);
             let b0 = _mm512_loadu_ps(g.aux.as_ptr().add(pnl * NR));
             let b1 = _mm512_loadu_ps(g.aux.as_ptr().add(pnl * NR + 16));
             for t in 0..tiles {
@@ -502,7 +512,7 @@ mod x86 {
         let zero = _mm256_setzero_ps();
         let mut tile = [[0.0f32; NR]; MR];
         for pnl in 0..g.n.div_ceil(NR) {
-            let gp = g.panels.as_ptr().add(pnl * dim * NR);
+            let gp = g.panel_data().as_ptr().add(pnl * dim * NR);
             let b0 = _mm256_loadu_ps(g.aux.as_ptr().add(pnl * NR));
             let b1 = _mm256_loadu_ps(g.aux.as_ptr().add(pnl * NR + 8));
             for t in 0..tiles {
