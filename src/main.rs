@@ -1,5 +1,6 @@
 //! `dml`: deep metric learning as a DAG of content-hashed stages.
 mod config;
+mod eval_cmd;
 mod presets;
 mod run;
 mod store_cmds;
@@ -46,6 +47,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Score an embeddings file (Arrow IPC or Parquet): Recall@K, MAP@R, R-precision, NMI.
+    Eval(eval_cmd::EvalArgs),
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -81,6 +84,7 @@ fn init_tracing(verbose: u8) {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&cli.store, args),
+        Command::Eval(args) => eval_cmd::eval(args),
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

@@ -18,6 +18,10 @@ pub struct ExperimentConfig {
     pub index: IndexSettings,
     /// P×K planning.
     pub plan: PlanSettings,
+    /// Retrieval evaluation.
+    pub retrieve: RetrieveSettings,
+    /// Clustering evaluation.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for ExperimentConfig {
@@ -28,6 +32,8 @@ impl Default for ExperimentConfig {
             synthetic: SyntheticSettings::default(),
             index: IndexSettings::default(),
             plan: PlanSettings::default(),
+            retrieve: RetrieveSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -100,4 +106,37 @@ impl Default for PlanSettings {
             allow_repeated_classes: false,
         }
     }
+}
+
+/// `[retrieve]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrieveSettings {
+    /// Recall@K cut-offs; empty = the dataset's (CUB 1,2,4,8; SOP 1,10,100,1000; In-shop 1,10,…,50).
+    pub ks: Vec<usize>,
+    /// `euclidean` (squared distances clamped at 0) or `cosine`.
+    pub distance: dml_metrics::Distance,
+    /// `auto`, `leave_one_out`, `query_gallery` or `inshop_merged`.
+    pub protocol: crate::evaluate::Protocol,
+    /// Nearest neighbours saved per query in `neighbors.parquet`.
+    pub neighbors: usize,
+}
+
+impl Default for RetrieveSettings {
+    fn default() -> Self {
+        RetrieveSettings {
+            ks: Vec::new(),
+            distance: dml_metrics::Distance::Euclidean,
+            protocol: crate::evaluate::Protocol::Auto,
+            neighbors: 10,
+        }
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// k-means seed (k-means++ seeding, Lloyd iterations until no assignment changes).
+    pub seed: u64,
 }

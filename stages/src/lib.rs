@@ -2,6 +2,8 @@
 pub mod config;
 pub mod dag;
 pub mod data_stages;
+pub mod eval_stages;
+pub mod evaluate;
 pub mod train;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).

@@ -1,0 +1,90 @@
+//! `dml eval`: score any embeddings file (Arrow IPC or Parquet) without a pipeline.
+use anyhow::{bail, Context, Result};
+use dml_stages::evaluate::{self, Protocol, Table};
+use std::path::PathBuf;
+
+/// Arguments of `dml eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// An Arrow IPC or Parquet file with a list / fixed-size-list float column.
+    pub embeddings: PathBuf,
+    /// The label column (integers or strings).
+    #[arg(long, default_value = "class_id")]
+    pub labels_column: String,
+    /// The embedding column.
+    #[arg(long, default_value = "embedding")]
+    pub embedding_column: String,
+    /// The split column (query/gallery rows, for the query-gallery protocol).
+    #[arg(long, default_value = "split")]
+    pub split_column: String,
+    /// leave-one-out, query-gallery or inshop-merged.
+    #[arg(long, default_value = "leave-one-out")]
+    pub protocol: String,
+    /// Recall@K cut-offs.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub k: Vec<usize>,
+    /// What to compute: recall, map_r, nmi (all by default).
+    #[arg(long, value_delimiter = ',', default_value = "recall,map_r,nmi")]
+    pub metrics: Vec<String>,
+    /// euclidean or cosine.
+    #[arg(long, default_value = "euclidean")]
+    pub distance: String,
+    /// k-means seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the metrics as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let protocol = Protocol::parse(&args.protocol)?;
+    let distance: dml_metrics::Distance =
+        serde_json::from_value(serde_json::json!(args.distance.to_lowercase()))
+            .with_context(|| format!("--distance `{}`: use euclidean or cosine", args.distance))?;
+    for m in &args.metrics {
+        if !["recall", "map_r", "nmi"].contains(&m.as_str()) {
+            bail!("--metrics `{m}`: choose from recall, map_r, nmi");
+        }
+    }
+    let want = |m: &str| args.metrics.iter().any(|x| x == m);
+    let table = Table::read(
+        &args.embeddings,
+        &args.embedding_column,
+        &args.labels_column,
+        Some(&args.split_column),
+    )?;
+    let sel = evaluate::select(&table, protocol)?;
+    let retrieval = if want("recall") || want("map_r") {
+        Some(evaluate::retrieval(&sel, table.dim, &args.k, distance)?)
+    } else {
+        None
+    };
+    let clustering = if want("nmi") {
+        Some(evaluate::clustering(&sel, table.dim, args.seed)?.0)
+    } else {
+        None
+    };
+    let mut out = evaluate::metrics_json(retrieval.as_ref(), clustering.as_ref());
+    if let Some(o) = out.as_object_mut() {
+        if !want("recall") {
+            o.retain(|k, _| !k.starts_with("recall@"));
+        }
+        if !want("map_r") {
+            o.remove("map@r");
+            o.remove("r_precision");
+        }
+        if retrieval.is_none() {
+            o.insert("queries".into(), sel.q_labels.len().into());
+            o.insert("gallery".into(), sel.g_labels.len().into());
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        for (k, v) in out.as_object().into_iter().flatten() {
+            println!("{k:<28} {v}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Scoring embeddings: the protocols (leave-one-out, query → gallery, the
+//! seed's merged In-shop), shared by the `retrieve`/`cluster` stages and `dml eval`.
+use anyhow::{bail, Context, Result};
+use dml_artifacts::tables;
+use dml_metrics::{ClusteringMetrics, Distance, Exclude, RetrievalMetrics};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How queries and gallery are drawn from an embeddings table.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// The dataset's standard protocol: query → gallery for In-shop, leave-one-out otherwise.
+    #[default]
+    Auto,
+    /// Every row queries all the others (CUB, SOP, Cars196, synthetic).
+    LeaveOneOut,
+    /// Rows of split `query` search rows of split `gallery` (In-shop's standard).
+    QueryGallery,
+    /// The seed's In-shop protocol: query and gallery merged, leave-one-out
+    /// (its In-shop numbers are not comparable with the literature's).
+    InshopMerged,
+}
+
+impl Protocol {
+    /// Parses the CLI spelling (`leave-one-out`, `query-gallery`, `inshop-merged`).
+    pub fn parse(s: &str) -> Result<Protocol> {
+        Ok(match s.replace('-', "_").as_str() {
+            "auto" => Protocol::Auto,
+            "leave_one_out" => Protocol::LeaveOneOut,
+            "query_gallery" => Protocol::QueryGallery,
+            "inshop_merged" => Protocol::InshopMerged,
+            _ => bail!("unknown protocol `{s}`: use leave-one-out, query-gallery or inshop-merged"),
+        })
+    }
+}
+
+/// An embeddings table in memory.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Dimension.
+    pub dim: usize,
+    /// Row-major values.
+    pub values: Vec<f32>,
+    /// Labels (class ids).
+    pub labels: Vec<u32>,
+    /// Split names, if the table has a split column.
+    pub splits: Option<Vec<String>>,
+    /// Image ids (row numbers when the table has none).
+    pub image_ids: Vec<u32>,
+}
+
+impl Table {
+    /// Reads an Arrow IPC or Parquet file with a list/fixed-size-list float column.
+    pub fn read(
+        path: &Path,
+        embedding_column: &str,
+        label_column: &str,
+        split_column: Option<&str>,
+    ) -> Result<Table> {
+        let batch = tables::read_table(path)?;
+        let (dim, values) = tables::column_as_matrix(
+            tables::column(&batch, embedding_column, path)?,
+            embedding_column,
+            path,
+        )?;
+        let labels = tables::column_as_labels(
+            tables::column(&batch, label_column, path)?,
+            label_column,
+            path,
+        )?;
+        let splits =
+            match split_column {
+                Some(name) if batch.column_by_name(name).is_some() => Some(
+                    tables::column_as_strings(tables::column(&batch, name, path)?, name, path)?,
+                ),
+                _ => None,
+            };
+        let image_ids = match batch.column_by_name("image_id") {
+            Some(c) => tables::column_as_labels(c, "image_id", path)?,
+            None => (0..labels.len() as u32).collect(),
+        };
+        Ok(Table {
+            dim,
+            values,
+            labels,
+            splits,
+            image_ids,
+        })
+    }
+
+    fn rows(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
+        let mut v = Vec::with_capacity(idx.len() * self.dim);
+        for &i in idx {
+            v.extend_from_slice(&self.values[i * self.dim..(i + 1) * self.dim]);
+        }
+        (
+            v,
+            idx.iter().map(|&i| self.labels[i]).collect(),
+            idx.iter().map(|&i| self.image_ids[i]).collect(),
+        )
+    }
+
+    fn split_rows(&self, name: &str) -> Result<Vec<usize>> {
+        let Some(splits) = &self.splits else {
+            bail!(
+                "the query → gallery protocol needs a split column with `query` and `gallery` rows"
+            )
+        };
+        let rows: Vec<usize> = (0..splits.len()).filter(|&i| splits[i] == name).collect();
+        if rows.is_empty() {
+            bail!("the split column has no `{name}` rows (query → gallery needs both `query` and `gallery`)");
+        }
+        Ok(rows)
+    }
+}
+
+/// Queries and gallery drawn from a table.
+pub struct Selection {
+    /// Query rows.
+    pub queries: Vec<f32>,
+    /// Query labels.
+    pub q_labels: Vec<u32>,
+    /// Query image ids.
+    pub q_ids: Vec<u32>,
+    /// Gallery rows (same as queries for leave-one-out).
+    pub gallery: Vec<f32>,
+    /// Gallery labels.
+    pub g_labels: Vec<u32>,
+    /// Gallery image ids.
+    pub g_ids: Vec<u32>,
+    /// Leave-one-out or not.
+    pub exclude: Exclude,
+}
+
+/// Applies a (resolved, not `Auto`) protocol.
+pub fn select(table: &Table, protocol: Protocol) -> Result<Selection> {
+    let all: Vec<usize> = (0..table.labels.len()).collect();
+    let (q, g, exclude) = match protocol {
+        Protocol::LeaveOneOut | Protocol::InshopMerged | Protocol::Auto => {
+            (all.clone(), all, Exclude::SameIndex)
+        }
+        Protocol::QueryGallery => (
+            table.split_rows("query")?,
+            table.split_rows("gallery")?,
+            Exclude::None,
+        ),
+    };
+    let (queries, q_labels, q_ids) = table.rows(&q);
+    let (gallery, g_labels, g_ids) = table.rows(&g);
+    Ok(Selection {
+        queries,
+        q_labels,
+        q_ids,
+        gallery,
+        g_labels,
+        g_ids,
+        exclude,
+    })
+}
+
+/// Recall@K for each K, MAP@R and R-precision.
+pub fn retrieval(
+    sel: &Selection,
+    dim: usize,
+    ks: &[usize],
+    distance: Distance,
+) -> Result<RetrievalMetrics> {
+    let available = sel.g_labels.len() - usize::from(sel.exclude == Exclude::SameIndex);
+    if let Some(&k) = ks.iter().find(|&&k| k > available) {
+        bail!(
+            "K = {k} is larger than the gallery ({available} items{}); pick Ks up to {available}",
+            if sel.exclude == Exclude::SameIndex {
+                " other than the query"
+            } else {
+                ""
+            }
+        );
+    }
+    dml_metrics::evaluate_retrieval(
+        &sel.queries,
+        &sel.gallery,
+        &sel.q_labels,
+        &sel.g_labels,
+        dim,
+        ks,
+        distance,
+        sel.exclude,
+    )
+    .context("retrieval metrics")
+}
+
+/// k-means with k = the number of classes, then NMI, over the distinct rows of
+/// the selection (the gallery, plus the queries for query → gallery).
+pub fn clustering(
+    sel: &Selection,
+    dim: usize,
+    seed: u64,
+) -> Result<(ClusteringMetrics, Vec<u32>, Vec<u32>)> {
+    let (values, labels, ids) = if sel.exclude == Exclude::SameIndex {
+        (sel.gallery.clone(), sel.g_labels.clone(), sel.g_ids.clone())
+    } else {
+        let mut v = sel.queries.clone();
+        v.extend_from_slice(&sel.gallery);
+        let mut l = sel.q_labels.clone();
+        l.extend_from_slice(&sel.g_labels);
+        let mut i = sel.q_ids.clone();
+        i.extend_from_slice(&sel.g_ids);
+        (v, l, i)
+    };
+    let mut classes = labels.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    let km = dml_metrics::kmeans(
+        &values,
+        labels.len(),
+        dim,
+        classes.len(),
+        seed,
+        dml_metrics::KMEANS_MAX_ITER,
+    )
+    .context("k-means")?;
+    let nmi = dml_metrics::nmi(&labels, &km.assignments).context("NMI")?;
+    let metrics = ClusteringMetrics {
+        nmi,
+        clusters: classes.len(),
+        inertia: km.inertia,
+        iterations: km.iterations,
+        converged: km.converged,
+        seed,
+    };
+    Ok((metrics, ids, km.assignments))
+}
+
+/// The metrics as one JSON object: `recall@K`, `map@r`, `r_precision`,
+/// `queries`, `gallery`, `nmi`, … (only those computed).
+pub fn metrics_json(
+    r: Option<&RetrievalMetrics>,
+    c: Option<&ClusteringMetrics>,
+) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some(r) = r {
+        for (k, v) in &r.recall {
+            m.insert(format!("recall@{k}"), (*v).into());
+        }
+        m.insert("map@r".into(), r.map_at_r.into());
+        m.insert("r_precision".into(), r.r_precision.into());
+        m.insert("queries".into(), r.queries.into());
+        m.insert("gallery".into(), r.gallery.into());
+        m.insert(
+            "queries_without_positives".into(),
+            r.queries_without_positives.into(),
+        );
+    }
+    if let Some(c) = c {
+        m.insert("nmi".into(), c.nmi.into());
+        m.insert("kmeans_inertia".into(), c.inertia.into());
+        m.insert("kmeans_iterations".into(), c.iterations.into());
+        m.insert("kmeans_converged".into(), c.converged.into());
+        m.insert("clusters".into(), c.clusters.into());
+    }
+    serde_json::Value::Object(m)
+}
