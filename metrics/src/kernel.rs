@@ -323,14 +323,19 @@ impl PackedGallery {
         }
         let dim = self.dim;
         let mr = self.isa.mr();
-        // Gather the block's rows into a buffer padded to whole tiles, so the
-        // kernel never branches on a partial tile.
+        // Gather the block's rows into tiles of `mr` rows, each laid out
+        // depth-major (`tile[p * mr + i]`) so the kernel broadcasts from a
+        // pointer that advances by `mr` per step, and padded to whole tiles
+        // so it never branches on a partial one.
         let mut buf = vec![0.0f32; m.div_ceil(mr) * mr * dim];
         let mut aux = Vec::with_capacity(m);
         let mut excl = Vec::with_capacity(m);
         for i in 0..m {
             let r = rows.get(i);
-            buf[i * dim..(i + 1) * dim].copy_from_slice(&q.data[r * dim..(r + 1) * dim]);
+            let tile = &mut buf[(i / mr) * mr * dim..(i / mr + 1) * mr * dim];
+            for (p, &v) in q.data[r * dim..(r + 1) * dim].iter().enumerate() {
+                tile[p * mr + i % mr] = v;
+            }
             aux.push(q.aux[r]);
             excl.push(if exclude_self { r as u32 } else { u32::MAX });
         }
@@ -382,7 +387,7 @@ impl PackedGallery {
     }
 }
 
-/// One gathered, tile-padded block of query rows.
+/// One gathered block of query rows, in depth-major tiles.
 struct Block<'a> {
     q: &'a [f32],
     aux: &'a [f32],
@@ -407,7 +412,7 @@ fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) 
             for p in 0..dim {
                 let gv = &panel[p * NR..(p + 1) * NR];
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    let a = q[i * dim + p];
+                    let a = q[p * MR + i];
                     for (s, &gj) in acc_row.iter_mut().zip(gv) {
                         *s = a.mul_add(gj, *s);
                     }
@@ -464,7 +469,7 @@ mod x86 {
                     let g0 = _mm512_loadu_ps(gp.add(p * NR));
                     let g1 = _mm512_loadu_ps(gp.add(p * NR + 16));
                     for (i, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm512_set1_ps(*qp.add(i * dim + p));
+                        let qv = _mm512_set1_ps(*qp.add(p * MR + i));
                         a[0] = _mm512_fmadd_ps(qv, g0, a[0]);
                         a[1] = _mm512_fmadd_ps(qv, g1, a[1]);
                     }
@@ -522,7 +527,7 @@ mod x86 {
                     let g0 = _mm256_loadu_ps(gp.add(p * NR));
                     let g1 = _mm256_loadu_ps(gp.add(p * NR + 8));
                     for (i, a) in acc.iter_mut().enumerate() {
-                        let qv = _mm256_broadcast_ss(&*qp.add(i * dim + p));
+                        let qv = _mm256_broadcast_ss(&*qp.add(p * MR + i));
                         a[0] = _mm256_fmadd_ps(qv, g0, a[0]);
                         a[1] = _mm256_fmadd_ps(qv, g1, a[1]);
                     }
@@ -645,11 +650,20 @@ impl TopK {
     /// Forgets everything and selects `k >= 1` from now on (keeps the
     /// allocation).
     pub(crate) fn reset(&mut self, k: usize) {
+        self.reset_below(k, f32::INFINITY);
+    }
+
+    /// Like [`reset`](Self::reset), but only candidates closer than `bound`
+    /// are kept. If [`finish`](Self::finish) then returns `k` of them they
+    /// are the exact `k` nearest (the k-th nearest is below `bound`);
+    /// otherwise the bound was too tight and the row must be searched again
+    /// without it.
+    pub(crate) fn reset_below(&mut self, k: usize, bound: f32) {
         debug_assert!(k >= 1);
         self.k = k;
         self.cap = (2 * k).max(k + 16);
         self.primed = false;
-        self.thr = f32::INFINITY;
+        self.thr = bound;
         self.buf.clear();
         self.buf.reserve(self.cap);
     }
@@ -688,7 +702,10 @@ impl RowSink for TopK {
         if !self.primed && self.buf.len() == self.k {
             // The first k seen: the k-th smallest is their maximum.
             self.primed = true;
-            self.thr = key_dist(self.buf.iter().copied().max().unwrap_or(0));
+            let kth = key_dist(self.buf.iter().copied().max().unwrap_or(0));
+            if kth < self.thr {
+                self.thr = kth;
+            }
         } else if self.buf.len() == self.cap {
             self.compact();
         }

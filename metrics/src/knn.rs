@@ -116,6 +116,16 @@ pub(crate) fn check_rows(
     Ok(rows)
 }
 
+/// `knn` estimates thresholds from a gallery sample when `k` is at least
+/// this ...
+const SAMPLE_MIN_K: usize = 64;
+/// ... and the gallery holds at least this many times `k` items.
+const SAMPLE_MIN_RATIO: usize = 8;
+/// Rank, within the sample, of the threshold estimate (its relative standard
+/// error is about `1/√SAMPLE_RANK`; the estimate aims at twice the k-th
+/// distance, so falling short of the k-th is a many-sigma event).
+const SAMPLE_RANK: usize = 32;
+
 /// A prepared exact search: inputs validated, gallery packed, per-row terms
 /// computed. Shared by [`knn`] and the one-pass retrieval evaluation.
 pub(crate) struct Search<'a> {
@@ -217,19 +227,49 @@ impl<'a> Search<'a> {
     /// Scans every admissible gallery item for each row of block `b`
     /// (`sinks[i]` receives row `block_rows(b).start + i`).
     pub(crate) fn scan<S: RowSink>(&self, b: usize, sinks: &mut [S]) {
-        let rows = self.block_rows(b);
+        self.scan_rows(&self.packed, self.block_rows(b), sinks);
+    }
+
+    /// Scans `gallery` (this search's gallery, or a subset of it reporting
+    /// the same indices) for query rows `rows`.
+    fn scan_rows<S: RowSink>(&self, gallery: &PackedGallery, rows: Range<usize>, sinks: &mut [S]) {
         debug_assert_eq!(sinks.len(), rows.len());
         let q = QueryRows {
             data: &self.queries,
             aux: &self.qaux,
             dim: self.dim,
         };
-        self.packed.scan_block(
+        gallery.scan_block(
             q,
             Rows::Range(rows.start, rows.len()),
             self.exclude == Exclude::SameIndex,
             sinks,
         );
+    }
+
+    /// A strided sample of the gallery from which each query's distance to
+    /// its `2k`-th nearest can be estimated, and the rank in the sample that
+    /// estimates it; `None` when `k` is small or the gallery is not much
+    /// larger than `k` (the plain selection is then as fast).
+    fn threshold_sample(&self, k: usize) -> Option<(PackedGallery, usize)> {
+        let ng = self.gallery();
+        if k < SAMPLE_MIN_K || ng < SAMPLE_MIN_RATIO * k {
+            return None;
+        }
+        // The SAMPLE_RANK-th nearest of m evenly strided items estimates the
+        // (SAMPLE_RANK · ng / m)-th nearest overall; aim at 2k.
+        let m = (SAMPLE_RANK * ng).div_ceil(2 * k).min(ng);
+        let ids: Vec<u32> = (0..m).map(|i| (i * ng / m) as u32).collect();
+        let d = self.dim;
+        let mut rows = Vec::with_capacity(m * d);
+        for &j in &ids {
+            rows.extend_from_slice(&self.gallery[j as usize * d..(j as usize + 1) * d]);
+        }
+        let aux: Vec<f32> = ids.iter().map(|&j| self.gaux[j as usize]).collect();
+        Some((
+            PackedGallery::new(&rows, d, &aux, self.scale, Some(ids)),
+            SAMPLE_RANK,
+        ))
     }
 
     /// The ranking distance of query `i` and gallery item `j`, bit-identical
@@ -281,34 +321,64 @@ pub fn knn(
 ) -> Result<Neighbors, MetricsError> {
     let search = Search::new(queries, gallery, dim, distance, exclude)?;
     search.check_depth(k)?;
+    let sample = search.threshold_sample(k);
     let nq = search.queries();
     let mut idx = vec![0u32; nq * k];
     let mut dist = vec![0.0f32; nq * k];
     idx.par_chunks_mut(QUERY_BLOCK * k)
         .zip(dist.par_chunks_mut(QUERY_BLOCK * k))
         .enumerate()
-        .try_for_each_init(Vec::<TopK>::new, |sinks, (b, (ic, dc))| {
-            let rows = search.block_rows(b);
-            sinks.resize_with(rows.len(), || TopK::new(k));
-            sinks.truncate(rows.len());
-            sinks.iter_mut().for_each(|s| s.reset(k));
-            search.scan(b, sinks);
-            for (i, sink) in sinks.iter_mut().enumerate() {
-                let list = sink.finish();
-                if list.len() < k {
-                    // Every candidate is offered unless its distance is NaN,
-                    // which finite inputs produce only by overflow.
-                    return Err(MetricsError::DistanceOverflow {
-                        row: rows.start + i,
-                    });
+        .try_for_each_init(
+            || (Vec::<TopK>::new(), Vec::<TopK>::new()),
+            |(sinks, probes), (b, (ic, dc))| {
+                let rows = search.block_rows(b);
+                sinks.resize_with(rows.len(), || TopK::new(k));
+                sinks.truncate(rows.len());
+                match &sample {
+                    // Start each row's selection at an estimate of its 2k-th
+                    // distance, so that about 2k candidates are ever kept.
+                    Some((packed, rank)) => {
+                        probes.resize_with(rows.len(), || TopK::new(*rank));
+                        probes.truncate(rows.len());
+                        probes.iter_mut().for_each(|p| p.reset(*rank));
+                        search.scan_rows(packed, rows.clone(), probes);
+                        for (sink, probe) in sinks.iter_mut().zip(probes.iter_mut()) {
+                            let est = probe.finish();
+                            let bound = if est.len() == *rank {
+                                key_dist(est[rank - 1])
+                            } else {
+                                f32::INFINITY
+                            };
+                            sink.reset_below(k, bound);
+                        }
+                    }
+                    None => sinks.iter_mut().for_each(|s| s.reset(k)),
                 }
-                for (t, &e) in list.iter().enumerate() {
-                    ic[i * k + t] = key_index(e);
-                    dc[i * k + t] = search.report(key_dist(e));
+                search.scan(b, sinks);
+                for (i, sink) in sinks.iter_mut().enumerate() {
+                    if sink.finish().len() < k {
+                        // The estimate was below the k-th distance: search
+                        // this row again without it.
+                        let row = rows.start + i;
+                        sink.reset(k);
+                        search.scan_rows(&search.packed, row..row + 1, std::slice::from_mut(sink));
+                    }
+                    let list = sink.finish();
+                    if list.len() < k {
+                        // Every candidate is offered unless its distance is
+                        // NaN, which finite inputs produce only by overflow.
+                        return Err(MetricsError::DistanceOverflow {
+                            row: rows.start + i,
+                        });
+                    }
+                    for (t, &e) in list.iter().enumerate() {
+                        ic[i * k + t] = key_index(e);
+                        dc[i * k + t] = search.report(key_dist(e));
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
     Ok(Neighbors { k, idx, dist })
 }
 
@@ -421,6 +491,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sampled_thresholds_stay_exact() {
+        // Large k against a larger gallery: the sampled threshold path.
+        assert!(100 >= SAMPLE_MIN_K && 1000 >= SAMPLE_MIN_RATIO * 100);
+        for coarse in [false, true] {
+            let q = data(50, 8, 12, coarse);
+            let g = data(1000, 8, 13, coarse);
+            for distance in [Distance::Euclidean, Distance::Cosine] {
+                let got = knn(&q, &g, 8, 100, distance, Exclude::None).unwrap();
+                assert_eq!(
+                    got,
+                    brute(&q, &g, 8, 100, distance, Exclude::None),
+                    "{coarse} {distance:?}"
+                );
+            }
+            let x = data(1000, 8, 14, coarse);
+            let got = knn(&x, &x, 8, 64, Distance::Euclidean, Exclude::SameIndex).unwrap();
+            assert_eq!(
+                got,
+                brute(&x, &x, 8, 64, Distance::Euclidean, Exclude::SameIndex)
+            );
+        }
+    }
+
+    #[test]
+    fn a_misleading_sample_falls_back_to_a_full_search() {
+        // Every sampled gallery item (the stride of the threshold sample) sits
+        // next to the query, everything else is far: the estimate lets fewer
+        // than k items through and the row must be searched again.
+        let (ng, k, dim) = (1000usize, 100usize, 4usize);
+        let m = (SAMPLE_RANK * ng).div_ceil(2 * k);
+        let sampled: Vec<usize> = (0..m).map(|i| i * ng / m).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let mut g = vec![0.0f32; ng * dim];
+        for j in 0..ng {
+            let scale = if sampled.contains(&j) { 0.01 } else { 10.0 };
+            for p in 0..dim {
+                g[j * dim + p] = scale * rng.gen_range(-1.0f32..1.0);
+            }
+        }
+        let q = vec![0.0f32; 2 * dim];
+        let got = knn(&q, &g, dim, k, Distance::Euclidean, Exclude::None).unwrap();
+        assert_eq!(
+            got,
+            brute(&q, &g, dim, k, Distance::Euclidean, Exclude::None)
+        );
+        // The sampled items come first, then the nearest of the far ones.
+        assert!(got.row(0).0[..m.min(k)]
+            .iter()
+            .all(|&j| sampled.contains(&(j as usize))));
     }
 
     #[test]
