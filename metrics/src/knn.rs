@@ -496,7 +496,7 @@ mod tests {
     #[test]
     fn sampled_thresholds_stay_exact() {
         // Large k against a larger gallery: the sampled threshold path.
-        assert!(100 >= SAMPLE_MIN_K && 1000 >= SAMPLE_MIN_RATIO * 100);
+        const { assert!(100 >= SAMPLE_MIN_K && 1000 >= SAMPLE_MIN_RATIO * 100) };
         for coarse in [false, true] {
             let q = data(50, 8, 12, coarse);
             let g = data(1000, 8, 13, coarse);
