@@ -395,8 +395,9 @@ struct Block<'a> {
     m: usize,
 }
 
-/// Portable kernel: 4 × 8 tiles in plain Rust. Also the reference the SIMD
-/// kernels are tested against.
+/// Portable kernel: 4 × 8 tiles in plain Rust, for CPUs without AVX2+FMA
+/// and other architectures (where `mul_add` is a native instruction; on an
+/// x86-64 without FMA it is a slow but exact libm call).
 fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) {
     const MR: usize = 4;
     const NR: usize = 8;
