@@ -5,8 +5,10 @@ Per image: Image.open -> convert("RGB") -> resize((256, 256), BILINEAR) ->
 centre crop 224 -> numpy array (uint8 HWC). One warm-up pass, then PASSES timed
 passes over every *.jpg in DIR; the best and the median pass are reported.
 
-usage: bench_pillow.py DIR [PASSES]
+usage: bench_pillow.py DIR [PASSES [DUMP]]
 prints: pillow_images_per_s_best <float>, pillow_images_per_s_median <float>
+DUMP: if given, the 224x224x3 uint8 crops of the first 10 files (sorted) are
+written there back to back, for a pixel comparison with the Rust pipeline.
 """
 import glob
 import os
@@ -35,6 +37,10 @@ def main():
         sys.exit(f"no .jpg files in {sys.argv[1]}")
     for f in files:  # warm-up (page cache, imports)
         one(f)
+    if len(sys.argv) > 3:
+        with open(sys.argv[3], "wb") as out:
+            for f in files[:10]:
+                out.write(one(f).tobytes())
     rates = []
     for _ in range(passes):
         t = time.perf_counter()

@@ -95,6 +95,40 @@ fn breakdown(files: &[PathBuf]) -> (f64, f64) {
     (dec / n * 1e3, res / n * 1e3)
 }
 
+/// Pixel agreement of our crops with Pillow's on the first 10 files (JPEG decoder and
+/// resampler differences together).
+fn compare_with_pillow(dir: &Path, dump: &Path) {
+    let Ok(theirs) = std::fs::read(dump) else {
+        println!("pillow: no crops dumped; skipping the pixel comparison");
+        return;
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "jpg"));
+    names.sort();
+    let crop = (CROP * CROP * 3) as usize;
+    let mut resized = vec![0u8; (SIZE * SIZE * 3) as usize];
+    let mut ours = vec![0u8; crop];
+    let (mut sum, mut max, mut n) = (0u64, 0u8, 0usize);
+    for (p, want) in names.iter().zip(theirs.chunks_exact(crop)) {
+        decode_resize_crop(p, &mut resized, &mut ours);
+        for (a, b) in ours.iter().zip(want) {
+            let d = a.abs_diff(*b);
+            sum += u64::from(d);
+            max = max.max(d);
+        }
+        n += crop;
+    }
+    if n > 0 {
+        println!(
+            "pixels vs pillow ({} images): mean |diff| {:.3}, max {max} (0-255)",
+            n / crop,
+            sum as f64 / n as f64
+        );
+    }
+}
+
 /// Pillow's (best, median) images/s from scripts/bench_pillow.py.
 fn pillow(dir: &Path, passes: usize) -> Option<(f64, f64)> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -110,10 +144,12 @@ fn pillow(dir: &Path, passes: usize) -> Option<(f64, f64)> {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_pillow.py");
+    let dump = dir.join("pillow_crops.u8");
     let out = Command::new(&python)
         .arg(&script)
         .arg(dir)
         .arg(passes.to_string())
+        .arg(&dump)
         .output()
         .ok()?;
     if !out.status.success() {
@@ -126,6 +162,7 @@ fn pillow(dir: &Path, passes: usize) -> Option<(f64, f64)> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
+    compare_with_pillow(dir, &dump);
     let field = |key: &str| -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
