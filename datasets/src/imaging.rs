@@ -184,15 +184,105 @@ pub fn load_resized(path: &Path, size: u32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Width and height of an image, read from its header only.
+/// Width and height of a JPEG or PNG, read from its header only: PNG's `IHDR`, or for
+/// JPEG the markers up to the first start-of-frame (segments in between are skipped, not
+/// read), so a few hundred bytes to a few KB are read per image.
 pub fn image_dims(path: &Path) -> Result<(u32, u32)> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DatasetError::io("opening image", path, e))?
-        .with_guessed_format()
-        .map_err(|e| DatasetError::io("reading image", path, e))?;
-    reader
-        .into_dimensions()
-        .map_err(|e| decode_error(path, e.to_string()))
+    let f = std::fs::File::open(path).map_err(|e| DatasetError::io("opening image", path, e))?;
+    let mut r = std::io::BufReader::with_capacity(4096, f);
+    header_dims(&mut r).map_err(|e| match e {
+        HeaderError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            decode_error(path, "the file ends inside its header (truncated)")
+        }
+        HeaderError::Io(e) => DatasetError::io("reading image", path, e),
+        HeaderError::Format(reason) => decode_error(path, reason),
+    })
+}
+
+enum HeaderError {
+    Io(std::io::Error),
+    Format(String),
+}
+
+impl From<std::io::Error> for HeaderError {
+    fn from(e: std::io::Error) -> Self {
+        HeaderError::Io(e)
+    }
+}
+
+fn read_array<const N: usize>(r: &mut impl std::io::Read) -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    r.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn header_dims(
+    r: &mut std::io::BufReader<std::fs::File>,
+) -> std::result::Result<(u32, u32), HeaderError> {
+    let sig: [u8; 8] = read_array(r)?;
+    if sig == *b"\x89PNG\r\n\x1a\n" {
+        // IHDR is the first chunk: length (4), "IHDR", width (4), height (4)
+        let chunk: [u8; 16] = read_array(r)?;
+        if &chunk[4..8] != b"IHDR" {
+            return Err(HeaderError::Format("PNG without IHDR chunk first".into()));
+        }
+        let w = u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]);
+        let h = u32::from_be_bytes([chunk[12], chunk[13], chunk[14], chunk[15]]);
+        return if w == 0 || h == 0 {
+            Err(HeaderError::Format(format!("PNG header says {w}×{h}")))
+        } else {
+            Ok((w, h))
+        };
+    }
+    if sig[..2] != [0xFF, 0xD8] {
+        return Err(HeaderError::Format(
+            "not a JPEG or PNG file (unknown signature)".into(),
+        ));
+    }
+    // Walk the markers after SOI; `sig[2..]` is already consumed.
+    r.seek_relative(-6)?;
+    loop {
+        let mut b: [u8; 1] = read_array(r)?;
+        if b[0] != 0xFF {
+            return Err(HeaderError::Format(format!(
+                "expected a JPEG marker, found byte {:#04x}",
+                b[0]
+            )));
+        }
+        while b[0] == 0xFF {
+            b = read_array(r)?; // fill bytes
+        }
+        let marker = b[0];
+        match marker {
+            // standalone markers: TEM, RSTn
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD9 | 0xDA => {
+                return Err(HeaderError::Format(
+                    "no start-of-frame marker before the image data".into(),
+                ))
+            }
+            _ => {}
+        }
+        let len = u16::from_be_bytes(read_array(r)?);
+        if len < 2 {
+            return Err(HeaderError::Format(format!(
+                "JPEG segment {marker:#04x} has length {len}"
+            )));
+        }
+        let is_sof = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if is_sof {
+            let sof: [u8; 5] = read_array(r)?;
+            let h = u32::from(u16::from_be_bytes([sof[1], sof[2]]));
+            let w = u32::from(u16::from_be_bytes([sof[3], sof[4]]));
+            if w == 0 || h == 0 {
+                return Err(HeaderError::Format(format!(
+                    "JPEG frame header says {w}×{h}"
+                )));
+            }
+            return Ok((w, h));
+        }
+        r.seek_relative(i64::from(len) - 2)?;
+    }
 }
 
 #[cfg(test)]

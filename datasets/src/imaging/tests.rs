@@ -122,3 +122,32 @@ fn load_resized_gives_square_hwc() {
     let px = load_resized(&p, 16).expect("load");
     assert_eq!(px.len(), 16 * 16 * 3);
 }
+
+#[test]
+fn dims_skip_segments_and_reject_cut_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jpeg = encode_jpeg(&render_scene(33, 17, 4, 1.0), 90).expect("jpeg");
+    // insert an APP1 segment whose payload looks like a start-of-frame of another size
+    let mut with_app = vec![
+        0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x0B, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x01, 0x00, 0x02, 0x00,
+    ];
+    with_app.extend_from_slice(&jpeg[2..]);
+    let p = write(dir.path(), "app.jpg", &with_app);
+    assert_eq!(image_dims(&p).expect("dims"), (33, 17));
+    assert_eq!(decode(&p).expect("decode").width, 33);
+
+    let p = write(dir.path(), "head.jpg", &jpeg[..12]);
+    let err = image_dims(&p).unwrap_err();
+    assert!(
+        err.to_string().contains("truncated") && err.to_string().contains("head.jpg"),
+        "{err}"
+    );
+    let p = write(dir.path(), "junk.png", b"definitely not an image");
+    assert!(image_dims(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown signature"));
+    let png = encode_png(&render_scene(7, 300, 1, 0.0)).expect("png");
+    let p = write(dir.path(), "tall.png", &png[..24]);
+    assert_eq!(image_dims(&p).expect("dims from IHDR alone"), (7, 300));
+}
