@@ -148,7 +148,7 @@ pub fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&
 
 /// Checks every key against the typed defaults; an unknown key names the nearest known one.
 pub fn validate_keys(root: &Value) -> Result<()> {
-    let known = Value::try_from(ExperimentConfig::default()).context("serialising defaults")?;
+    let known = known_keys()?;
     let Some(table) = root.as_table() else {
         bail!("the config must be a TOML table")
     };
@@ -158,6 +158,9 @@ pub fn validate_keys(root: &Value) -> Result<()> {
                 bail!("[sweep] must be a table of `\"stage.key\" = [values]`")
             };
             for (path, values) in sweep {
+                if TAGGED.iter().any(|t| path.starts_with(&format!("{t}."))) {
+                    continue;
+                }
                 check_path(&known, path).with_context(|| format!("in [sweep]: `{path}`"))?;
                 if !values.is_array() {
                     bail!("[sweep] `{path}` must be a list of values, e.g. `\"{path}\" = [a, b]`");
@@ -170,7 +173,33 @@ pub fn validate_keys(root: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The tree of known keys: the typed defaults, plus settings that default to
+/// "unset" and so do not appear in them.
+fn known_keys() -> Result<Value> {
+    let mut known = Value::try_from(ExperimentConfig::default()).context("serialising defaults")?;
+    for (table, key) in [
+        ("model", "pretrained"),
+        ("model", "input_scaling"),
+        ("optimizer", "beta_learning_rate"),
+    ] {
+        if let Some(t) = known
+            .get_mut("train")
+            .and_then(|t| t.get_mut(table))
+            .and_then(Value::as_table_mut)
+        {
+            t.insert(key.into(), Value::String(String::new()));
+        }
+    }
+    Ok(known)
+}
+
+/// Tables whose fields depend on a tag (`train.loss.name`): serde checks them.
+const TAGGED: [&str; 2] = ["train.loss", "train.optimizer.algorithm"];
+
 fn check_tree(known: &Value, path: &str, v: &Value) -> Result<()> {
+    if TAGGED.iter().any(|t| path.starts_with(&format!("{t}."))) {
+        return Ok(());
+    }
     check_path(known, path)?;
     if let Value::Table(t) = v {
         let kv = lookup(known, path);
@@ -280,8 +309,20 @@ fn value_literal(v: &Value) -> String {
 
 fn typed(v: &Value) -> Result<ExperimentConfig> {
     let text = toml::to_string(v).context("re-serialising the config")?;
-    toml::from_str(&text)
-        .map_err(|e| anyhow!("invalid configuration: {}", e.message()).context(locate(&e, &text)))
+    let mut c: ExperimentConfig = toml::from_str(&text).map_err(|e| {
+        anyhow!("invalid configuration: {}", e.message()).context(locate(&e, &text))
+    })?;
+    // Defaults that depend on another setting are filled before anything is hashed:
+    // without an explicit `train.model.normalize`, the loss's recommended one (the seed's).
+    let explicit = v
+        .get("train")
+        .and_then(|t| t.get("model"))
+        .and_then(|m| m.get("normalize"))
+        .is_some();
+    if !explicit {
+        c.train.model.normalize = c.train.loss.normalize_by_default();
+    }
+    Ok(c)
 }
 
 fn locate(e: &toml::de::Error, text: &str) -> String {

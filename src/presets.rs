@@ -21,6 +21,26 @@ const SYNTHETIC: &str = r#"
 name = "synthetic"
 [dataset]
 kind = "synthetic"
+[image]
+resize = 64
+crop = 56
+[plan]
+p = 16
+k = 4
+steps = 400
+[train]
+device = "auto"
+checkpoint_every = 100
+[train.model]
+backbone = "small_cnn"
+head = "direct"
+[train.loss]
+name = "semi_hard_triplet"
+margin = 0.2
+[train.optimizer]
+learning_rate = 0.001
+[train.optimizer.algorithm]
+name = "adam"
 "#;
 
 /// Every preset.

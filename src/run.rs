@@ -162,6 +162,16 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             store.root().display()
         )
     })?;
+    for node in plan.nodes.iter().filter(|n| n.stage == "report") {
+        let md = store.object_dir(&node.stage, &node.key).join("report.md");
+        if let Ok(text) = std::fs::read_to_string(&md) {
+            println!("{text}");
+            println!(
+                "(report, plots and loss curves: {})",
+                md.parent().unwrap_or(&md).display()
+            );
+        }
+    }
     let ran = summary.ran();
     eprintln!(
         "{} stages: {ran} ran, {} cached, {:.1}s (record: {})",

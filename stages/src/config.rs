@@ -18,10 +18,18 @@ pub struct ExperimentConfig {
     pub index: IndexSettings,
     /// P×K planning.
     pub plan: PlanSettings,
+    /// Image sizes: resize once (decode cache), crop for the network.
+    pub image: ImageSettings,
+    /// Training: network, loss, optimiser, device.
+    pub train: TrainSettings,
+    /// Embedding the evaluation split(s).
+    pub embed: EmbedSettings,
     /// Retrieval evaluation.
     pub retrieve: RetrieveSettings,
     /// Clustering evaluation.
     pub cluster: ClusterSettings,
+    /// The report.
+    pub report: ReportSettings,
 }
 
 impl Default for ExperimentConfig {
@@ -32,7 +40,11 @@ impl Default for ExperimentConfig {
             synthetic: SyntheticSettings::default(),
             index: IndexSettings::default(),
             plan: PlanSettings::default(),
+            image: ImageSettings::default(),
+            train: TrainSettings::default(),
+            embed: EmbedSettings::default(),
             retrieve: RetrieveSettings::default(),
+            report: ReportSettings::default(),
             cluster: ClusterSettings::default(),
         }
     }
@@ -139,4 +151,88 @@ impl Default for RetrieveSettings {
 pub struct ClusterSettings {
     /// k-means seed (k-means++ seeding, Lloyd iterations until no assignment changes).
     pub seed: u64,
+}
+
+/// `[image]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Every image is resized once to `resize`×`resize` (aspect not kept, as the seed) into the decode cache.
+    pub resize: u32,
+    /// The network sees `crop`×`crop`: a random crop + flip in training, the centre crop at test time.
+    pub crop: u32,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            resize: 256,
+            crop: 224,
+        }
+    }
+}
+
+/// `[train]`: the network (`[train.model]`), the loss (`[train.loss]`, with `name`),
+/// the optimiser (`[train.optimizer]`) and how to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// Backbone, head, embedding size, normalisation, pretrained weights.
+    pub model: crate::train::ModelConfig,
+    /// The ranking loss and its parameters.
+    pub loss: crate::train::Loss,
+    /// Adam or SGD, learning rate, schedule, weight decay.
+    pub optimizer: crate::train::OptimConfig,
+    /// `f32`, or `bf16` autocast on CUDA.
+    pub precision: crate::train::Precision,
+    /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Seed of the weight initialisation and of the augmentation.
+    pub seed: u64,
+    /// Steps between resumable checkpoints (kept outside the store, not part of the key).
+    pub checkpoint_every: u32,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            model: Default::default(),
+            loss: Default::default(),
+            optimizer: Default::default(),
+            precision: Default::default(),
+            device: "auto".into(),
+            seed: 0,
+            checkpoint_every: 500,
+        }
+    }
+}
+
+/// `[embed]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedSettings {
+    /// Images per forward pass.
+    pub batch_size: u32,
+}
+
+impl Default for EmbedSettings {
+    fn default() -> Self {
+        EmbedSettings { batch_size: 128 }
+    }
+}
+
+/// `[report]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSettings {
+    /// Also embed and score the untrained network, to show what training bought.
+    pub untrained_baseline: bool,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            untrained_baseline: true,
+        }
+    }
 }

@@ -2,6 +2,9 @@
 //! every node whose settings and inputs agree (one index, one plan per P×K…).
 use crate::config::{DatasetKindName, ExperimentConfig};
 use crate::data_stages::{IndexStage, PlanStage, SynthStage};
+use crate::eval_stages::{ClusterStage, RetrieveStage};
+use crate::model_stages::{DecodeStage, EmbedStage, ImageRoot, TrainStage};
+use crate::report::{ReportStage, RunLabel};
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ pub struct Experiment {
 
 struct Pending {
     stage: Arc<dyn Stage>,
+    label: Option<&'static str>,
     inputs: Vec<(String, usize)>,
     users: BTreeSet<usize>,
 }
@@ -31,6 +35,16 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, experiment: usize, stage: Arc<dyn Stage>, inputs: &[(&str, usize)]) -> usize {
+        self.add_labelled(experiment, None, stage, inputs)
+    }
+
+    fn add_labelled(
+        &mut self,
+        experiment: usize,
+        label: Option<&'static str>,
+        stage: Arc<dyn Stage>,
+        inputs: &[(&str, usize)],
+    ) -> usize {
         let identity = format!(
             "{}|{}|{:?}|{}",
             stage.name(),
@@ -41,6 +55,7 @@ impl Builder {
         let i = *self.by_identity.entry(identity).or_insert_with(|| {
             self.nodes.push(Pending {
                 stage,
+                label,
                 inputs: inputs.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
                 users: BTreeSet::new(),
             });
@@ -57,7 +72,10 @@ impl Builder {
         let mut ids: Vec<NodeId> = Vec::new();
         let mut taken: BTreeSet<String> = BTreeSet::new();
         for p in self.nodes {
-            let mut id = p.stage.name().to_string();
+            let mut id = match p.label {
+                Some(l) => format!("{}:{l}", p.stage.name()),
+                None => p.stage.name().to_string(),
+            };
             if p.users.len() < experiments.len() {
                 let first = &experiments[*p.users.iter().next().expect("a node has a user")];
                 let common: Vec<String> = first
@@ -85,21 +103,99 @@ impl Builder {
     }
 }
 
-/// Builds the DAG for every experiment.
+/// Builds the DAG for every experiment: synth? → index → plan → decode → train
+/// → embed → {retrieve, cluster} → one report over all experiments, plus the
+/// untrained baseline's train → embed → {retrieve, cluster} when asked.
 pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
     let mut b = Builder::default();
+    let mut report_inputs: Vec<(String, usize)> = Vec::new();
+    let mut labels = Vec::new();
     for (e, exp) in experiments.iter().enumerate() {
         let c = &exp.config;
-        let synth = (c.dataset.kind == DatasetKindName::Synthetic)
+        let kind = c.dataset.kind;
+        let synth = (kind == DatasetKindName::Synthetic)
             .then(|| b.add(e, Arc::new(SynthStage::new(c.synthetic.clone())), &[]));
-        let index_inputs: Vec<(&str, usize)> =
-            synth.map(|s| vec![("synth", s)]).unwrap_or_default();
-        let index = b.add(e, Arc::new(IndexStage::new(c)?), &index_inputs);
-        let _plan = b.add(
+        let root = match synth {
+            Some(_) => ImageRoot::Synth,
+            None => ImageRoot::Dir(c.dataset.root.clone().into()),
+        };
+        let with_synth = |mut v: Vec<(&'static str, usize)>| {
+            if let Some(s) = synth {
+                v.push(("synth", s));
+            }
+            v
+        };
+        let index = b.add(e, Arc::new(IndexStage::new(c)?), &with_synth(vec![]));
+        let plan = b.add(
             e,
             Arc::new(PlanStage::new(c.plan.clone())),
             &[("index", index)],
         );
+        let decode = b.add(
+            e,
+            DecodeStage::new(&c.image, c.index.skip_bad_images, root),
+            &with_synth(vec![("index", index)]),
+        );
+        let train = b.add(
+            e,
+            TrainStage::new(&c.train, &c.image, c.plan.k, false)?,
+            &[("plan", plan), ("decode", decode), ("index", index)],
+        );
+        let embed = b.add(
+            e,
+            EmbedStage::new(&c.embed, &c.image, kind, &c.train.device)?,
+            &[("train", train), ("decode", decode), ("index", index)],
+        );
+        let retrieve = b.add(
+            e,
+            RetrieveStage::new(c.retrieve.clone(), kind),
+            &[("embed", embed)],
+        );
+        let cluster = b.add(
+            e,
+            ClusterStage::new(c.cluster.clone(), c.retrieve.protocol, kind),
+            &[("embed", embed)],
+        );
+        report_inputs.push((format!("retrieve/{e}"), retrieve));
+        report_inputs.push((format!("cluster/{e}"), cluster));
+        report_inputs.push((format!("train/{e}"), train));
+        if c.report.untrained_baseline {
+            let l = Some("untrained");
+            let train0 = b.add_labelled(
+                e,
+                l,
+                TrainStage::new(&c.train, &c.image, c.plan.k, true)?,
+                &[],
+            );
+            let embed0 = b.add_labelled(
+                e,
+                l,
+                EmbedStage::new(&c.embed, &c.image, kind, &c.train.device)?,
+                &[("train", train0), ("decode", decode), ("index", index)],
+            );
+            let retrieve0 = b.add_labelled(
+                e,
+                l,
+                RetrieveStage::new(c.retrieve.clone(), kind),
+                &[("embed", embed0)],
+            );
+            let cluster0 = b.add_labelled(
+                e,
+                l,
+                ClusterStage::new(c.cluster.clone(), c.retrieve.protocol, kind),
+                &[("embed", embed0)],
+            );
+            report_inputs.push((format!("baseline_retrieve/{e}"), retrieve0));
+            report_inputs.push((format!("baseline_cluster/{e}"), cluster0));
+        }
+        labels.push(RunLabel::new(&exp.name, &exp.point, c));
+    }
+    let inputs: Vec<(&str, usize)> = report_inputs
+        .iter()
+        .map(|(r, n)| (r.as_str(), *n))
+        .collect();
+    for e in 0..experiments.len() {
+        b.add(e, Arc::new(ReportStage::new(labels.clone())), &inputs);
     }
     Ok(b.finish(experiments))
 }

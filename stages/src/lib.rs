@@ -4,6 +4,9 @@ pub mod dag;
 pub mod data_stages;
 pub mod eval_stages;
 pub mod evaluate;
+pub mod model_stages;
+pub mod plots;
+pub mod report;
 pub mod train;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).

@@ -1,1 +1,21 @@
 //! Training: backbones, heads, ranking losses, optimisers and schedules (tch).
+//!
+//! The train stage builds a [`Trainer`] from a [`TrainConfig`] and calls [`Trainer::step`] per
+//! P×K batch; the embed stage rebuilds the network with [`Embedder::load`]. Images reach both
+//! as NCHW f32 already scaled with [`ModelConfig::input_scaling`].
+
+pub mod backbones;
+pub mod bench;
+mod checkpoint;
+pub mod error;
+pub mod losses;
+pub mod model;
+pub mod optim;
+pub mod trainer;
+
+pub use backbones::{input_scaling, Backbone, InputScaling};
+pub use error::{Result, TrainError};
+pub use losses::{Loss, LossModule, LossOutput, Margin};
+pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};
+pub use optim::{Algorithm, LrSchedule, OptimConfig};
+pub use trainer::{resolve_device, Precision, StepStats, TrainConfig, Trainer};

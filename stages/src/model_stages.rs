@@ -1,0 +1,540 @@
+//! The model stages: `decode` (every image resized once into a memory-mapped
+//! cache), `train` (P×K batches → `model.safetensors`, `train_log.parquet`,
+//! `loss.png`) and `embed` (the evaluation split → `embeddings.arrow`).
+use crate::config::{DatasetKindName, EmbedSettings, ImageSettings, TrainSettings};
+use crate::plots;
+use crate::train::{self, InputScaling, TrainConfig, Trainer};
+use anyhow::{anyhow, bail, Context};
+use dml_artifacts::tables::{self, Embeddings};
+use dml_datasets as ds;
+use dml_pipeline::{BoxError, RunContext, Stage};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The dataset root a stage reads images from: the synth artifact, or `dataset.root`.
+#[derive(Debug, Clone)]
+pub enum ImageRoot {
+    /// `images/` of the synth input.
+    Synth,
+    /// An external directory (not part of the key: the index's fingerprint is).
+    Dir(PathBuf),
+}
+
+impl ImageRoot {
+    fn resolve(&self, ctx: &RunContext<'_>) -> Result<PathBuf, BoxError> {
+        Ok(match self {
+            ImageRoot::Synth => ctx.input("synth")?.join("images"),
+            ImageRoot::Dir(p) => p.clone(),
+        })
+    }
+}
+
+fn to_ds_scaling(s: InputScaling) -> ds::InputScaling {
+    match s {
+        InputScaling::SignedUnit => ds::InputScaling::Inception,
+        InputScaling::UnitRange => ds::InputScaling::Unit,
+        InputScaling::ImagenetMeanStd => ds::InputScaling::ImagenetMeanStd,
+    }
+}
+
+/// Resizes every indexed image once into `images.u8` (+ its header).
+pub struct DecodeStage {
+    resize: u32,
+    skip_bad: bool,
+    root: ImageRoot,
+}
+
+impl DecodeStage {
+    /// A decode stage.
+    pub fn new(image: &ImageSettings, skip_bad: bool, root: ImageRoot) -> Arc<Self> {
+        Arc::new(DecodeStage {
+            resize: image.resize,
+            skip_bad,
+            root,
+        })
+    }
+}
+
+impl Stage for DecodeStage {
+    fn name(&self) -> &'static str {
+        "decode"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({ "image": { "resize": self.resize }, "index": { "skip_bad_images": self.skip_bad } })
+    }
+    fn identity(&self) -> String {
+        format!("{:?}", self.root)
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let root = self.root.resolve(ctx)?;
+        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let paths: Vec<String> = index.iter().map(|r| r.path.clone()).collect();
+        let bar = ctx.progress(1, "{prefix:>10} decoding {msg}");
+        bar.set_message(format!("{} images at {}²", paths.len(), self.resize));
+        let started = Instant::now();
+        let report =
+            ds::DecodeCache::build(&root, &paths, self.resize, ctx.out_dir(), self.skip_bad)?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "decoded {} images in {secs:.1}s ({:.0} img/s)",
+            paths.len(),
+            paths.len() as f64 / secs
+        );
+        ctx.note("images", json!(paths.len()));
+        ctx.note(
+            "images_per_second",
+            json!(paths.len() as f64 / secs.max(1e-9)),
+        );
+        ctx.note("skipped_images", json!(report.skipped));
+        Ok(())
+    }
+}
+
+/// Trains the embedding network on the planned batches.
+pub struct TrainStage {
+    settings: TrainSettings,
+    crop: u32,
+    device: Device,
+    /// Build the initialised network only (the untrained baseline).
+    untrained: bool,
+}
+
+/// `cpu` or `cuda`: the device kind is part of the train key (outputs differ).
+fn device_kind(d: Device) -> &'static str {
+    if d.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+impl TrainStage {
+    /// Validates the settings against the plan's layout and resolves the device.
+    pub fn new(
+        settings: &TrainSettings,
+        image: &ImageSettings,
+        plan_k: u32,
+        untrained: bool,
+    ) -> anyhow::Result<Arc<Self>> {
+        let cfg = train_config(settings);
+        cfg.validate().context("invalid [train] settings")?;
+        if let Some(k) = settings.loss.required_samples_per_class() {
+            if plan_k as usize != k && !untrained {
+                bail!(
+                    "train.loss `{}` needs batches of K = {k} images per class, but plan.k = {plan_k}; set --set plan.k={k} (the seed uses P = {} there)",
+                    settings.loss.name(),
+                    if k == 2 { 60 } else { 30 }
+                );
+            }
+        }
+        if image.crop > image.resize {
+            bail!(
+                "image.crop = {} is larger than image.resize = {}",
+                image.crop,
+                image.resize
+            );
+        }
+        let device = train::resolve_device(&settings.device)?;
+        Ok(Arc::new(TrainStage {
+            settings: settings.clone(),
+            crop: image.crop,
+            device,
+            untrained,
+        }))
+    }
+}
+
+fn train_config(s: &TrainSettings) -> TrainConfig {
+    TrainConfig {
+        model: s.model.clone(),
+        loss: s.loss.clone(),
+        optimizer: s.optimizer.clone(),
+        precision: s.precision,
+    }
+}
+
+/// One row of `train_log.parquet`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct LogRow {
+    step: u32,
+    loss: f64,
+    lr: f64,
+    seconds: f64,
+    active_fraction: f64,
+    mean_pos_dist: f64,
+    mean_neg_dist: f64,
+    mean_norm: f64,
+}
+
+impl Stage for TrainStage {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        let mut t = serde_json::to_value(&self.settings).unwrap_or_default();
+        if let Some(o) = t.as_object_mut() {
+            // Not part of the output: where checkpoints go, and the device spelling
+            // (only the resolved kind is).
+            o.remove("checkpoint_every");
+            o.insert("device".into(), json!(device_kind(self.device)));
+            if self.untrained {
+                for k in ["loss", "optimizer", "precision"] {
+                    o.remove(k);
+                }
+                o.insert("untrained".into(), json!(true));
+            }
+        }
+        json!({ "train": t, "image": { "crop": self.crop } })
+    }
+    fn uses_device(&self) -> bool {
+        self.device.is_cuda()
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let cfg = train_config(&self.settings);
+        let seed = self.settings.seed;
+        let mut trainer = Trainer::new(&cfg, self.device, seed)?;
+        let out = ctx.out_dir().to_path_buf();
+        std::fs::write(out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
+        if self.untrained {
+            trainer.save_weights(&out.join("model.safetensors"))?;
+            return Ok(());
+        }
+        if self.settings.precision == train::Precision::Bf16 && !self.device.is_cuda() {
+            tracing::warn!(
+                "train.precision = bf16 applies to CUDA only; training in f32 on the CPU"
+            );
+        }
+        let cache = Arc::new(ds::DecodeCache::open(ctx.input("decode")?)?);
+        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let plan = tables::read_plan(&ctx.input("plan")?.join("plan.parquet"))?;
+        let steps: BTreeMap<u32, Vec<tables::PlanRow>> =
+            plan.iter().fold(BTreeMap::new(), |mut m, r| {
+                m.entry(r.step).or_insert_with(Vec::new).push(*r);
+                m
+            });
+        let total = steps.len() as u64;
+        let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
+
+        // Resumable checkpoints live outside the store, per key.
+        let ckpt_dir = ctx.cache_dir("checkpoints")?.join(ctx.key());
+        std::fs::create_dir_all(&ckpt_dir)?;
+        let ckpt = ckpt_dir.join("checkpoint.safetensors");
+        let ckpt_log = ckpt_dir.join("log.json");
+        let mut log: Vec<LogRow> = Vec::new();
+        let mut start = 0u64;
+        if ckpt.exists() && ckpt_log.exists() {
+            trainer
+                .load(&ckpt)
+                .with_context(|| format!("resuming from {}", ckpt.display()))?;
+            log = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
+            start = trainer.updates();
+            log.truncate(start as usize);
+            tracing::info!("resuming {} from step {start}", ctx.node());
+            ctx.note("resumed_from_step", json!(start));
+        }
+        let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
+
+        // Batches are assembled on the rayon pool, one step ahead of the model.
+        let (tx, rx) = mpsc::sync_channel::<anyhow::Result<(u64, Vec<f32>, Vec<i64>)>>(2);
+        let crop = self.crop;
+        let scaling = to_ds_scaling(cfg.model.input_scaling());
+        let producer = {
+            let cache = cache.clone();
+            let batches = batches.clone();
+            std::thread::spawn(move || {
+                for step in start..total {
+                    let (ids, labels) = &batches[step as usize];
+                    let r = ds::assemble_batch(
+                        &cache,
+                        ids,
+                        crop,
+                        ds::Augment::Train { seed, step },
+                        scaling,
+                    )
+                    .map(|x| (step, x, labels.clone()))
+                    .map_err(anyhow::Error::from);
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let bar = ctx.progress(
+            total,
+            "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+        );
+        bar.set_position(start);
+        let abort_at: Option<u64> = std::env::var("DML_FAULT_ABORT_AFTER_STEP")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let every = u64::from(self.settings.checkpoint_every.max(1));
+        let started = Instant::now();
+        let mut images_done = 0usize;
+        for received in rx.iter() {
+            let (step, data, labels) = received?;
+            let b = labels.len() as i64;
+            let images = Tensor::from_slice(&data)
+                .view([b, 3, crop as i64, crop as i64])
+                .to_device(self.device);
+            let labels_t = Tensor::from_slice(&labels).to_device(self.device);
+            let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
+                anyhow!(
+                    "{e}; training stopped at step {step}; the last good checkpoint is kept in {}",
+                    ckpt_dir.display()
+                )
+            })?;
+            images_done += labels.len();
+            let seconds = elapsed_before + started.elapsed().as_secs_f64();
+            log.push(LogRow {
+                step: step as u32,
+                loss: stats.loss,
+                lr: stats.lr,
+                seconds,
+                active_fraction: stats.active_fraction,
+                mean_pos_dist: stats.mean_pos_dist,
+                mean_neg_dist: stats.mean_neg_dist,
+                mean_norm: stats.mean_norm,
+            });
+            let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%",
+                stats.loss,
+                stats.lr,
+                ips,
+                100.0 * stats.active_fraction
+            ));
+            bar.inc(1);
+            let done = step + 1;
+            if done % every == 0 && done < total {
+                let tmp = ckpt_dir.join("checkpoint.safetensors.tmp");
+                trainer.save(&tmp)?;
+                std::fs::write(ckpt_dir.join("log.json.tmp"), serde_json::to_string(&log)?)?;
+                std::fs::rename(&tmp, &ckpt)?;
+                std::fs::rename(ckpt_dir.join("log.json.tmp"), &ckpt_log)?;
+            }
+            if abort_at == Some(done) {
+                // Test hook: an interruption right after a checkpoint.
+                std::process::abort();
+            }
+        }
+        let _ = producer.join();
+        bar.finish_and_clear();
+        trainer.save_weights(&out.join("model.safetensors"))?;
+        write_log(&out.join("train_log.parquet"), &log)?;
+        let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+        plots::loss_curve(
+            &out.join("loss.png"),
+            &format!("{} — {}", ctx.node(), cfg.loss.name()),
+            &curve,
+        )?;
+        let secs = started.elapsed().as_secs_f64();
+        ctx.note("steps", json!(total));
+        ctx.note(
+            "images_per_second",
+            json!(images_done as f64 / secs.max(1e-9)),
+        );
+        ctx.note("train_seconds", json!(elapsed_before + secs));
+        if let Some(last) = log.last() {
+            ctx.note("final_loss", json!(last.loss));
+            ctx.note("final_active_fraction", json!(last.active_fraction));
+        }
+        let _ = std::fs::remove_dir_all(&ckpt_dir);
+        Ok(())
+    }
+}
+
+/// Per step: cache indices and labels. Images skipped by the decode stage are
+/// replaced by another decodable image of the same class (and counted).
+fn substitute_skipped(
+    steps: &BTreeMap<u32, Vec<tables::PlanRow>>,
+    index: &[tables::IndexRow],
+    cache: &ds::DecodeCache,
+    ctx: &mut RunContext<'_>,
+) -> Result<Arc<Vec<(Vec<usize>, Vec<i64>)>>, BoxError> {
+    let mut by_class: HashMap<u32, Vec<usize>> = HashMap::new();
+    for r in index {
+        if !cache.is_missing(r.image_id as usize) && r.split == "train" {
+            by_class
+                .entry(r.class_id)
+                .or_default()
+                .push(r.image_id as usize);
+        }
+    }
+    let mut substituted = 0usize;
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, (step, rows)) in steps.iter().enumerate() {
+        if *step as usize != i {
+            return Err(anyhow!("plan.parquet skips step {i}").into());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut labels = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut id = r.image_id as usize;
+            if cache.is_missing(id) {
+                let pool = by_class.get(&r.class_id).filter(|p| !p.is_empty()).ok_or_else(|| {
+                    anyhow!("every image of class {} was skipped as unreadable; nothing to train on", r.class_id)
+                })?;
+                id = pool[(r.slot as usize + *step as usize) % pool.len()];
+                substituted += 1;
+            }
+            ids.push(id);
+            labels.push(i64::from(r.class_id));
+        }
+        out.push((ids, labels));
+    }
+    if substituted > 0 {
+        ctx.note("substituted_unreadable_images", json!(substituted));
+    }
+    Ok(Arc::new(out))
+}
+
+fn write_log(path: &Path, log: &[LogRow]) -> Result<(), BoxError> {
+    use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let f = |name: &str| Field::new(name, DataType::Float64, false);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("step", DataType::UInt32, false),
+        f("loss"),
+        f("lr"),
+        f("seconds"),
+        f("active_fraction"),
+        f("mean_pos_dist"),
+        f("mean_neg_dist"),
+        f("mean_norm"),
+    ]));
+    let col = |g: fn(&LogRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(log.iter().map(|r| r.step))),
+        col(|r| r.loss),
+        col(|r| r.lr),
+        col(|r| r.seconds),
+        col(|r| r.active_fraction),
+        col(|r| r.mean_pos_dist),
+        col(|r| r.mean_neg_dist),
+        col(|r| r.mean_norm),
+    ];
+    tables::write_parquet(path, &RecordBatch::try_new(schema, cols)?)?;
+    Ok(())
+}
+
+/// Embeds the evaluation split(s) with the trained network.
+pub struct EmbedStage {
+    settings: EmbedSettings,
+    crop: u32,
+    splits: Vec<&'static str>,
+    device: Device,
+}
+
+impl EmbedStage {
+    /// Embeds `test` (or `query` + `gallery` for In-shop) on the training device.
+    pub fn new(
+        settings: &EmbedSettings,
+        image: &ImageSettings,
+        kind: DatasetKindName,
+        device: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        let splits = if kind == DatasetKindName::Inshop {
+            vec!["query", "gallery"]
+        } else {
+            vec!["test"]
+        };
+        Ok(Arc::new(EmbedStage {
+            settings: settings.clone(),
+            crop: image.crop,
+            splits,
+            device: train::resolve_device(device)?,
+        }))
+    }
+}
+
+impl Stage for EmbedStage {
+    fn name(&self) -> &'static str {
+        "embed"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({
+            "embed": { "batch_size": self.settings.batch_size, "splits": self.splits, "device": device_kind(self.device) },
+            "image": { "crop": self.crop },
+        })
+    }
+    fn uses_device(&self) -> bool {
+        self.device.is_cuda()
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let train_dir = ctx.input("train")?.to_path_buf();
+        let cfg: TrainConfig =
+            serde_json::from_str(&std::fs::read_to_string(train_dir.join("model.json"))?)?;
+        let embedder = train::Embedder::load(
+            &cfg.model,
+            &train_dir.join("model.safetensors"),
+            self.device,
+        )?;
+        let cache = ds::DecodeCache::open(ctx.input("decode")?)?;
+        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let rows: Vec<&tables::IndexRow> = index
+            .iter()
+            .filter(|r| {
+                self.splits.contains(&r.split.as_str()) && !cache.is_missing(r.image_id as usize)
+            })
+            .collect();
+        if rows.is_empty() {
+            return Err(
+                anyhow!("the index has no {} images to embed", self.splits.join("/")).into(),
+            );
+        }
+        let scaling = to_ds_scaling(cfg.model.input_scaling());
+        let bs = self.settings.batch_size.max(1) as usize;
+        let bar = ctx.progress(
+            rows.len() as u64,
+            "{prefix:>10} [{bar:30}] {pos}/{len} images ({eta})",
+        );
+        let mut values = Vec::with_capacity(rows.len() * cfg.model.embedding_dim as usize);
+        for chunk in rows.chunks(bs) {
+            let ids: Vec<usize> = chunk.iter().map(|r| r.image_id as usize).collect();
+            let data = ds::assemble_batch(&cache, &ids, self.crop, ds::Augment::Test, scaling)?;
+            let x = Tensor::from_slice(&data).view([
+                ids.len() as i64,
+                3,
+                self.crop as i64,
+                self.crop as i64,
+            ]);
+            let e = embedder
+                .embed(&x)?
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
+            let flat: Vec<f32> = Vec::<f32>::try_from(e.view([-1]))?;
+            values.extend_from_slice(&flat);
+            bar.inc(ids.len() as u64);
+        }
+        bar.finish_and_clear();
+        let dim = values.len() / rows.len();
+        let emb = Embeddings {
+            image_id: rows.iter().map(|r| r.image_id).collect(),
+            class_id: rows.iter().map(|r| r.class_id).collect(),
+            split: rows.iter().map(|r| r.split.clone()).collect(),
+            dim,
+            values,
+        };
+        tables::write_ipc(&ctx.out_dir().join("embeddings.arrow"), &emb.to_batch())?;
+        ctx.note("rows", json!(emb.len()));
+        ctx.note("dim", json!(dim));
+        Ok(())
+    }
+}

@@ -1,0 +1,464 @@
+//! The `report` stage: one row per run in the seed's table columns (method,
+//! normalised, margin, NMI, R@1, R@4, P, K) plus R@K for the dataset's Ks,
+//! MAP@R, R-precision and training time; mean ± std over seeds when a seed
+//! axis is swept (aggregated with polars); `report.md`, `report.json`,
+//! `report.parquet`, `recall.png`, `r1.png` and each run's loss curve.
+use crate::config::ExperimentConfig;
+use crate::plots;
+use anyhow::anyhow;
+use dml_pipeline::{BoxError, RunContext, Stage};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// What the report says about one run, fixed when the DAG is built.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunLabel {
+    /// Run name (with the sweep point).
+    pub name: String,
+    /// Sweep point (path, value).
+    pub point: Vec<(String, String)>,
+    /// Dataset kind.
+    pub dataset: String,
+    /// Backbone.
+    pub backbone: String,
+    /// Loss name.
+    pub method: String,
+    /// L2-normalised embeddings.
+    pub normalized: bool,
+    /// Margin as the seed's table shows it (`N/A` for losses without one).
+    pub margin: String,
+    /// Classes per batch.
+    pub p: u32,
+    /// Images per class.
+    pub k: u32,
+    /// Whether an untrained baseline was scored.
+    pub baseline: bool,
+}
+
+impl RunLabel {
+    /// The label of an experiment.
+    pub fn new(name: &str, point: &[(String, String)], c: &ExperimentConfig) -> Self {
+        let loss = serde_json::to_value(&c.train.loss).unwrap_or_default();
+        let margin = match loss.get("margin") {
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            _ => "N/A".into(),
+        };
+        RunLabel {
+            name: name.to_string(),
+            point: point.to_vec(),
+            dataset: serde_json::to_value(c.dataset.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            backbone: c.train.model.backbone.name().to_string(),
+            method: c.train.loss.name().to_string(),
+            normalized: c.train.model.normalize,
+            margin,
+            p: c.plan.p,
+            k: c.plan.k,
+            baseline: c.report.untrained_baseline,
+        }
+    }
+
+    /// The sweep point without seed axes: runs that differ only by seed are one group.
+    fn group(&self) -> String {
+        let parts: Vec<String> = self
+            .point
+            .iter()
+            .filter(|(k, _)| !k.ends_with("seed"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if parts.is_empty() {
+            self.name
+                .split('[')
+                .next()
+                .unwrap_or(&self.name)
+                .to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Collects every run's metrics into one report.
+pub struct ReportStage {
+    runs: Vec<RunLabel>,
+}
+
+impl ReportStage {
+    /// A report over `runs`; its inputs are `retrieve/i`, `cluster/i`, `train/i`
+    /// (and `baseline_retrieve/i`, `baseline_cluster/i` when a baseline was scored).
+    pub fn new(runs: Vec<RunLabel>) -> Self {
+        ReportStage { runs }
+    }
+}
+
+fn read_json(dir: &Path, file: &str) -> Result<Value, BoxError> {
+    let path = dir.join(file);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+impl Stage for ReportStage {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn settings(&self) -> Value {
+        json!({ "report": { "runs": self.runs } })
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let out = ctx.out_dir().to_path_buf();
+        let mut rows = Vec::new();
+        let mut curves = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            let r = read_json(ctx.input(&format!("retrieve/{i}"))?, "metrics.json")?;
+            let c = read_json(ctx.input(&format!("cluster/{i}"))?, "metrics.json")?;
+            let train_dir = ctx.input(&format!("train/{i}"))?.to_path_buf();
+            let train_notes = ctx
+                .input_manifest(&format!("train/{i}"))
+                .map(|m| m.notes.clone())
+                .unwrap_or_default();
+            let ks: Vec<usize> = r
+                .as_object()
+                .map(|o| {
+                    o.keys()
+                        .filter_map(|k| k.strip_prefix("recall@")?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut ks = ks;
+            ks.sort_unstable();
+            let recall: Vec<(usize, f64)> = ks
+                .iter()
+                .map(|&k| (k, num(&r, &format!("recall@{k}"))))
+                .collect();
+            curves.push((run.name.clone(), recall.clone()));
+            let baseline = if run.baseline {
+                let br = read_json(
+                    ctx.input(&format!("baseline_retrieve/{i}"))?,
+                    "metrics.json",
+                )?;
+                let bc = read_json(ctx.input(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
+                Some((num(&br, "recall@1"), num(&bc, "nmi")))
+            } else {
+                None
+            };
+            let loss_png = train_dir.join("loss.png");
+            if loss_png.exists() {
+                std::fs::copy(&loss_png, out.join(format!("loss_{i}.png")))?;
+            }
+            rows.push(json!({
+                "run": run.name,
+                "group": run.group(),
+                "dataset": run.dataset,
+                "backbone": run.backbone,
+                "method": run.method,
+                "normalized": run.normalized,
+                "margin": run.margin,
+                "p": run.p,
+                "k": run.k,
+                "nmi": num(&c, "nmi"),
+                "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
+                "map_at_r": num(&r, "map@r"),
+                "r_precision": num(&r, "r_precision"),
+                "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
+                "untrained_recall@1": baseline.map(|b| b.0),
+                "untrained_nmi": baseline.map(|b| b.1),
+            }));
+        }
+        let table = build_frame(&rows)?;
+        let groups = aggregate(&table)?;
+        let md = markdown(&rows, &groups)?;
+        std::fs::write(out.join("report.md"), &md)?;
+        std::fs::write(
+            out.join("report.json"),
+            serde_json::to_string_pretty(
+                &json!({ "runs": rows, "groups": frame_to_json(&groups)? }),
+            )?,
+        )?;
+        let mut table = table;
+        let file = std::fs::File::create(out.join("report.parquet"))?;
+        ParquetWriter::new(file)
+            .finish(&mut table)
+            .map_err(|e| anyhow!("writing report.parquet: {e}"))?;
+        plots::recall_curves(&out.join("recall.png"), "Recall@K", &curves)?;
+        let bars = bar_rows(&groups)?;
+        plots::bars(&out.join("r1.png"), "Recall@1 per run", "R@1 (%)", &bars)?;
+        Ok(())
+    }
+}
+
+/// One row per run; recall columns `r@K` for every K any run has.
+fn build_frame(rows: &[Value]) -> Result<DataFrame, BoxError> {
+    let s = |key: &str| -> Vec<String> {
+        rows.iter()
+            .map(|r| r[key].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let f = |key: &str| -> Vec<f64> {
+        rows.iter()
+            .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let u = |key: &str| -> Vec<u32> {
+        rows.iter()
+            .map(|r| r[key].as_u64().unwrap_or(0) as u32)
+            .collect()
+    };
+    let mut ks: Vec<u64> = rows
+        .iter()
+        .flat_map(|r| {
+            r["recall"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["k"].as_u64())
+        })
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let mut cols: Vec<Column> = vec![
+        Column::new("run".into(), s("run")),
+        Column::new("group".into(), s("group")),
+        Column::new("dataset".into(), s("dataset")),
+        Column::new("backbone".into(), s("backbone")),
+        Column::new("method".into(), s("method")),
+        Column::new(
+            "normalized".into(),
+            rows.iter()
+                .map(|r| r["normalized"].as_bool().unwrap_or(false))
+                .collect::<Vec<bool>>(),
+        ),
+        Column::new("margin".into(), s("margin")),
+        Column::new("p".into(), u("p")),
+        Column::new("k".into(), u("k")),
+        Column::new("nmi".into(), f("nmi")),
+    ];
+    for k in &ks {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                r["recall"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["k"].as_u64() == Some(*k))
+                    .and_then(|x| x["value"].as_f64())
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        cols.push(Column::new(format!("r@{k}").into(), v));
+    }
+    cols.push(Column::new("map@r".into(), f("map_at_r")));
+    cols.push(Column::new("r_precision".into(), f("r_precision")));
+    cols.push(Column::new("train_seconds".into(), f("train_seconds")));
+    cols.push(Column::new("untrained_r@1".into(), f("untrained_recall@1")));
+    cols.push(Column::new("untrained_nmi".into(), f("untrained_nmi")));
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// Mean and sample std of every metric per group (runs differing only by seed).
+fn aggregate(df: &DataFrame) -> Result<DataFrame, BoxError> {
+    let metrics: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| {
+            n == "nmi"
+                || n.starts_with("r@")
+                || n == "map@r"
+                || n == "r_precision"
+                || n == "train_seconds"
+        })
+        .collect();
+    let mut aggs: Vec<Expr> = vec![
+        col("method").first(),
+        col("normalized").first(),
+        col("margin").first(),
+        col("p").first(),
+        col("k").first(),
+        col("run").count().alias("runs"),
+    ];
+    for m in &metrics {
+        aggs.push(col(m.as_str()).mean().alias(format!("{m}_mean")));
+        aggs.push(col(m.as_str()).std(1).alias(format!("{m}_std")));
+    }
+    Ok(df
+        .clone()
+        .lazy()
+        .group_by_stable([col("group")])
+        .agg(aggs)
+        .collect()?)
+}
+
+fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
+    let mut out = Vec::new();
+    for i in 0..df.height() {
+        let mut o = serde_json::Map::new();
+        for c in df.columns() {
+            let v = c.get(i)?;
+            let j = match v {
+                AnyValue::Null => Value::Null,
+                AnyValue::Boolean(b) => json!(b),
+                AnyValue::String(s) => json!(s),
+                AnyValue::StringOwned(s) => json!(s.as_str()),
+                AnyValue::Float64(x) if x.is_finite() => json!(x),
+                AnyValue::Float64(_) => Value::Null,
+                other => match other.extract::<f64>() {
+                    Some(x) => json!(x),
+                    None => json!(other.to_string()),
+                },
+            };
+            o.insert(c.name().to_string(), j);
+        }
+        out.push(Value::Object(o));
+    }
+    Ok(Value::Array(out))
+}
+
+fn bar_rows(groups: &DataFrame) -> Result<Vec<(String, f64, Option<f64>)>, BoxError> {
+    let g = frame_to_json(groups)?;
+    Ok(g.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap_or("").to_string(),
+                r["r@1_mean"].as_f64().unwrap_or(0.0),
+                r["r@1_std"]
+                    .as_f64()
+                    .filter(|_| r["runs"].as_f64().unwrap_or(1.0) > 1.0),
+            )
+        })
+        .collect())
+}
+
+fn pct(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{:.2}", 100.0 * x),
+        _ => "—".into(),
+    }
+}
+
+/// The seed's table (one row per run), then the per-group mean ± std when a group has several runs.
+fn markdown(rows: &[Value], groups: &DataFrame) -> Result<String, BoxError> {
+    let mut ks: Vec<u64> = rows
+        .iter()
+        .flat_map(|r| {
+            r["recall"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["k"].as_u64())
+        })
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let baseline = rows.iter().any(|r| r["untrained_recall@1"].is_number());
+    let mut md = String::new();
+    let mut header = vec![
+        "run".to_string(),
+        "method".into(),
+        "normalized".into(),
+        "margin".into(),
+        "NMI".into(),
+    ];
+    header.extend(ks.iter().map(|k| format!("R@{k}")));
+    header.extend([
+        "MAP@R".into(),
+        "R-prec".into(),
+        "P".into(),
+        "K".into(),
+        "train s".into(),
+    ]);
+    if baseline {
+        header.extend(["untrained R@1".into(), "untrained NMI".into()]);
+    }
+    writeln!(md, "| {} |", header.join(" | "))?;
+    writeln!(md, "|{}", " --- |".repeat(header.len()))?;
+    for r in rows {
+        let recall = |k: u64| {
+            r["recall"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["k"].as_u64() == Some(k))
+                .and_then(|x| x["value"].as_f64())
+        };
+        let mut cells = vec![
+            r["run"].as_str().unwrap_or("").to_string(),
+            r["method"].as_str().unwrap_or("").to_string(),
+            if r["normalized"].as_bool().unwrap_or(false) {
+                "Yes".into()
+            } else {
+                "No".into()
+            },
+            r["margin"].as_str().unwrap_or("").to_string(),
+            format!("{:.3}", r["nmi"].as_f64().unwrap_or(f64::NAN)),
+        ];
+        cells.extend(ks.iter().map(|&k| pct(recall(k))));
+        cells.push(pct(r["map_at_r"].as_f64()));
+        cells.push(pct(r["r_precision"].as_f64()));
+        cells.push(r["p"].to_string());
+        cells.push(r["k"].to_string());
+        cells.push(format!(
+            "{:.0}",
+            r["train_seconds"].as_f64().unwrap_or(f64::NAN)
+        ));
+        if baseline {
+            cells.push(pct(r["untrained_recall@1"].as_f64()));
+            cells.push(match r["untrained_nmi"].as_f64() {
+                Some(x) => format!("{x:.3}"),
+                None => "—".into(),
+            });
+        }
+        writeln!(md, "| {} |", cells.join(" | "))?;
+    }
+    let g = frame_to_json(groups)?;
+    let multi: Vec<&Value> = g
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["runs"].as_f64().unwrap_or(1.0) > 1.0)
+        .collect();
+    if !multi.is_empty() {
+        writeln!(md, "\nMean ± std over seeds:\n")?;
+        let mut header = vec!["group".to_string(), "runs".into(), "NMI".into()];
+        header.extend(ks.iter().map(|k| format!("R@{k}")));
+        header.push("MAP@R".into());
+        writeln!(md, "| {} |", header.join(" | "))?;
+        writeln!(md, "|{}", " --- |".repeat(header.len()))?;
+        for r in multi {
+            let pm = |m: &str, scale: f64, digits: usize| {
+                format!(
+                    "{:.*} ± {:.*}",
+                    digits,
+                    scale * r[format!("{m}_mean")].as_f64().unwrap_or(f64::NAN),
+                    digits,
+                    scale * r[format!("{m}_std")].as_f64().unwrap_or(f64::NAN)
+                )
+            };
+            let mut cells = vec![
+                r["group"].as_str().unwrap_or("").to_string(),
+                r["runs"].to_string(),
+                pm("nmi", 1.0, 3),
+            ];
+            cells.extend(ks.iter().map(|k| pm(&format!("r@{k}"), 100.0, 2)));
+            cells.push(pm("map@r", 100.0, 2));
+            writeln!(md, "| {} |", cells.join(" | "))?;
+        }
+    }
+    Ok(md)
+}

@@ -1,0 +1,85 @@
+//! Loading a torchvision `state_dict` saved as safetensors into the backbone part of a VarStore, with every tensor checked by name and shape.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{nn, Kind, Tensor};
+
+use crate::train::error::{Result, TrainError};
+
+/// What a pretrained load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors copied into the model (weights and batch-norm running statistics).
+    pub loaded: usize,
+    /// Tensors in the file the backbone has no use for (classifier, auxiliary heads,
+    /// `num_batches_tracked`), sorted.
+    pub ignored: Vec<String>,
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        _ => return None,
+    })
+}
+
+/// Copies the tensors of `path` (torchvision `state_dict` names, e.g. `layer1.0.bn1.running_mean`)
+/// into the variables of `vs` whose names start with `prefix` (e.g. `"backbone."`), running
+/// statistics included. Every such variable must be present in the file with the same shape;
+/// file tensors without a counterpart are reported as ignored.
+pub fn load_backbone_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Result<LoadReport> {
+    let bytes = std::fs::read(path).map_err(TrainError::io(path))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("not a safetensors file: {e}"),
+    })?;
+    let mut wanted: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, t)| name.strip_prefix(prefix).map(|n| (n.to_string(), t)))
+        .collect();
+    wanted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut used = BTreeSet::new();
+    for (name, mut var) in wanted {
+        let view = file.tensor(&name).map_err(|_| TrainError::MissingTensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+        })?;
+        let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let expected = var.size();
+        if found != expected {
+            return Err(TrainError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name,
+                expected,
+                found,
+            });
+        }
+        let kind = kind_of(view.dtype()).ok_or_else(|| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+        })?;
+        let src = Tensor::f_from_data_size(view.data(), &found, kind).map_err(
+            TrainError::torch(format!("reading `{name}` from {}", path.display())),
+        )?;
+        tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind()).to_device(var.device())))
+            .map_err(TrainError::torch(format!("copying `{name}`")))?;
+        used.insert(name);
+    }
+    let ignored = file
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(*n))
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    Ok(LoadReport {
+        loaded: used.len(),
+        ignored: ignored.into_iter().collect(),
+    })
+}

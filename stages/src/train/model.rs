@@ -1,0 +1,508 @@
+//! The embedding network: a backbone, an embedding head (`direct` or `fc1024`) and optional L2 normalisation, built from a typed [`ModelConfig`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use super::backbones::{check_images, load_backbone_weights, Backbone, InputScaling, LoadReport};
+use super::error::{Result, TrainError};
+
+/// The embedding head on the pooled backbone features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// One linear layer (`head.fc.{weight,bias}`).
+    Direct,
+    /// Linear 1024 (no bias, as slim omits it before a batch norm) + BN + ReLU + linear to the
+    /// embedding (orthogonal init, as the seed): `head.fc1.weight`, `head.bn1.*`, `head.fc2.*`.
+    #[default]
+    Fc1024,
+}
+
+/// Settings of the embedding network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The feature extractor.
+    #[serde(default = "default_backbone")]
+    pub backbone: Backbone,
+    /// The embedding head (the seed's default is `fc1024`).
+    #[serde(default)]
+    pub head: Head,
+    /// Embedding width (128).
+    #[serde(default = "default_embedding_dim")]
+    pub embedding_dim: i64,
+    /// L2-normalise the embeddings (the seed's `*_normalize` heads).
+    #[serde(default)]
+    pub normalize: bool,
+    /// torchvision `state_dict` (safetensors) to initialise the backbone from.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+    /// Overrides the backbone's input scaling (see [`Backbone::input_scaling`]).
+    #[serde(default)]
+    pub input_scaling: Option<InputScaling>,
+}
+
+fn default_backbone() -> Backbone {
+    Backbone::SmallCnn
+}
+fn default_embedding_dim() -> i64 {
+    128
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            backbone: default_backbone(),
+            head: Head::default(),
+            embedding_dim: default_embedding_dim(),
+            normalize: false,
+            pretrained: None,
+            input_scaling: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The input scaling in effect (the override, else the backbone's).
+    pub fn input_scaling(&self) -> InputScaling {
+        self.input_scaling
+            .unwrap_or_else(|| self.backbone.input_scaling())
+    }
+
+    /// Checks the settings once, before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        if self.embedding_dim <= 0 {
+            return Err(TrainError::Config(format!(
+                "embedding_dim must be > 0, got {}",
+                self.embedding_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum HeadModule {
+    Direct(nn::Linear),
+    Fc1024 {
+        fc1: nn::Linear,
+        bn1: nn::BatchNorm,
+        fc2: nn::Linear,
+    },
+}
+
+impl HeadModule {
+    fn new(p: &nn::Path, head: Head, c_in: i64, dim: i64) -> Self {
+        match head {
+            Head::Direct => HeadModule::Direct(nn::linear(p / "fc", c_in, dim, Default::default())),
+            Head::Fc1024 => {
+                let fc1 = nn::linear(
+                    p / "fc1",
+                    c_in,
+                    1024,
+                    nn::LinearConfig {
+                        bias: false,
+                        ..Default::default()
+                    },
+                );
+                let bn_cfg = nn::BatchNormConfig {
+                    eps: 1e-5,
+                    momentum: 0.1,
+                    ws_init: nn::Init::Const(1.0),
+                    bs_init: nn::Init::Const(0.0),
+                    ..Default::default()
+                };
+                let bn1 = nn::batch_norm1d(p / "bn1", 1024, bn_cfg);
+                let fc2 = nn::linear(
+                    p / "fc2",
+                    1024,
+                    dim,
+                    nn::LinearConfig {
+                        ws_init: nn::Init::Orthogonal { gain: 1.0 },
+                        bs_init: Some(nn::Init::Const(0.0)),
+                        bias: true,
+                    },
+                );
+                HeadModule::Fc1024 { fc1, bn1, fc2 }
+            }
+        }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            HeadModule::Direct(fc) => xs.apply(fc),
+            HeadModule::Fc1024 { fc1, bn1, fc2 } => {
+                xs.apply(fc1).apply_t(bn1, train).relu().apply(fc2)
+            }
+        }
+    }
+}
+
+/// Backbone + head (+ L2 normalisation): NCHW images (already scaled) in, `[N, D]` out.
+#[derive(Debug)]
+pub struct EmbeddingNet {
+    backbone: Box<dyn ModuleT>,
+    head: HeadModule,
+    config: ModelConfig,
+}
+
+impl EmbeddingNet {
+    /// Creates the variables under `p / "backbone"` and `p / "head"` (random init; see
+    /// [`build_model`] for pretrained weights).
+    pub fn new(p: &nn::Path, config: &ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let backbone = config.backbone.build(&(p / "backbone"));
+        let head = HeadModule::new(
+            &(p / "head"),
+            config.head,
+            config.backbone.feature_dim(),
+            config.embedding_dim,
+        );
+        Ok(EmbeddingNet {
+            backbone,
+            head,
+            config: config.clone(),
+        })
+    }
+
+    /// The settings the network was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Pooled backbone features, before the head.
+    pub fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.backbone.forward_t(xs, train)
+    }
+
+    /// Checks an image batch's shape and kind.
+    pub fn check_images(&self, images: &Tensor) -> Result<()> {
+        check_images(images).map_err(TrainError::Config)
+    }
+}
+
+impl ModuleT for EmbeddingNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let e = self
+            .head
+            .forward_t(&self.backbone.forward_t(xs, train), train);
+        if self.config.normalize {
+            // TF's l2_normalize: x / sqrt(max(Σx², 1e-12)).
+            let norm = e
+                .square()
+                .sum_dim_intlist(1, true, e.kind())
+                .clamp_min(1e-12)
+                .sqrt();
+            e / norm
+        } else {
+            e
+        }
+    }
+}
+
+/// Builds the network at the root of `vs` (`backbone.*`, `head.*`) and, when
+/// `config.pretrained` is set, loads the torchvision weights into the backbone.
+pub fn build_model(vs: &nn::VarStore, config: &ModelConfig) -> Result<EmbeddingNet> {
+    let net = EmbeddingNet::new(&vs.root(), config)?;
+    if let Some(path) = &config.pretrained {
+        if config.backbone.torchvision_name().is_none() {
+            return Err(TrainError::Config(format!(
+                "backbone {} has no torchvision weights to load from {}",
+                config.backbone.name(),
+                path.display()
+            )));
+        }
+        let report: LoadReport = load_backbone_weights(vs, "backbone.", path)?;
+        tracing::info!(
+            loaded = report.loaded,
+            ignored = report.ignored.len(),
+            "loaded pretrained {} backbone from {}",
+            config.backbone.name(),
+            path.display()
+        );
+    }
+    Ok(net)
+}
+
+/// Copies every variable of `vs` from the safetensors file at `path`, by name, checking
+/// shapes; tensors in the file that `vs` lacks are ignored (e.g. the margin loss's β when only
+/// the network is rebuilt). Returns the number of tensors copied.
+pub fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<usize> {
+    load_backbone_weights(vs, "", path).map(|r| r.loaded)
+}
+
+/// An embedding network restored from saved weights, for the embed stage.
+#[derive(Debug)]
+pub struct Embedder {
+    vs: nn::VarStore,
+    net: EmbeddingNet,
+}
+
+impl Embedder {
+    /// Rebuilds the network of `config` on `device` and loads `weights` (a file written by
+    /// `Trainer::save_weights`).
+    pub fn load(config: &ModelConfig, weights: &Path, device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let config = ModelConfig {
+            pretrained: None,
+            ..config.clone()
+        };
+        let net = EmbeddingNet::new(&vs.root(), &config)?;
+        load_weights(&vs, weights)?;
+        Ok(Embedder { vs, net })
+    }
+
+    /// Embeds an NCHW batch (already scaled with [`ModelConfig::input_scaling`]) in eval mode
+    /// without gradients; returns `[N, D]` f32 on the model's device.
+    pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
+        self.net.check_images(images)?;
+        Ok(tch::no_grad(|| {
+            self.net
+                .forward_t(
+                    &images.to_device(self.vs.device()).to_kind(Kind::Float),
+                    false,
+                )
+                .to_kind(Kind::Float)
+        }))
+    }
+
+    /// The network's settings.
+    pub fn config(&self) -> &ModelConfig {
+        self.net.config()
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::backbones::input_scaling;
+    use crate::train::trainer::lock_torch_rng;
+
+    fn names(vs: &nn::VarStore) -> Vec<String> {
+        let mut n: Vec<String> = vs.variables().into_keys().collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn every_backbone_pools_to_its_feature_width() {
+        let _rng = lock_torch_rng();
+        for (backbone, size) in [
+            (Backbone::SmallCnn, 32),
+            (Backbone::Resnet18, 64),
+            (Backbone::Resnet50, 64),
+            (Backbone::Densenet169, 64),
+            (Backbone::InceptionV1, 64),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = ModelConfig {
+                backbone,
+                head: Head::Direct,
+                embedding_dim: 8,
+                ..ModelConfig::default()
+            };
+            let net = EmbeddingNet::new(&vs.root(), &cfg).unwrap();
+            let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
+            let f = tch::no_grad(|| net.features_t(&x, false));
+            assert_eq!(f.size(), [2, backbone.feature_dim()], "{}", backbone.name());
+            let e = tch::no_grad(|| net.forward_t(&x, true));
+            assert_eq!(e.size(), [2, 8]);
+        }
+    }
+
+    #[test]
+    fn tensor_names_follow_torchvision() {
+        let _rng = lock_torch_rng();
+        let expect = [
+            (
+                Backbone::Resnet18,
+                "backbone.layer2.0.downsample.1.running_var",
+                100,
+            ),
+            (Backbone::Resnet50, "backbone.layer4.2.conv3.weight", 265),
+            (
+                Backbone::Densenet169,
+                "backbone.features.denseblock3.denselayer32.norm2.running_mean",
+                844,
+            ),
+            (
+                Backbone::InceptionV1,
+                "backbone.inception4e.branch4.1.bn.running_var",
+                285,
+            ),
+            (Backbone::SmallCnn, "backbone.features.3.bn.weight", 20),
+        ];
+        for (backbone, name, count) in expect {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = ModelConfig {
+                backbone,
+                head: Head::Direct,
+                ..ModelConfig::default()
+            };
+            EmbeddingNet::new(&vs.root(), &cfg).unwrap();
+            let all = names(&vs);
+            assert!(
+                all.iter().any(|n| n == name),
+                "{} lacks {name}",
+                backbone.name()
+            );
+            let in_backbone = all.iter().filter(|n| n.starts_with("backbone.")).count();
+            // torchvision's state_dict minus the classifier and `num_batches_tracked`.
+            assert_eq!(in_backbone, count, "{}", backbone.name());
+        }
+    }
+
+    #[test]
+    fn heads_and_normalisation() {
+        let _rng = lock_torch_rng();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            normalize: true,
+            ..ModelConfig::default()
+        };
+        let net = EmbeddingNet::new(&vs.root(), &cfg).unwrap();
+        let head: Vec<String> = names(&vs)
+            .into_iter()
+            .filter(|n| n.starts_with("head."))
+            .collect();
+        assert_eq!(
+            head,
+            [
+                "head.bn1.bias",
+                "head.bn1.running_mean",
+                "head.bn1.running_var",
+                "head.bn1.weight",
+                "head.fc1.weight",
+                "head.fc2.bias",
+                "head.fc2.weight"
+            ]
+        );
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let e = tch::no_grad(|| net.forward_t(&x, true));
+        let norms = e.norm_scalaropt_dim(2.0, 1, false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+        assert!(ModelConfig {
+            embedding_dim: 0,
+            ..ModelConfig::default()
+        }
+        .validate()
+        .is_err());
+        let cfg = ModelConfig {
+            pretrained: Some("x.safetensors".into()),
+            ..ModelConfig::default()
+        };
+        let err = build_model(&nn::VarStore::new(Device::Cpu), &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no torchvision weights"), "{err}");
+    }
+
+    #[test]
+    fn pretrained_loading_checks_names_and_shapes() {
+        let _rng = lock_torch_rng();
+        let dir = tempfile::tempdir().unwrap();
+        let src = nn::VarStore::new(Device::Cpu);
+        EmbeddingNet::new(&src.root(), &ModelConfig::default()).unwrap();
+        // A torchvision-style file: backbone names without the prefix, plus extras.
+        let mut tensors: Vec<(String, Tensor)> = src
+            .variables()
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix("backbone.").map(|s| (s.to_string(), t)))
+            .collect();
+        tensors.push((
+            "fc.weight".into(),
+            Tensor::zeros([10, 256], (Kind::Float, Device::Cpu)),
+        ));
+        tensors.push((
+            "features.0.bn.num_batches_tracked".into(),
+            Tensor::from_slice(&[3i64]),
+        ));
+        let good = dir.path().join("good.safetensors");
+        crate::train::checkpoint::write(&good, &tensors, Default::default()).unwrap();
+
+        let dst = nn::VarStore::new(Device::Cpu);
+        EmbeddingNet::new(&dst.root(), &ModelConfig::default()).unwrap();
+        let report = load_backbone_weights(&dst, "backbone.", &good).unwrap();
+        assert_eq!(report.loaded, 20);
+        assert_eq!(
+            report.ignored,
+            ["fc.weight", "features.0.bn.num_batches_tracked"]
+        );
+        let (s, d) = (src.variables(), dst.variables());
+        assert!(s["backbone.features.2.conv.weight"].equal(&d["backbone.features.2.conv.weight"]));
+        assert!(
+            !s["head.fc1.weight"].equal(&d["head.fc1.weight"]),
+            "the head is not touched"
+        );
+
+        let copy = |v: &[(String, Tensor)]| {
+            v.iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect::<Vec<_>>()
+        };
+        let missing: Vec<_> = copy(&tensors)
+            .into_iter()
+            .filter(|(n, _)| n != "features.1.bn.running_mean")
+            .collect();
+        let path = dir.path().join("missing.safetensors");
+        crate::train::checkpoint::write(&path, &missing, Default::default()).unwrap();
+        let err = load_backbone_weights(&dst, "backbone.", &path).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::MissingTensor { name, .. } if name == "features.1.bn.running_mean"),
+            "{err}"
+        );
+
+        let mut reshaped = copy(&tensors);
+        for (n, t) in &mut reshaped {
+            if n == "features.2.conv.weight" {
+                *t = Tensor::zeros([128, 64, 1, 1], (Kind::Float, Device::Cpu));
+            }
+        }
+        let path = dir.path().join("reshaped.safetensors");
+        crate::train::checkpoint::write(&path, &reshaped, Default::default()).unwrap();
+        let err = load_backbone_weights(&dst, "backbone.", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("features.2.conv.weight") && err.contains("[128, 64, 3, 3]"),
+            "{err}"
+        );
+        let err = load_backbone_weights(&dst, "backbone.", &dir.path().join("nope.safetensors"))
+            .unwrap_err();
+        assert!(matches!(err, TrainError::Io { .. }));
+    }
+
+    #[test]
+    fn input_scalings() {
+        assert_eq!(
+            input_scaling(Backbone::InceptionV1),
+            InputScaling::SignedUnit
+        );
+        assert_eq!(
+            input_scaling(Backbone::Resnet50),
+            InputScaling::ImagenetMeanStd
+        );
+        let x = Tensor::from_slice(&[0.0f32, 255.0, 0.0, 255.0, 0.0, 255.0]).view([1, 3, 1, 2]);
+        let y = InputScaling::SignedUnit.apply(&x);
+        assert_eq!(
+            Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(),
+            [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]
+        );
+        let y = InputScaling::ImagenetMeanStd.apply(&(x.ones_like() * 255.0 * 0.485));
+        assert!(y.double_value(&[0, 0, 0, 0]).abs() < 1e-6);
+        let cfg = ModelConfig {
+            backbone: Backbone::Densenet169,
+            input_scaling: Some(InputScaling::UnitRange),
+            ..ModelConfig::default()
+        };
+        assert_eq!(cfg.input_scaling(), InputScaling::UnitRange);
+    }
+}

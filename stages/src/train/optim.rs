@@ -1,0 +1,485 @@
+//! Optimisers (Adam and SGD with momentum, in the TF update forms the seed trained with) whose state is plain named tensors for checkpoints, and learning-rate schedules as pure functions.
+//!
+//! Weight decay: the seed declared a 1e-3 L2 regulariser on its head's weights but never added
+//! it to the loss, so it trained without decay; here `weight_decay` defaults to 0 and, when
+//! set, adds `weight_decay·θ` to the gradient of every weight matrix/kernel (tensors with ≥ 2
+//! dimensions: conv and linear weights, not biases, batch-norm parameters or the margin loss's
+//! β), which is TF's `l2_regularizer(scale)` gradient.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use super::error::{Result, TrainError};
+
+/// The learning rate the `linear` and `cosine` schedules reach at the end (the seed's 1e-7).
+pub const END_LEARNING_RATE: f64 = 1e-7;
+
+/// How the learning rate moves over training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// The seed's `tf.train.polynomial_decay(base, step, total, 1e-7, power=1)`:
+    /// (base − 1e-7)·(1 − min(step, total)/total) + 1e-7. TF evaluates it with the global step
+    /// before the update, so step 0 uses `base` and the last update (step total − 1) uses
+    /// (base − 1e-7)/total + 1e-7; 1e-7 itself is reached at step = total.
+    #[default]
+    Linear,
+    /// `base` throughout.
+    Constant,
+    /// 1e-7 + (base − 1e-7)·(1 + cos(π·min(step, total)/total))/2.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate for (0-based) `step` of `total`; `total = 0` gives `base`.
+    pub fn lr(self, step: u64, total: u64, base: f64) -> f64 {
+        if total == 0 {
+            return base;
+        }
+        let progress = step.min(total) as f64 / total as f64;
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Linear => (base - END_LEARNING_RATE) * (1.0 - progress) + END_LEARNING_RATE,
+            LrSchedule::Cosine => {
+                END_LEARNING_RATE
+                    + (base - END_LEARNING_RATE)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Algorithm {
+    /// `tf.train.AdamOptimizer`: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²,
+    /// θ ← θ − lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε).
+    Adam {
+        /// β₁ (0.9).
+        #[serde(default = "beta1")]
+        beta1: f64,
+        /// β₂ (0.999).
+        #[serde(default = "beta2")]
+        beta2: f64,
+        /// ε (1e-8, TF's default).
+        #[serde(default = "epsilon")]
+        epsilon: f64,
+    },
+    /// `tf.train.MomentumOptimizer` (the seed's CUB setting): a ← μa + g, θ ← θ − lr·a
+    /// (Nesterov: θ ← θ − lr·(g + μa)).
+    Sgd {
+        /// μ (0.9).
+        #[serde(default = "momentum")]
+        momentum: f64,
+        /// Nesterov momentum (false).
+        #[serde(default)]
+        nesterov: bool,
+    },
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn epsilon() -> f64 {
+    1e-8
+}
+fn momentum() -> f64 {
+    0.9
+}
+
+impl Default for Algorithm {
+    fn default() -> Self {
+        Algorithm::Adam {
+            beta1: beta1(),
+            beta2: beta2(),
+            epsilon: epsilon(),
+        }
+    }
+}
+
+/// Optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Adam (default) or SGD with momentum.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Base learning rate (the seed's 3e-4).
+    #[serde(default = "base_lr")]
+    pub learning_rate: f64,
+    /// Schedule applied to the base rate (the seed's linear decay).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// L2 weight decay on weight matrices and kernels (0; see the module documentation).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Base learning rate for the margin loss's β (same schedule); `None` uses
+    /// `learning_rate`. Wu et al. trained β with a larger rate than the network.
+    #[serde(default)]
+    pub beta_learning_rate: Option<f64>,
+}
+
+fn base_lr() -> f64 {
+    3e-4
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            algorithm: Algorithm::default(),
+            learning_rate: base_lr(),
+            schedule: LrSchedule::default(),
+            weight_decay: 0.0,
+            beta_learning_rate: None,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Checks the settings once.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let fraction = |x: f64| (0.0..1.0).contains(&x);
+        if !positive(self.learning_rate) || !self.beta_learning_rate.is_none_or(positive) {
+            return Err(TrainError::Config(
+                "learning rates must be finite and > 0".into(),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(TrainError::Config("weight_decay must be ≥ 0".into()));
+        }
+        match self.algorithm {
+            Algorithm::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } if !(fraction(beta1) && fraction(beta2) && positive(epsilon)) => Err(
+                TrainError::Config("adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0".into()),
+            ),
+            Algorithm::Sgd { momentum, .. } if !fraction(momentum) => {
+                Err(TrainError::Config("sgd needs 0 ≤ momentum < 1".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Param {
+    name: String,
+    tensor: Tensor,
+    lr_scale: f64,
+    decay: bool,
+    /// Adam: [m, v]; SGD: [accumulator].
+    slots: Vec<Tensor>,
+}
+
+/// An optimiser over the trainable variables of a VarStore, with named, saveable state.
+#[derive(Debug)]
+pub struct Optimizer {
+    config: OptimConfig,
+    params: Vec<Param>,
+    updates: u64,
+}
+
+const SLOT_NAMES_ADAM: [&str; 2] = ["m", "v"];
+const SLOT_NAMES_SGD: [&str; 1] = ["accumulator"];
+
+impl Optimizer {
+    /// Tracks every trainable variable of `vs` (sorted by name); variables named `loss.beta`
+    /// get `beta_learning_rate` when set.
+    pub fn new(vs: &nn::VarStore, config: &OptimConfig) -> Result<Self> {
+        config.validate()?;
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let slots = match config.algorithm {
+            Algorithm::Adam { .. } => 2,
+            Algorithm::Sgd { .. } => 1,
+        };
+        let params = vars
+            .into_iter()
+            .map(|(name, tensor)| {
+                let lr_scale = match (name.starts_with("loss."), config.beta_learning_rate) {
+                    (true, Some(beta_lr)) => beta_lr / config.learning_rate,
+                    _ => 1.0,
+                };
+                let decay = tensor.dim() >= 2 && !name.starts_with("loss.");
+                let slots = (0..slots).map(|_| tensor.zeros_like().detach()).collect();
+                Param {
+                    name,
+                    tensor,
+                    lr_scale,
+                    decay,
+                    slots,
+                }
+            })
+            .collect();
+        Ok(Optimizer {
+            config: config.clone(),
+            params,
+            updates: 0,
+        })
+    }
+
+    /// The learning rate the schedule gives for `step` of `total`.
+    pub fn learning_rate(&self, step: u64, total: u64) -> f64 {
+        self.config
+            .schedule
+            .lr(step, total, self.config.learning_rate)
+    }
+
+    /// Number of updates applied so far (Adam's t).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Clears the gradients of all tracked variables.
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Applies one update with learning rate `lr` from the current gradients (variables
+    /// without a gradient are left alone, as TF does for unused variables).
+    pub fn step(&mut self, lr: f64) {
+        self.updates += 1;
+        let t = self.updates as i32;
+        let wd = self.config.weight_decay;
+        let algorithm = self.config.algorithm;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let grad = p.tensor.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = if p.decay && wd > 0.0 {
+                    grad + &p.tensor * wd
+                } else {
+                    grad
+                };
+                let lr = lr * p.lr_scale;
+                match algorithm {
+                    Algorithm::Adam {
+                        beta1,
+                        beta2,
+                        epsilon,
+                    } => {
+                        let (m, v) = p.slots.split_at_mut(1);
+                        let (m, v) = (&mut m[0], &mut v[0]);
+                        let _ = m.g_mul_scalar_(beta1);
+                        let _ = m.g_add_(&(&grad * (1.0 - beta1)));
+                        let _ = v.g_mul_scalar_(beta2);
+                        let _ = v.addcmul_(&(&grad * (1.0 - beta2)), &grad);
+                        let lr_t = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                        let mut denom = v.sqrt();
+                        let _ = denom.g_add_scalar_(epsilon);
+                        let _ = p.tensor.addcdiv_(&(&*m * -lr_t), &denom);
+                    }
+                    Algorithm::Sgd { momentum, nesterov } => {
+                        let a = &mut p.slots[0];
+                        let _ = a.g_mul_scalar_(momentum);
+                        let _ = a.g_add_(&grad);
+                        let update = if nesterov {
+                            &grad + &*a * momentum
+                        } else {
+                            a.shallow_clone()
+                        };
+                        let _ = p.tensor.g_add_(&(update * -lr));
+                    }
+                }
+            }
+        });
+    }
+
+    /// The optimiser state as named tensors (`optim.<variable>.<slot>`), for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let names: &[&str] = match self.config.algorithm {
+            Algorithm::Adam { .. } => &SLOT_NAMES_ADAM,
+            Algorithm::Sgd { .. } => &SLOT_NAMES_SGD,
+        };
+        self.params
+            .iter()
+            .flat_map(|p| {
+                p.slots
+                    .iter()
+                    .zip(names)
+                    .map(move |(s, n)| (format!("optim.{}.{}", p.name, n), s.shallow_clone()))
+            })
+            .collect()
+    }
+
+    /// Restores state written by [`Optimizer::state_tensors`] and the update count.
+    pub(crate) fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        updates: u64,
+    ) -> Result<()> {
+        let names: Vec<String> = self.state_tensors().into_iter().map(|(n, _)| n).collect();
+        let mut i = 0;
+        for p in &mut self.params {
+            for slot in &mut p.slots {
+                let name = &names[i];
+                i += 1;
+                let src = tensors.get(name).ok_or_else(|| {
+                    TrainError::Config(format!("checkpoint lacks optimiser tensor `{name}`"))
+                })?;
+                if src.size() != slot.size() {
+                    return Err(TrainError::Config(format!(
+                        "optimiser tensor `{name}` has shape {:?}, expected {:?}",
+                        src.size(),
+                        slot.size()
+                    )));
+                }
+                tch::no_grad(|| slot.f_copy_(src))
+                    .map_err(TrainError::torch(format!("restoring `{name}`")))?;
+            }
+        }
+        self.updates = updates;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn linear_schedule_is_the_seed_polynomial_decay() {
+        let s = LrSchedule::Linear;
+        assert_eq!(s.lr(0, 10_000, 3e-4), 3e-4);
+        assert!((s.lr(5_000, 10_000, 3e-4) - (3e-4 + 1e-7) / 2.0).abs() < 1e-15);
+        assert!((s.lr(10_000, 10_000, 3e-4) - 1e-7).abs() < 1e-18);
+        assert!((s.lr(9_999, 10_000, 3e-4) - ((3e-4 - 1e-7) / 10_000.0 + 1e-7)).abs() < 1e-18);
+        assert!(
+            (s.lr(20_000, 10_000, 3e-4) - 1e-7).abs() < 1e-18,
+            "clamped past the end"
+        );
+        let lrs: Vec<f64> = (0..=100).map(|i| s.lr(i, 100, 1.0)).collect();
+        assert!(lrs.windows(2).all(|w| w[1] < w[0]), "strictly decreasing");
+        assert_eq!(s.lr(3, 0, 0.5), 0.5);
+    }
+
+    #[test]
+    fn constant_and_cosine_schedules() {
+        assert_eq!(LrSchedule::Constant.lr(77, 100, 0.01), 0.01);
+        let c = LrSchedule::Cosine;
+        assert_eq!(c.lr(0, 100, 0.01), 0.01);
+        assert!((c.lr(50, 100, 0.01) - (0.01 + 1e-7) / 2.0).abs() < 1e-15);
+        assert!((c.lr(100, 100, 0.01) - 1e-7).abs() < 1e-15);
+        assert!(c.lr(25, 100, 0.01) > LrSchedule::Linear.lr(25, 100, 0.01));
+    }
+
+    /// Variables are f32 (the VarStore's kind): compare at f32 precision.
+    const TOL: f64 = 1e-6;
+
+    fn one_param(value: &[f64], grad: &[f64]) -> (nn::VarStore, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs
+            .root()
+            .var_copy("w", &Tensor::from_slice(value).to_kind(Kind::Double));
+        let g = Tensor::from_slice(grad);
+        // d/dp Σ p·g = g.
+        (&p * &g).sum(Kind::Double).backward();
+        (vs, p)
+    }
+
+    #[test]
+    fn adam_takes_tf_steps() {
+        let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+        let (vs, p) = one_param(&[1.0, -2.0], &[0.5, -0.25]);
+        let mut opt = Optimizer::new(&vs, &OptimConfig::default()).unwrap();
+        opt.step(0.1);
+        // t = 1: m = 0.1g, v = 0.001g², lr_t = 0.1·√0.001/0.1 → θ −= lr_t·m/(√v + ε).
+        let lr_t = 0.1 * (1.0f64 - b2).sqrt() / (1.0 - b1);
+        for (i, (start, g)) in [(1.0f64, 0.5f64), (-2.0, -0.25)].iter().enumerate() {
+            let m = (1.0 - b1) * g;
+            let v = (1.0 - b2) * g * g;
+            let want = start - lr_t * m / (v.sqrt() + eps);
+            assert!((p.double_value(&[i as i64]) - want).abs() < TOL);
+        }
+        assert_eq!(opt.updates(), 1);
+        assert_eq!(opt.state_tensors().len(), 2);
+    }
+
+    #[test]
+    fn momentum_accumulates_like_tf() {
+        let (vs, p) = one_param(&[1.0], &[2.0]);
+        let cfg = OptimConfig {
+            algorithm: Algorithm::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            ..OptimConfig::default()
+        };
+        let mut opt = Optimizer::new(&vs, &cfg).unwrap();
+        opt.step(0.1); // a = 2, θ = 1 − 0.2
+        opt.step(0.1); // same gradient kept: a = 0.9·2 + 2 = 3.8, θ = 0.8 − 0.38
+        assert!((p.double_value(&[0]) - 0.42).abs() < TOL);
+        opt.zero_grad();
+        opt.step(0.1); // zero gradient: a = 3.42, θ = 0.42 − 0.342
+        assert!((p.double_value(&[0]) - 0.078).abs() < TOL);
+    }
+
+    #[test]
+    fn weight_decay_only_touches_weight_matrices() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let w = root.var_copy("w", &Tensor::ones([2, 2], (Kind::Double, Device::Cpu)));
+        let b = root.var_copy("b", &Tensor::ones([2], (Kind::Double, Device::Cpu)));
+        (w.sum(Kind::Double) * 0.0 + b.sum(Kind::Double) * 0.0).backward();
+        let cfg = OptimConfig {
+            algorithm: Algorithm::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            weight_decay: 0.5,
+            ..OptimConfig::default()
+        };
+        let mut opt = Optimizer::new(&vs, &cfg).unwrap();
+        opt.step(0.1);
+        assert!((w.double_value(&[0, 0]) - 0.95).abs() < TOL);
+        assert_eq!(b.double_value(&[0]), 1.0);
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let bad = |c: OptimConfig| c.validate().is_err();
+        assert!(bad(OptimConfig {
+            learning_rate: 0.0,
+            ..OptimConfig::default()
+        }));
+        assert!(bad(OptimConfig {
+            weight_decay: -1.0,
+            ..OptimConfig::default()
+        }));
+        assert!(bad(OptimConfig {
+            beta_learning_rate: Some(f64::NAN),
+            ..OptimConfig::default()
+        }));
+        assert!(bad(OptimConfig {
+            algorithm: Algorithm::Sgd {
+                momentum: 1.0,
+                nesterov: false
+            },
+            ..OptimConfig::default()
+        }));
+        assert!(OptimConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,375 @@
+//! The training step the train stage drives: model + loss + optimiser on one device, with checkpoints that resume bit-for-bit on the CPU, the final weights file, and eval-mode embedding.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use super::checkpoint;
+use super::error::{Result, TrainError};
+use super::losses::{Loss, LossModule};
+use super::model::{build_model, EmbeddingNet, ModelConfig};
+use super::optim::{OptimConfig, Optimizer};
+
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 autocast for the forward pass on CUDA (weights, loss and optimiser stay f32);
+    /// ignored on the CPU, with a log line.
+    Bf16,
+}
+
+/// Everything that shapes a training run except the data and the step count.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The embedding network.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// The ranking loss.
+    #[serde(default)]
+    pub loss: Loss,
+    /// Optimiser, learning rate and schedule.
+    #[serde(default)]
+    pub optimizer: OptimConfig,
+    /// Forward-pass precision.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl TrainConfig {
+    /// Checks every part once, before anything runs.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.loss.validate()?;
+        self.optimizer.validate()
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The loss value.
+    pub loss: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Fraction of the loss's triplets/pairs with non-zero loss.
+    pub active_fraction: f64,
+    /// Mean distance over positive pairs of the batch.
+    pub mean_pos_dist: f64,
+    /// Mean distance over negative pairs of the batch.
+    pub mean_neg_dist: f64,
+    /// Mean L2 norm of the embeddings.
+    pub mean_norm: f64,
+}
+
+/// Resolves a device setting: `auto` (CUDA when available, else the CPU), `cpu`, `cuda` or
+/// `cuda:N`.
+pub fn resolve_device(spec: &str) -> Result<Device> {
+    let cuda = |i: usize| {
+        if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(TrainError::Config(format!(
+                "device `{spec}`: CUDA device {i} is not available"
+            )))
+        }
+    };
+    match spec {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(TrainError::Config(format!(
+                "unknown device `{spec}` (auto, cpu, cuda, cuda:N)"
+            ))),
+        },
+    }
+}
+
+/// Sets the autocast dtype for CUDA on this thread. tch 0.24 can switch autocast on but not
+/// choose its dtype (libtorch's default is f16), so the libtorch function is bound directly.
+mod autocast_dtype {
+    /// `c10::DeviceType::CUDA`.
+    pub(super) const CUDA: i8 = 1;
+    /// `c10::ScalarType::BFloat16`.
+    pub(super) const BFLOAT16: i8 = 15;
+
+    extern "C" {
+        // at::autocast::set_autocast_dtype(c10::DeviceType, c10::ScalarType); both enums are
+        // int8-backed, passed as integers under the SysV ABI.
+        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
+        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
+        fn at_get_autocast_dtype(device_type: i8) -> i8;
+    }
+
+    pub(super) fn set(device_type: i8, dtype: i8) {
+        // SAFETY: both functions only read/write libtorch's thread-local autocast dtype table,
+        // indexed by a valid device type; they take and return plain int8 enums.
+        unsafe { at_set_autocast_dtype(device_type, dtype) }
+    }
+
+    pub(super) fn get(device_type: i8) -> i8 {
+        // SAFETY: see `set`.
+        unsafe { at_get_autocast_dtype(device_type) }
+    }
+}
+
+/// libtorch's default generator is process-wide, so seeding it and drawing initial weights
+/// happen under this lock: concurrent constructions (several trainers, parallel tests) cannot
+/// interleave their draws and break same-seed reproducibility.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Holds the process-wide libtorch RNG for a seed-and-initialise sequence.
+pub(crate) fn lock_torch_rng() -> MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+const CHECKPOINT_FORMAT: &str = "dml-train-checkpoint/1";
+const WEIGHTS_FORMAT: &str = "dml-embedding-weights/1";
+
+/// A model, loss and optimiser ready to take steps.
+#[derive(Debug)]
+pub struct Trainer {
+    config: TrainConfig,
+    device: Device,
+    seed: u64,
+    vs: nn::VarStore,
+    net: EmbeddingNet,
+    loss: LossModule,
+    optimizer: Optimizer,
+    autocast: bool,
+}
+
+impl Trainer {
+    /// Seeds libtorch with `seed`, builds the network (loading pretrained backbone weights if
+    /// configured), the loss and the optimiser on `device`.
+    pub fn new(config: &TrainConfig, device: Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        if config.model.normalize != config.loss.normalize_by_default() {
+            tracing::warn!(
+                "loss {} is usually trained with normalize = {}, this run uses {}",
+                config.loss.name(),
+                config.loss.normalize_by_default(),
+                config.model.normalize
+            );
+        }
+        let vs = nn::VarStore::new(device);
+        let (net, loss) = {
+            let _rng = lock_torch_rng();
+            tch::manual_seed(seed as i64);
+            if device.is_cuda() {
+                tch::Cuda::manual_seed_all(seed);
+                tch::Cuda::cudnn_set_benchmark(false);
+            }
+            (
+                build_model(&vs, &config.model)?,
+                LossModule::new(&config.loss, &(vs.root() / "loss"), seed)?,
+            )
+        };
+        let optimizer = Optimizer::new(&vs, &config.optimizer)?;
+        let autocast = match (config.precision, device.is_cuda()) {
+            (Precision::Bf16, true) => true,
+            (Precision::Bf16, false) => {
+                tracing::info!("bf16 autocast applies to CUDA only; training in f32 on {device:?}");
+                false
+            }
+            (Precision::F32, _) => false,
+        };
+        Ok(Trainer {
+            config: config.clone(),
+            device,
+            seed,
+            vs,
+            net,
+            loss,
+            optimizer,
+            autocast,
+        })
+    }
+
+    /// The settings this trainer was built from.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The device everything lives on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The variables (`backbone.*`, `head.*`, `loss.*`).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Number of optimiser updates applied (including those restored from a checkpoint).
+    pub fn updates(&self) -> u64 {
+        self.optimizer.updates()
+    }
+
+    /// One training step on an NCHW f32 batch (already scaled with
+    /// `config.model.input_scaling()`) and its int64 labels: forward in train mode, loss,
+    /// backward and an update at the scheduled rate for `step` of `total`. A NaN or infinite
+    /// loss is an error naming the step, and leaves the weights untouched.
+    pub fn step(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        step: u64,
+        total: u64,
+    ) -> Result<StepStats> {
+        self.net.check_images(images)?;
+        if labels.size() != [images.size()[0]] || labels.kind() != Kind::Int64 {
+            return Err(TrainError::Config(format!(
+                "labels must be int64 with shape [{}], got {:?} {:?}",
+                images.size()[0],
+                labels.kind(),
+                labels.size()
+            )));
+        }
+        let images = images.to_device(self.device).to_kind(Kind::Float);
+        let labels = labels.to_device(self.device);
+        let lr = self.optimizer.learning_rate(step, total);
+        self.optimizer.zero_grad();
+        let embeddings = self.forward(&images, true);
+        let out = self.loss.forward(&embeddings, &labels, step)?;
+        let value = out.loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step, value });
+        }
+        out.loss.backward();
+        self.optimizer.step(lr);
+        let mean_norm = tch::no_grad(|| {
+            embeddings
+                .detach()
+                .norm_scalaropt_dim(2.0, 1, false)
+                .mean(Kind::Float)
+                .double_value(&[])
+        });
+        Ok(StepStats {
+            loss: value,
+            lr,
+            active_fraction: out.active_fraction,
+            mean_pos_dist: out.mean_pos_dist,
+            mean_neg_dist: out.mean_neg_dist,
+            mean_norm,
+        })
+    }
+
+    /// Embeds a batch in eval mode without gradients; `[N, D]` f32 on the trainer's device.
+    pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
+        self.net.check_images(images)?;
+        let images = images.to_device(self.device).to_kind(Kind::Float);
+        Ok(tch::no_grad(|| self.forward(&images, false)))
+    }
+
+    /// The network's forward pass, under bf16 autocast when enabled, as f32.
+    fn forward(&self, images: &Tensor, train: bool) -> Tensor {
+        if !self.autocast {
+            return self.net.forward_t(images, train);
+        }
+        let previous = autocast_dtype::get(autocast_dtype::CUDA);
+        autocast_dtype::set(autocast_dtype::CUDA, autocast_dtype::BFLOAT16);
+        let out = tch::autocast(true, || self.net.forward_t(images, train));
+        autocast_dtype::set(autocast_dtype::CUDA, previous);
+        out.to_kind(Kind::Float)
+    }
+
+    fn named_variables(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    fn metadata(&self, format: &str) -> Result<HashMap<String, String>> {
+        let config = serde_json::to_string(&self.config)
+            .map_err(|e| TrainError::Config(format!("serialising the settings: {e}")))?;
+        Ok(HashMap::from([
+            ("format".to_string(), format.to_string()),
+            ("config".to_string(), config),
+            ("seed".to_string(), self.seed.to_string()),
+            ("updates".to_string(), self.optimizer.updates().to_string()),
+        ]))
+    }
+
+    /// Writes the final model (every variable, by its VarStore name, f32) as safetensors, for
+    /// [`super::model::Embedder::load`] or `VarStore::load`.
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        checkpoint::write(
+            path,
+            &self.named_variables(),
+            self.metadata(WEIGHTS_FORMAT)?,
+        )
+    }
+
+    /// Writes a resumable checkpoint: weights, batch-norm statistics, the margin loss's β,
+    /// optimiser state and update count, with the settings it was made under.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .named_variables()
+            .into_iter()
+            .map(|(n, t)| (format!("model.{n}"), t))
+            .collect();
+        tensors.extend(self.optimizer.state_tensors());
+        checkpoint::write(path, &tensors, self.metadata(CHECKPOINT_FORMAT)?)
+    }
+
+    /// Restores a checkpoint written by [`Trainer::save`] under the same settings; continuing
+    /// from it on the CPU gives the same weights as an uninterrupted run.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let refuse = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let contents = checkpoint::read(path)?;
+        let meta = &contents.metadata;
+        if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+            return Err(refuse(format!("not a {CHECKPOINT_FORMAT} file")));
+        }
+        let saved: TrainConfig = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .ok_or_else(|| refuse("settings missing or unreadable".into()))?;
+        if saved != self.config {
+            return Err(refuse("it was written under different settings".into()));
+        }
+        let updates: u64 = meta
+            .get("updates")
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| refuse("update count missing".into()))?;
+        for (name, mut var) in self.named_variables() {
+            let key = format!("model.{name}");
+            let src = contents
+                .tensors
+                .get(&key)
+                .ok_or_else(|| refuse(format!("tensor `{key}` is missing")))?;
+            if src.size() != var.size() {
+                return Err(refuse(format!(
+                    "tensor `{key}` has shape {:?}, expected {:?}",
+                    src.size(),
+                    var.size()
+                )));
+            }
+            tch::no_grad(|| var.f_copy_(src))
+                .map_err(TrainError::torch(format!("restoring `{key}`")))?;
+        }
+        self.optimizer
+            .load_state(&contents.tensors, updates)
+            .map_err(|e| refuse(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
