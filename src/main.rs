@@ -1,6 +1,8 @@
 //! `dml`: deep metric learning as a DAG of content-hashed stages.
 mod config;
+mod diff;
 mod eval_cmd;
+mod links;
 mod presets;
 mod run;
 mod store_cmds;
@@ -49,6 +51,21 @@ enum Command {
     },
     /// Score an embeddings file (Arrow IPC or Parquet): Recall@K, MAP@R, R-precision, NMI.
     Eval(eval_cmd::EvalArgs),
+    /// Print the artifact directory of a stage in the last run (`latest/<run>/<stage>`).
+    Path {
+        /// A stage (`embed`) or node id (`train[train.loss=npairs]`, `embed:untrained`).
+        stage: String,
+        /// The run name (default: the most recent run).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Compare two run records: the settings that differ and the stages each invalidated.
+    Diff {
+        /// A run record (path, or file name prefix under runs/).
+        a: String,
+        /// The other run record.
+        b: String,
+    },
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -85,6 +102,8 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&cli.store, args),
         Command::Eval(args) => eval_cmd::eval(args),
+        Command::Path { stage, name } => links::path(&cli.store, &stage, name.as_deref()),
+        Command::Diff { a, b } => diff::diff(&cli.store, &a, &b),
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

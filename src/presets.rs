@@ -1,7 +1,21 @@
-//! Built-in presets: the synthetic default and the seed's tables.
+//! Built-in presets: the synthetic default, a small synthetic sweep, and the
+//! seed's three tables (one preset per row, plus one sweep per table).
 //!
 //! Each preset is a TOML document, exactly what a user would write in a config
-//! file, so `dml presets --show NAME` prints a starting point.
+//! file, so `dml presets --show NAME` prints a starting point. The table rows
+//! are rendered from [`DATASETS`] × [`LOSSES`] once, on first use, so the 21
+//! row presets and the three table sweeps cannot disagree about a setting.
+//!
+//! The seed's settings (REFERENCE.md): Inception V1 on CUB-200-2011 and
+//! Stanford Online Products, DenseNet-169 on In-shop; images resized to 256×256
+//! and cropped to 224; P×K batches of 120 images (60 on In-shop): K = 6 for the
+//! triplet-style losses, K = 2 for N-pairs and angular, K = 4 for contrastive;
+//! momentum SGD on CUB, Adam elsewhere; 10k / 30k / 25k steps; learning rate
+//! 3e-4 decaying linearly to 1e-7; an `fc1024` head to 128 dimensions; each
+//! loss with its recommended margin and normalisation.
+
+use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 /// One preset.
 #[derive(Debug, Clone, Copy)]
@@ -43,14 +57,419 @@ learning_rate = 0.001
 name = "adam"
 "#;
 
+const SYNTHETIC_SWEEP: &str = r#"
+# A quick demonstration of sweeps: two losses × two seeds on the built-in
+# synthetic set, 100 steps each, on the CPU in about a minute. Each point's
+# run shows in the report as `synthetic-sweep[train.loss.name=…,train.seed=…]`;
+# the synth, index, plan and decode stages are built once and shared.
+name = "synthetic-sweep"
+
+[dataset]
+kind = "synthetic"
+
+[synthetic]
+classes = 40
+images_per_class = 8
+
+[image]
+resize = 48
+crop = 40
+
+[plan]
+p = 8
+k = 4
+steps = 100
+
+[train]
+device = "auto"
+
+[train.model]
+backbone = "small_cnn"
+head = "direct"
+# normalize follows each loss's recommended setting (semi-hard: on; batch-hard: off).
+
+[train.optimizer]
+learning_rate = 0.001
+
+[train.optimizer.algorithm]
+name = "adam"
+
+[sweep]
+# Only the name: each loss keeps its own default margin (0.2 and 1.0).
+"train.loss.name" = ["semi_hard_triplet", "hard_triplet"]
+"train.seed" = [0, 1]
+"#;
+
+/// A dataset of the seed's tables and the settings its rows share.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetRow {
+    /// Preset prefix and `dataset.kind`.
+    pub kind: &'static str,
+    /// Human name.
+    pub title: &'static str,
+    /// An example `dataset.root`.
+    pub example_root: &'static str,
+    /// `train.model.backbone`.
+    pub backbone: &'static str,
+    /// Images per batch (P × K); P = batch / K.
+    pub batch: u32,
+    /// Training steps.
+    pub steps: u32,
+    /// `true`: momentum SGD 0.9 (CUB); `false`: Adam.
+    pub momentum_sgd: bool,
+    /// The seed's published (NMI, R@1, R@4) per loss, in [`LOSSES`] order (the
+    /// six seed losses; the margin loss has no published row).
+    pub published: [(f64, f64, f64); 6],
+}
+
+/// A loss of the seed's tables and its recommended setting.
+#[derive(Debug, Clone, Copy)]
+pub struct LossRow {
+    /// `train.loss.name`.
+    pub name: &'static str,
+    /// Human name.
+    pub title: &'static str,
+    /// Images per class (K).
+    pub k: u32,
+    /// `train.model.normalize` (the seed's `_normalize` heads).
+    pub normalize: bool,
+    /// The `[train.loss]` keys after `name`, as TOML lines.
+    pub params: &'static str,
+    /// Extra tables after `[train.loss]`, as TOML (may be empty).
+    pub extra: &'static str,
+    /// A short description of the parameters.
+    pub summary: &'static str,
+}
+
+/// The seed's three datasets.
+pub const DATASETS: [DatasetRow; 3] = [
+    DatasetRow {
+        kind: "cub",
+        title: "CUB-200-2011",
+        example_root: "/data/CUB_200_2011",
+        backbone: "inception_v1",
+        batch: 120,
+        steps: 10_000,
+        momentum_sgd: true,
+        published: [
+            (0.587, 49.03, 73.43),
+            (0.561, 46.55, 71.03),
+            (0.502, 35.26, 59.82),
+            (0.573, 46.52, 59.26),
+            (0.546, 45.50, 68.43),
+            (0.476, 37.27, 62.39),
+        ],
+    },
+    DatasetRow {
+        kind: "sop",
+        title: "Stanford Online Products",
+        example_root: "/data/Stanford_Online_Products",
+        backbone: "inception_v1",
+        batch: 120,
+        steps: 30_000,
+        momentum_sgd: false,
+        published: [
+            (0.893, 71.22, 81.77),
+            (0.895, 72.03, 82.55),
+            (0.889, 68.26, 79.72),
+            (0.893, 72.60, 82.59),
+            (0.878, 60.30, 72.78),
+            (0.825, 19.05, 32.28),
+        ],
+    },
+    DatasetRow {
+        kind: "inshop",
+        title: "DeepFashion In-shop",
+        example_root: "/data/InShop",
+        backbone: "densenet169",
+        batch: 60,
+        steps: 25_000,
+        momentum_sgd: false,
+        published: [
+            (0.902, 87.43, 95.42),
+            (0.904, 88.38, 95.74),
+            (0.903, 87.32, 95.59),
+            (0.903, 89.12, 96.13),
+            (0.893, 84.70, 92.32),
+            (0.826, 44.09, 67.17),
+        ],
+    },
+];
+
+/// The seed's six losses (its table's row order), then the margin loss of Wu et al.
+pub const LOSSES: [LossRow; 7] = [
+    LossRow {
+        name: "semi_hard_triplet",
+        title: "semi-hard triplet",
+        k: 6,
+        normalize: true,
+        params: "margin = 0.2\n",
+        extra: "",
+        summary: "margin 0.2, normalised",
+    },
+    LossRow {
+        name: "hard_triplet",
+        title: "batch-hard triplet",
+        k: 6,
+        normalize: false,
+        params: "margin = 1.0\n",
+        extra: "",
+        summary: "margin 1.0, not normalised",
+    },
+    LossRow {
+        name: "lifted_structure",
+        title: "lifted structure",
+        k: 6,
+        normalize: false,
+        params: "margin = 1.0\n",
+        extra: "",
+        summary: "margin 1.0, not normalised",
+    },
+    LossRow {
+        name: "npairs",
+        title: "N-pairs",
+        k: 2,
+        normalize: false,
+        params: "lambda = 0.002\n",
+        extra: "",
+        summary: "λ 0.002, not normalised",
+    },
+    LossRow {
+        name: "angular",
+        title: "angular",
+        k: 2,
+        normalize: true,
+        params: "alpha_degrees = 45.0\nlambda = 0.002\n",
+        extra: "",
+        summary: "α 45°, normalised",
+    },
+    LossRow {
+        name: "contrastive",
+        title: "contrastive",
+        k: 4,
+        normalize: true,
+        params: "margin = 1.0\n",
+        extra: "",
+        summary: "margin 1.0, normalised",
+    },
+    LossRow {
+        name: "margin",
+        title: "margin (Wu et al. 2017)",
+        k: 6,
+        normalize: true,
+        params: "alpha = 0.2\nbeta_init = 1.2\nlearn_beta = true\nbeta_scope = \"global\"\n",
+        extra: "\n[train.loss.sampling]\nkind = \"distance_weighted\"\ncutoff = 0.5\nnonzero_loss_cutoff = 1.4\n",
+        summary: "α 0.2, β₀ 1.2 learnt, distance-weighted sampling, normalised",
+    },
+];
+
+/// The seed's losses: the rows of its published table.
+pub const SEED_LOSSES: usize = 6;
+
+/// `name[sweep]` tuple paths of the table sweeps: every loss with its own P and K.
+pub const TABLE_AXIS: &str = "train.loss.name, plan.p, plan.k";
+
+fn fmt_published((nmi, r1, r4): (f64, f64, f64)) -> String {
+    // NMI as the seed printed it: `.587`.
+    let nmi = format!("{nmi:.3}");
+    let nmi = nmi.strip_prefix('0').unwrap_or(&nmi);
+    format!("NMI {nmi} / R@1 {r1:.2} / R@4 {r4:.2}")
+}
+
+/// The part every preset of a dataset shares: name, dataset, image, backbone, optimiser.
+fn header(d: &DatasetRow, name: &str, comments: &str) -> String {
+    let mut t = String::new();
+    t.push_str(comments);
+    let _ = write!(
+        t,
+        r#"# Set the dataset root: --set dataset.root={root}
+# ImageNet-pretrained backbone (README "Reproducing the seed's tables"):
+#   python scripts/export_torchvision.py --model {backbone} --out {backbone}.safetensors
+#   --set train.model.pretrained={backbone}.safetensors
+name = "{name}"
+
+[dataset]
+kind = "{kind}"
+# root = "{root}"
+
+[image]
+resize = 256
+crop = 224
+"#,
+        root = d.example_root,
+        backbone = d.backbone,
+        kind = d.kind,
+    );
+    t
+}
+
+fn plan_section(d: &DatasetRow, l: &LossRow) -> String {
+    format!(
+        "\n[plan]\np = {p}\nk = {k}\nsteps = {steps}\n",
+        p = d.batch / l.k,
+        k = l.k,
+        steps = d.steps
+    )
+}
+
+/// `[train]` through the optimiser; `normalize` is written only for a single loss
+/// (a table sweep leaves it to each loss's recommended setting).
+fn train_sections(d: &DatasetRow, normalize: Option<bool>) -> String {
+    let mut t = format!(
+        "\n[train]\ndevice = \"auto\"\n\n[train.model]\nbackbone = \"{}\"\nhead = \"fc1024\"\nembedding_dim = 128\n",
+        d.backbone
+    );
+    match normalize {
+        Some(n) => {
+            let _ = writeln!(t, "normalize = {n}");
+        }
+        None => t.push_str(
+            "# normalize: each loss's recommended setting (on for semi-hard, angular and\n# contrastive; off for batch-hard, lifted and N-pairs).\n",
+        ),
+    }
+    t.push_str(
+        "\n[train.optimizer]\nlearning_rate = 0.0003\nschedule = \"linear\"  # 3e-4 → 1e-7 at the last step\nweight_decay = 0.0\n\n[train.optimizer.algorithm]\n",
+    );
+    if d.momentum_sgd {
+        t.push_str("name = \"sgd\"\nmomentum = 0.9\n");
+    } else {
+        t.push_str("name = \"adam\"\n");
+    }
+    t
+}
+
+fn retrieve_section(d: &DatasetRow) -> &'static str {
+    if d.kind == "inshop" {
+        "\n[retrieve]\n# Query → gallery, the standard protocol. The seed merged query and gallery\n# and evaluated leave-one-out: --set retrieve.protocol=inshop_merged\nprotocol = \"auto\"\n"
+    } else {
+        ""
+    }
+}
+
+fn row_toml(d: &DatasetRow, l: &LossRow, published: Option<(f64, f64, f64)>) -> String {
+    let seed = match published {
+        Some(p) => format!(
+            "# The seed's published result for this row: {}{}.\n",
+            fmt_published(p),
+            if d.kind == "inshop" {
+                " (merged protocol)"
+            } else {
+                ""
+            }
+        ),
+        None => "# Not in the seed's table (its TODO list asks for a margin loss).\n".to_string(),
+    };
+    let comments = format!(
+        "# {}: {} loss ({}), the seed's recommended setting.\n{seed}",
+        d.title, l.title, l.summary
+    );
+    let mut t = header(d, &format!("{}-{}", d.kind, l.name), &comments);
+    t.push_str(&plan_section(d, l));
+    t.push_str(&train_sections(d, Some(l.normalize)));
+    let _ = write!(
+        t,
+        "\n[train.loss]\nname = \"{}\"\n{}{}",
+        l.name, l.params, l.extra
+    );
+    t.push_str(retrieve_section(d));
+    t
+}
+
+fn table_toml(d: &DatasetRow) -> String {
+    let comments = format!(
+        "# {}: the seed's whole table, its six losses each with its own P, K, margin\n# and normalisation (the margins are each loss's defaults, which are the seed's).\n",
+        d.title
+    );
+    let mut t = header(d, &format!("{}-seed-table", d.kind), &comments);
+    let _ = write!(t, "\n[plan]\nsteps = {}\n", d.steps);
+    t.push_str(&train_sections(d, None));
+    t.push_str(retrieve_section(d));
+    let _ = write!(
+        t,
+        "\n[sweep]\n# One axis of tuples: the paths move together, one run per row.\n\"{TABLE_AXIS}\" = [\n"
+    );
+    let width = LOSSES[..SEED_LOSSES]
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0);
+    for (l, published) in LOSSES[..SEED_LOSSES].iter().zip(d.published) {
+        let name = format!("\"{}\",", l.name);
+        let _ = writeln!(
+            t,
+            "  [{name:<w$} {p:>2}, {k}],  # seed: {}",
+            fmt_published(published),
+            w = width + 3,
+            p = d.batch / l.k,
+            k = l.k,
+        );
+    }
+    t.push_str("]\n");
+    t
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+static ALL: LazyLock<Vec<Preset>> = LazyLock::new(|| {
+    let mut all = vec![
+        Preset {
+            name: "synthetic",
+            description:
+                "the built-in synthetic set, small CNN, semi-hard triplet, on the CPU in a few minutes",
+            toml: SYNTHETIC,
+        },
+        Preset {
+            name: "synthetic/sweep",
+            description: "demo sweep on the synthetic set: semi-hard and batch-hard triplet × 2 seeds, 100 steps",
+            toml: SYNTHETIC_SWEEP,
+        },
+    ];
+    for d in &DATASETS {
+        for (i, l) in LOSSES.iter().enumerate() {
+            let published = d.published.get(i).copied();
+            let description = match published {
+                Some(p) => format!(
+                    "{}, {}, P{}×K{} — seed: {}{}",
+                    d.title,
+                    l.title,
+                    d.batch / l.k,
+                    l.k,
+                    fmt_published(p),
+                    if d.kind == "inshop" { " (merged)" } else { "" }
+                ),
+                None => format!(
+                    "{}, {}, P{}×K{} — not in the seed's table",
+                    d.title,
+                    l.title,
+                    d.batch / l.k,
+                    l.k
+                ),
+            };
+            all.push(Preset {
+                name: leak(format!("{}/{}", d.kind, l.name)),
+                description: leak(description),
+                toml: leak(row_toml(d, l, published)),
+            });
+        }
+        let r1: Vec<String> = d.published.iter().map(|p| format!("{:.1}", p.1)).collect();
+        all.push(Preset {
+            name: leak(format!("{}/seed-table", d.kind)),
+            description: leak(format!(
+                "{}: the seed's six losses as one sweep — seed R@1 {}",
+                d.title,
+                r1.join(" / ")
+            )),
+            toml: leak(table_toml(d)),
+        });
+    }
+    all
+});
+
 /// Every preset.
 pub fn all() -> &'static [Preset] {
-    &[Preset {
-        name: "synthetic",
-        description:
-            "the built-in synthetic set, small CNN, semi-hard triplet, on the CPU in a few minutes",
-        toml: SYNTHETIC,
-    }]
+    &ALL
 }
 
 /// A preset by name.

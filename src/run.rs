@@ -148,6 +148,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         Err(e) => e.to_string(),
     };
     let record_path = record.save(&store)?;
+    crate::links::update(&store, &record)?;
     if args.json {
         let nodes: Vec<serde_json::Value> = record
             .nodes

@@ -122,3 +122,56 @@ pub fn folder_dataset(root: &Path, classes: usize, per_class: usize) {
         }
     }
 }
+
+/// A tiny end-to-end experiment: a few steps of the small CNN on a tiny synthetic set.
+pub const TINY_TRAIN: &str = r#"
+name = "tiny"
+[dataset]
+kind = "synthetic"
+[synthetic]
+classes = 12
+images_per_class = 4
+image_size = 32
+[image]
+resize = 32
+crop = 28
+[plan]
+p = 4
+k = 2
+steps = 8
+[train]
+device = "cpu"
+checkpoint_every = 2
+[train.model]
+backbone = "small_cnn"
+head = "direct"
+embedding_dim = 16
+[train.loss]
+name = "hard_triplet"
+[embed]
+batch_size = 16
+"#;
+
+/// The manifest of the artifact `latest/<run>/<node>` points to.
+pub fn latest_manifest(store: &Path, run: &str, node: &str) -> serde_json::Value {
+    let path = store
+        .join("latest")
+        .join(run)
+        .join(node)
+        .join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// blake3 of an artifact file, from its manifest.
+pub fn file_hash(manifest: &serde_json::Value, file: &str) -> String {
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == file)
+        .unwrap_or_else(|| panic!("no {file} in {manifest}"))["blake3"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

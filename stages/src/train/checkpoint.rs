@@ -73,6 +73,39 @@ fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
     })
 }
 
+/// safetensors writes the `__metadata__` map in `HashMap` order, which differs
+/// from process to process; rewrite the header with its keys sorted (same
+/// length, padded with spaces as the format allows) so equal weights give
+/// byte-identical files.
+fn canonical_metadata(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return bytes;
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    if let Some(meta) = v.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+        let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+            std::mem::take(meta).into_iter().collect();
+        meta.extend(sorted);
+    }
+    match serde_json::to_vec(&v) {
+        Ok(text) if text.len() <= len => {
+            let dst = &mut bytes[8..8 + len];
+            dst[..text.len()].copy_from_slice(&text);
+            dst[text.len()..].fill(b' ');
+            bytes
+        }
+        _ => bytes,
+    }
+}
+
 /// Writes `tensors` and `metadata` to `path` atomically.
 pub(crate) fn write(
     path: &Path,
@@ -88,6 +121,7 @@ pub(crate) fn write(
             path: path.to_path_buf(),
             reason: format!("serialising: {e}"),
         })?;
+    let bytes = canonical_metadata(bytes);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),

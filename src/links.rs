@@ -1,0 +1,90 @@
+//! `latest/<run name>/<node>` links to the artifacts the last run of a name
+//! used, so notebooks open `dml-store/latest/synthetic/embed/embeddings.arrow`
+//! without knowing keys; and `dml path`.
+use anyhow::{bail, Context, Result};
+use dml_artifacts::ArtifactStore;
+use dml_pipeline::{file_safe, RunRecord};
+use std::path::{Path, PathBuf};
+
+/// A node id as a folder name: `train[train.loss=npairs]` → `train@train.loss=npairs`,
+/// `train:untrained` → `train@untrained`.
+pub fn node_dir_name(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .filter(|c| *c != ']')
+        .map(|c| match c {
+            '[' | ':' => '@',
+            '/' | '\\' | ' ' | '"' => '_',
+            c => c,
+        })
+        .collect();
+    s
+}
+
+/// Points `latest/<name>/<node>` at every artifact of the record that exists.
+pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
+    let dir = store.root().join("latest").join(file_safe(&record.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for node in &record.nodes {
+        let object = store.object_dir(&node.stage, &node.key);
+        if !object.join("manifest.json").exists() {
+            continue;
+        }
+        let link = dir.join(node_dir_name(&node.id));
+        let target = Path::new("../../objects").join(&node.stage).join(&node.key);
+        let tmp = dir.join(format!(
+            ".{}.tmp{}",
+            node_dir_name(&node.id),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .with_context(|| format!("linking {}", tmp.display()))?;
+        std::fs::rename(&tmp, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(dir)
+}
+
+/// `dml path STAGE [--name RUN]`: the artifact directory the last run used.
+pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
+    let store = ArtifactStore::open(store_dir)?;
+    let record = match name {
+        Some(n) => RunRecord::latest(&store, n)?
+            .with_context(|| format!("no run named `{n}` in {}", store_dir.display()))?,
+        None => {
+            let last = RunRecord::list(&store)?
+                .pop()
+                .with_context(|| format!("no runs recorded in {} yet", store_dir.display()))?;
+            RunRecord::load(&last)?
+        }
+    };
+    let found = record
+        .nodes
+        .iter()
+        .find(|n| n.id == node || node_dir_name(&n.id) == node)
+        .or_else(|| record.nodes.iter().find(|n| n.stage == node));
+    let Some(n) = found else {
+        let ids: Vec<&str> = record.nodes.iter().map(|n| n.id.as_str()).collect();
+        bail!(
+            "run `{}` has no stage `{node}`; it has: {}",
+            record.name,
+            ids.join(", ")
+        );
+    };
+    let link = store
+        .root()
+        .join("latest")
+        .join(file_safe(&record.name))
+        .join(node_dir_name(&n.id));
+    let object = store.object_dir(&n.stage, &n.key);
+    if !object.exists() {
+        bail!(
+            "the artifact of `{}` ({}) is not in the store (removed by gc?); rerun `{}`",
+            n.id,
+            n.key,
+            record.name
+        );
+    }
+    println!("{}", if link.exists() { link } else { object }.display());
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! End-to-end training: determinism, resume after an interruption, what
+//! retrains and what does not, NaN handling, the report.
+mod common;
+use common::*;
+
+#[test]
+fn cpu_training_is_byte_identical_across_fresh_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&a, &["run", cfg]);
+    ok(&b, &["run", cfg]);
+    for (node, file) in [
+        ("train", "model.safetensors"),
+        ("embed", "embeddings.arrow"),
+        ("retrieve", "metrics.json"),
+    ] {
+        let (ma, mb) = (
+            latest_manifest(&a, "tiny", node),
+            latest_manifest(&b, "tiny", node),
+        );
+        assert_eq!(file_hash(&ma, file), file_hash(&mb, file), "{node}/{file}");
+    }
+    // The artifacts a notebook opens.
+    for f in [
+        "train/train_log.parquet",
+        "train/loss.png",
+        "embed/embeddings.arrow",
+        "report/report.md",
+        "report/recall.png",
+    ] {
+        assert!(a.join("latest/tiny").join(f).exists(), "{f}");
+    }
+    let path = ok(&a, &["path", "embed"]);
+    assert!(path.trim().ends_with("latest/tiny/embed"), "{path}");
+}
+
+#[test]
+fn an_interrupted_train_stage_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let straight = tmp.path().join("straight");
+    ok(&straight, &["run", cfg, "--until", "train"]);
+    let resumed = tmp.path().join("resumed");
+    let killed = dml()
+        .env("DML_FAULT_ABORT_AFTER_STEP", "4")
+        .arg("--store")
+        .arg(&resumed)
+        .args(["run", cfg, "--until", "train"])
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert!(
+        !resumed.join("objects/train").exists()
+            || resumed.join("objects/train").read_dir().unwrap().count() == 0
+    );
+    let out = run_json(&resumed, &[cfg, "--until", "train"]);
+    assert_eq!(status_of(&out, "train"), "ran");
+    let (ms, mr) = (
+        latest_manifest(&straight, "tiny", "train"),
+        latest_manifest(&resumed, "tiny", "train"),
+    );
+    assert_eq!(mr["notes"]["resumed_from_step"], 4, "{}", mr["notes"]);
+    assert_eq!(
+        file_hash(&ms, "model.safetensors"),
+        file_hash(&mr, "model.safetensors")
+    );
+    assert_eq!(file_hash(&ms, "train_log.parquet").len(), 64);
+}
+
+#[test]
+fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    ok(&store, &["run", cfg]);
+    let p = plan(&store, &[cfg, "--set", "retrieve.ks=[1, 3]"]);
+    let status = |p: &[(String, String, String, String)], id: &str| {
+        p.iter().find(|n| n.0 == id).unwrap().1.clone()
+    };
+    assert_eq!(status(&p, "train"), "cached");
+    assert_eq!(status(&p, "embed"), "cached");
+    assert_eq!(status(&p, "retrieve"), "run");
+    assert_eq!(status(&p, "cluster"), "cached");
+    let p = plan(
+        &store,
+        &[cfg, "--set", "train.loss.name=\"lifted_structure\""],
+    );
+    assert_eq!(status(&p, "plan"), "cached");
+    assert_eq!(status(&p, "train"), "run");
+    assert!(p
+        .iter()
+        .find(|n| n.0 == "train")
+        .unwrap()
+        .2
+        .contains("train.loss.name changed \"hard_triplet\" → \"lifted_structure\""));
+    assert_eq!(status(&p, "embed"), "run");
+    // The untrained baseline depends on neither the loss nor the plan.
+    assert_eq!(status(&p, "train:untrained"), "cached");
+    // A loss whose batch layout does not fit the plan is refused up front.
+    let e = fails(
+        &store,
+        &[
+            "run",
+            cfg,
+            "--dry-run",
+            "--set",
+            "train.loss.name=\"contrastive\"",
+        ],
+    );
+    assert!(e.contains("plan.k=4"), "{e}");
+}
+
+#[test]
+fn a_diverging_loss_stops_with_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let e = fails(
+        &store,
+        &[
+            "run",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.optimizer.learning_rate=1e30",
+        ],
+    );
+    assert!(
+        e.contains("step") && (e.contains("NaN") || e.contains("nan") || e.contains("infinite")),
+        "{e}"
+    );
+    assert!(
+        !store.join("objects/train").exists()
+            || store.join("objects/train").read_dir().unwrap().count() == 0
+    );
+}
+
+#[test]
+fn the_report_shows_trained_and_untrained_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let out = ok(&store, &["run", cfg.to_str().unwrap()]);
+    assert!(
+        out.contains("| run | method |") && out.contains("untrained R@1"),
+        "{out}"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("latest/tiny/report/report.json")).unwrap(),
+    )
+    .unwrap();
+    let retrieve: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("latest/tiny/retrieve/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let cluster: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("latest/tiny/cluster/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let run = &report["runs"][0];
+    assert_eq!(run["nmi"], cluster["nmi"]);
+    assert_eq!(run["recall"][0]["value"], retrieve["recall@1"]);
+    assert_eq!(run["map_at_r"], retrieve["map@r"]);
+    let untrained: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("latest/tiny/retrieve@untrained/metrics.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run["untrained_recall@1"], untrained["recall@1"]);
+    for png in ["recall.png", "r1.png", "loss_0.png"] {
+        assert!(store.join("latest/tiny/report").join(png).exists(), "{png}");
+    }
+}
