@@ -453,13 +453,14 @@ static ALL: LazyLock<Vec<Preset>> = LazyLock::new(|| {
                 toml: leak(row_toml(d, l, published)),
             });
         }
-        let r1: Vec<String> = d.published.iter().map(|p| format!("{:.1}", p.1)).collect();
+        let r1: Vec<String> = d.published.iter().map(|p| format!("{:.2}", p.1)).collect();
         all.push(Preset {
             name: leak(format!("{}/seed-table", d.kind)),
             description: leak(format!(
-                "{}: the seed's six losses as one sweep — seed R@1 {}",
+                "{}: the six losses as one sweep — seed R@1 {}{}",
                 d.title,
-                r1.join(" / ")
+                r1.join(" / "),
+                if d.kind == "inshop" { " (merged)" } else { "" }
             )),
             toml: leak(table_toml(d)),
         });
