@@ -1,5 +1,7 @@
 //! Training-step throughput (images/s) on the CPU, the figure `dml bench train` and `benches/train_step.rs` print next to PyTorch's.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -40,10 +42,13 @@ pub const REFERENCE_CASES: [(Backbone, i64, f64); 2] = [
 /// What a measurement gave.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainBenchReport {
-    /// Training images per second over the timed steps.
+    /// Training images per second over all timed steps.
     pub images_per_sec: f64,
     /// Mean wall time per step in milliseconds.
     pub ms_per_step: f64,
+    /// Images per second of the fastest step: the figure least disturbed by other work on a
+    /// shared machine.
+    pub best_images_per_sec: f64,
 }
 
 impl TrainBench {
@@ -90,14 +95,162 @@ impl TrainBench {
         for s in 0..self.warmup as u64 {
             trainer.step(&images, &labels, s, total)?;
         }
-        let start = Instant::now();
+        let mut times = Vec::with_capacity(self.steps);
         for s in self.warmup as u64..total {
+            let start = Instant::now();
             trainer.step(&images, &labels, s, total)?;
+            times.push(start.elapsed().as_secs_f64());
         }
-        let secs = start.elapsed().as_secs_f64();
+        let secs: f64 = times.iter().sum();
+        let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
         Ok(TrainBenchReport {
             images_per_sec: (self.batch as f64 * self.steps as f64) / secs,
             ms_per_step: 1e3 * secs / self.steps as f64,
+            best_images_per_sec: self.batch as f64 / fastest,
         })
     }
+}
+
+/// How to run the side-by-side comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareOptions {
+    /// Timed steps per case.
+    pub steps: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// libtorch intra-op threads, for both sides.
+    pub threads: i32,
+    /// Images per batch.
+    pub batch: i64,
+    /// The Python interpreter (the one whose libtorch dml links), or `None` to skip PyTorch.
+    pub python: Option<String>,
+    /// `scripts/bench_train_pytorch.py`.
+    pub script: PathBuf,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            steps: 10,
+            warmup: 2,
+            threads: 2,
+            batch: 60,
+            python: Some(std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())),
+            script: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/bench_train_pytorch.py"
+            )),
+        }
+    }
+}
+
+/// One line of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonRow {
+    /// The backbone.
+    pub backbone: Backbone,
+    /// Input size in pixels.
+    pub image_size: i64,
+    /// dml's figures.
+    pub dml: TrainBenchReport,
+    /// PyTorch-Python's figures on the same libtorch and thread count, if run.
+    pub pytorch: Option<TrainBenchReport>,
+    /// PyTorch's figure measured once on a 2-core machine (images/s).
+    pub reference_pytorch: f64,
+}
+
+fn run_pytorch(
+    opts: &CompareOptions,
+    python: &str,
+    backbone: Backbone,
+    size: i64,
+) -> Result<TrainBenchReport> {
+    let fail = |reason: String| {
+        TrainError::Config(format!("PyTorch bench {}: {reason}", opts.script.display()))
+    };
+    let out = Command::new(python)
+        .arg(&opts.script)
+        .args([
+            "--model",
+            backbone.name(),
+            "--size",
+            &size.to_string(),
+            "--batch",
+            &opts.batch.to_string(),
+        ])
+        .args([
+            "--threads",
+            &opts.threads.to_string(),
+            "--steps",
+            &opts.steps.to_string(),
+        ])
+        .args(["--warmup", &opts.warmup.to_string()])
+        .output()
+        .map_err(|e| fail(format!("cannot run {python}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("unreadable output: {e}")))
+}
+
+/// Times dml and (optionally) PyTorch on [`REFERENCE_CASES`], with `opts.threads` libtorch
+/// threads (this sets the process-wide thread count).
+pub fn compare_with_pytorch(opts: &CompareOptions) -> Result<Vec<ComparisonRow>> {
+    tch::set_num_threads(opts.threads);
+    REFERENCE_CASES
+        .iter()
+        .map(|&(backbone, image_size, reference_pytorch)| {
+            let bench = TrainBench {
+                backbone,
+                image_size,
+                batch: opts.batch,
+                warmup: opts.warmup,
+                steps: opts.steps,
+            };
+            let dml = bench.run()?;
+            let pytorch = match &opts.python {
+                Some(python) => Some(run_pytorch(opts, python, backbone, image_size)?),
+                None => None,
+            };
+            Ok(ComparisonRow {
+                backbone,
+                image_size,
+                dml,
+                pytorch,
+                reference_pytorch,
+            })
+        })
+        .collect()
+}
+
+/// The comparison as a text table (images/s; "best" is the fastest single step).
+pub fn format_table(opts: &CompareOptions, rows: &[ComparisonRow]) -> String {
+    let mut out = format!(
+        "CPU training step: {} threads, batch {}, Adam, batch-hard, fc1024 → 128; {} timed steps after {} warm-up\n",
+        opts.threads, opts.batch, opts.steps, opts.warmup
+    );
+    out += &format!(
+        "{:<12} {:>5} {:>10} {:>10} {:>12} {:>12} {:>14}\n",
+        "backbone", "px", "dml", "dml best", "PyTorch", "PyTorch best", "PyTorch (ref)"
+    );
+    for r in rows {
+        let (py, py_best) = match r.pytorch {
+            Some(p) => (
+                format!("{:.1}", p.images_per_sec),
+                format!("{:.1}", p.best_images_per_sec),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        out += &format!(
+            "{:<12} {:>5} {:>10.1} {:>10.1} {:>12} {:>12} {:>14.1}\n",
+            r.backbone.name(),
+            r.image_size,
+            r.dml.images_per_sec,
+            r.dml.best_images_per_sec,
+            py,
+            py_best,
+            r.reference_pytorch
+        );
+    }
+    out
 }

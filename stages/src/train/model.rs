@@ -135,7 +135,8 @@ impl HeadModule {
         match self {
             HeadModule::Direct(fc) => xs.apply(fc),
             HeadModule::Fc1024 { fc1, bn1, fc2 } => {
-                xs.apply(fc1).apply_t(bn1, train).relu().apply(fc2)
+                let mut h = xs.apply(fc1).apply_t(bn1, train);
+                h.relu_().apply(fc2)
             }
         }
     }
@@ -250,7 +251,13 @@ impl Embedder {
             pretrained: None,
             ..config.clone()
         };
-        let net = EmbeddingNet::new(&vs.root(), &config)?;
+        // Building the network draws initial weights from libtorch's process-wide
+        // generator; hold its lock so a concurrent Trainer::new (another stage of a
+        // sweep run with --jobs > 1) keeps its seeded sequence.
+        let net = {
+            let _rng = crate::train::trainer::lock_torch_rng();
+            EmbeddingNet::new(&vs.root(), &config)?
+        };
         load_weights(&vs, weights)?;
         Ok(Embedder { vs, net })
     }

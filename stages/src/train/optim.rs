@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::nn::{self, OptimizerConfig as _};
+use tch::Tensor;
 
 use super::error::{Result, TrainError};
 
@@ -187,6 +188,9 @@ pub struct Optimizer {
     config: OptimConfig,
     params: Vec<Param>,
     updates: u64,
+    /// A libtorch optimiser over the same variables that never steps: tch exposes libtorch's
+    /// set-to-none gradient reset only through it.
+    grad_reset: nn::Optimizer,
 }
 
 const SLOT_NAMES_ADAM: [&str; 2] = ["m", "v"];
@@ -225,10 +229,14 @@ impl Optimizer {
                 }
             })
             .collect();
+        let grad_reset = nn::Sgd::default()
+            .build(vs, 0.0)
+            .map_err(TrainError::torch("creating the gradient reset"))?;
         Ok(Optimizer {
             config: config.clone(),
             params,
             updates: 0,
+            grad_reset,
         })
     }
 
@@ -244,15 +252,10 @@ impl Optimizer {
         self.updates
     }
 
-    /// Clears the gradients of all tracked variables.
+    /// Drops the gradients of all tracked variables (libtorch's `set_to_none`), so the next
+    /// backward pass writes fresh gradients instead of accumulating into zeroed ones.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.tensor.grad();
-            if g.defined() {
-                let _ = g.detach_();
-                let _ = g.zero_();
-            }
-        }
+        self.grad_reset.zero_grad();
     }
 
     /// Applies one update with learning rate `lr` from the current gradients (variables
@@ -282,14 +285,16 @@ impl Optimizer {
                     } => {
                         let (m, v) = p.slots.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut v[0]);
-                        let _ = m.g_mul_scalar_(beta1);
-                        let _ = m.g_add_(&(&grad * (1.0 - beta1)));
+                        // m + (1 − β₁)(g − m) = β₁m + (1 − β₁)g.
+                        let _ = m.lerp_(&grad, 1.0 - beta1);
                         let _ = v.g_mul_scalar_(beta2);
                         let _ = v.addcmul_(&(&grad * (1.0 - beta2)), &grad);
                         let lr_t = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                        // θ += m / (−(√v + ε)/lr_t), with one temporary.
                         let mut denom = v.sqrt();
                         let _ = denom.g_add_scalar_(epsilon);
-                        let _ = p.tensor.addcdiv_(&(&*m * -lr_t), &denom);
+                        let _ = denom.g_mul_scalar_(-1.0 / lr_t);
+                        let _ = p.tensor.addcdiv_(m, &denom);
                     }
                     Algorithm::Sgd { momentum, nesterov } => {
                         let a = &mut p.slots[0];
@@ -433,8 +438,11 @@ mod tests {
         opt.step(0.1); // same gradient kept: a = 0.9·2 + 2 = 3.8, θ = 0.8 − 0.38
         assert!((p.double_value(&[0]) - 0.42).abs() < TOL);
         opt.zero_grad();
-        opt.step(0.1); // zero gradient: a = 3.42, θ = 0.42 − 0.342
-        assert!((p.double_value(&[0]) - 0.078).abs() < TOL);
+        // Gradients are dropped, not zeroed: a variable without a gradient is not updated (no
+        // momentum coasting), as TF and PyTorch do for unused variables.
+        opt.step(0.1);
+        assert!((p.double_value(&[0]) - 0.42).abs() < TOL);
+        assert!(!p.grad().defined());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, global_avg_pool};
+use super::{batch_norm, conv, global_avg_pool, relu_inplace};
 
 const GROWTH: i64 = 32;
 const BN_SIZE: i64 = 4;
@@ -31,12 +31,8 @@ impl DenseLayer {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply_t(&self.norm1, train)
-            .relu()
-            .apply(&self.conv1)
-            .apply_t(&self.norm2, train)
-            .relu()
-            .apply(&self.conv2)
+        let x = relu_inplace(xs.apply_t(&self.norm1, train)).apply(&self.conv1);
+        relu_inplace(x.apply_t(&self.norm2, train)).apply(&self.conv2)
     }
 }
 
@@ -103,11 +99,13 @@ impl DenseNet {
 
 impl ModuleT for DenseNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs
-            .apply(&self.conv0)
-            .apply_t(&self.norm0, train)
-            .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = relu_inplace(xs.apply(&self.conv0).apply_t(&self.norm0, train)).max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        );
         for stage in &self.stages {
             let mut features = vec![x];
             for layer in &stage.layers {
@@ -116,16 +114,11 @@ impl ModuleT for DenseNet {
             }
             x = Tensor::cat(&features, 1);
             if let Some(t) = &stage.transition {
-                x = x.apply_t(&t.norm, train).relu().apply(&t.conv).avg_pool2d(
-                    [2, 2],
-                    [2, 2],
-                    [0, 0],
-                    false,
-                    true,
-                    None::<i64>,
-                );
+                x = relu_inplace(x.apply_t(&t.norm, train))
+                    .apply(&t.conv)
+                    .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
             }
         }
-        global_avg_pool(&x.apply_t(&self.norm5, train).relu())
+        global_avg_pool(&relu_inplace(x.apply_t(&self.norm5, train)))
     }
 }

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, global_avg_pool};
+use super::{batch_norm, conv, global_avg_pool, relu_inplace};
 
 #[derive(Debug)]
 struct BasicConv {
@@ -20,7 +20,7 @@ impl BasicConv {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+        relu_inplace(xs.apply(&self.conv).apply_t(&self.bn, train))
     }
 }
 

@@ -197,6 +197,12 @@ pub(crate) fn batch_norm(p: nn::Path, c: i64, eps: f64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, cfg)
 }
 
+/// ReLU in place, as torchvision's `ReLU(inplace=True)`: only for tensors no backward pass
+/// needs unmodified (batch-norm and addition outputs), saving an allocation per layer.
+pub(crate) fn relu_inplace(mut xs: Tensor) -> Tensor {
+    xs.relu_()
+}
+
 /// Global average pooling to `[N, C]`.
 pub(crate) fn global_avg_pool(xs: &Tensor) -> Tensor {
     xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, global_avg_pool};
+use super::{batch_norm, conv, global_avg_pool, relu_inplace};
 
 #[derive(Debug)]
 struct Downsample {
@@ -17,10 +17,13 @@ struct Block {
     downsample: Option<Downsample>,
 }
 
+/// (in channels, out channels, kernel, stride, padding) of one convolution.
+type ConvSpec = (i64, i64, i64, i64, i64);
+
 impl Block {
     /// BasicBlock (two 3×3 convs) or Bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
     fn new(p: &nn::Path, c_in: i64, width: i64, stride: i64, bottleneck: bool) -> (Self, i64) {
-        let (specs, c_out): (Vec<(i64, i64, i64, i64, i64)>, i64) = if bottleneck {
+        let (specs, c_out): (Vec<ConvSpec>, i64) = if bottleneck {
             (
                 vec![
                     (c_in, width, 1, 1, 0),
@@ -63,14 +66,14 @@ impl ModuleT for Block {
         for (i, (c, bn)) in self.convs.iter().enumerate() {
             x = x.apply(c).apply_t(bn, train);
             if i != last {
-                x = x.relu();
+                x = relu_inplace(x);
             }
         }
         let shortcut = match &self.downsample {
             Some(d) => xs.apply(&d.conv).apply_t(&d.bn, train),
             None => xs.shallow_clone(),
         };
-        (x + shortcut).relu()
+        relu_inplace(x + shortcut)
     }
 }
 
@@ -112,11 +115,13 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = relu_inplace(xs.apply(&self.conv1).apply_t(&self.bn1, train)).max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        );
         for block in &self.blocks {
             x = block.forward_t(&x, train);
         }

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::{batch_norm, conv, global_avg_pool};
+use super::{batch_norm, conv, global_avg_pool, relu_inplace};
 
 /// Channels of the four blocks.
 pub(crate) const WIDTHS: [i64; 4] = [32, 64, 128, 256];
@@ -40,7 +40,7 @@ impl ModuleT for SmallCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = xs.shallow_clone();
         for (c, bn) in &self.blocks {
-            x = x.apply(c).apply_t(bn, train).relu().max_pool2d(
+            x = relu_inplace(x.apply(c).apply_t(bn, train)).max_pool2d(
                 [2, 2],
                 [2, 2],
                 [0, 0],
