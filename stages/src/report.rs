@@ -316,6 +316,10 @@ fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
                 AnyValue::StringOwned(s) => json!(s.as_str()),
                 AnyValue::Float64(x) if x.is_finite() => json!(x),
                 AnyValue::Float64(_) => Value::Null,
+                other if other.dtype().is_integer() => match other.extract::<i64>() {
+                    Some(x) => json!(x),
+                    None => json!(other.to_string()),
+                },
                 other => match other.extract::<f64>() {
                     Some(x) => json!(x),
                     None => json!(other.to_string()),
