@@ -114,7 +114,7 @@ pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
         let c = &exp.config;
         let kind = c.dataset.kind;
         let synth = (kind == DatasetKindName::Synthetic)
-            .then(|| b.add(e, Arc::new(SynthStage::new(c.synthetic.clone())), &[]));
+            .then(|| b.add(e, Arc::new(SynthStage::new(c.synthetic)), &[]));
         let root = match synth {
             Some(_) => ImageRoot::Synth,
             None => ImageRoot::Dir(c.dataset.root.clone().into()),

@@ -354,6 +354,9 @@ impl Stage for TrainStage {
     }
 }
 
+/// One step's decode-cache indices and labels.
+type Batch = (Vec<usize>, Vec<i64>);
+
 /// Per step: cache indices and labels. Images skipped by the decode stage are
 /// replaced by another decodable image of the same class (and counted).
 fn substitute_skipped(
@@ -361,7 +364,7 @@ fn substitute_skipped(
     index: &[tables::IndexRow],
     cache: &ds::DecodeCache,
     ctx: &mut RunContext<'_>,
-) -> Result<Arc<Vec<(Vec<usize>, Vec<i64>)>>, BoxError> {
+) -> Result<Arc<Vec<Batch>>, BoxError> {
     let mut by_class: HashMap<u32, Vec<usize>> = HashMap::new();
     for r in index {
         if !cache.is_missing(r.image_id as usize) && r.split == "train" {
