@@ -174,3 +174,44 @@ fn the_report_shows_trained_and_untrained_metrics() {
         assert!(store.join("latest/tiny/report").join(png).exists(), "{png}");
     }
 }
+
+#[test]
+fn a_truncated_jpeg_is_named_at_decode_and_can_be_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    folder_dataset(&data, 4, 3);
+    // A JPEG whose header is intact but whose data is cut off: the index (which
+    // reads headers only) accepts it, the decode stage must not.
+    let img = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    });
+    let jpg = data.join("class_02/cut.jpg");
+    img.save(&jpg).unwrap();
+    let bytes = std::fs::read(&jpg).unwrap();
+    std::fs::write(&jpg, &bytes[..bytes.len() / 2]).unwrap();
+    let store = tmp.path().join("store");
+    let root = format!("dataset.root={}", data.display());
+    let a = [
+        "run",
+        "--until",
+        "decode",
+        "--set",
+        "dataset.kind=\"folder\"",
+        "--set",
+        &root,
+        "--set",
+        "image.resize=24",
+        "--set",
+        "image.crop=20",
+    ];
+    let e = fails(&store, &a);
+    assert!(e.contains("class_02/cut.jpg"), "{e}");
+    let mut skip = a.to_vec();
+    skip.push("--skip-bad-images");
+    ok(&store, &skip);
+    let show = ok(&store, &["show", "decode"]);
+    assert!(
+        show.contains("skipped_images") && show.contains("class_02/cut.jpg"),
+        "{show}"
+    );
+}
