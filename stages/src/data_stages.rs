@@ -125,14 +125,14 @@ impl Stage for IndexStage {
             .into());
         }
         let listing = self.list(&root)?;
-        let files = listed_files(&listing);
-        if !self.index.skip_bad_images {
-            ds::check_files_exist(&root, &listing.records)?;
+        let mut files = listed_files(&listing);
+        // The fingerprint stats every file anyway and names a missing one; only
+        // when missing images may be skipped is a separate pass needed.
+        if self.index.skip_bad_images {
+            let missing: std::collections::HashSet<String> =
+                ds::missing_files(&root, &files).into_iter().collect();
+            files.retain(|f| !missing.contains(f));
         }
-        let existing: Vec<String> = files
-            .into_iter()
-            .filter(|f| root.join(f).is_file())
-            .collect();
         let abs = std::fs::canonicalize(&root).unwrap_or(root.clone());
         let cache_name = blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..16].to_string();
         let cache_path = env
@@ -140,7 +140,7 @@ impl Stage for IndexStage {
             .cache_dir("stat")?
             .join(format!("{cache_name}.bin"));
         let mut cache = ds::StatCache::load(&cache_path)?;
-        let fp = ds::fingerprint(&root, &existing, &mut cache)?;
+        let fp = ds::fingerprint(&root, &files, &mut cache)?;
         cache.save(&cache_path)?;
         let hash = fp.hash.clone();
         *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some((listing, fp));
