@@ -163,7 +163,11 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             store.root().display()
         )
     })?;
-    for node in plan.nodes.iter().filter(|n| n.stage == "report" && !args.json) {
+    for node in plan
+        .nodes
+        .iter()
+        .filter(|n| n.stage == "report" && !args.json)
+    {
         let md = store.object_dir(&node.stage, &node.key).join("report.md");
         if let Ok(text) = std::fs::read_to_string(&md) {
             println!("{text}");

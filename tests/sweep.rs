@@ -44,7 +44,12 @@ fn a_sweep_is_one_dag_with_shared_stages_built_once() {
     .into_iter()
     .collect();
     assert_eq!(ran, expected, "{nodes:?}");
-    assert!(nodes.iter().any(|(id, _)| id == "train[plan.seed=1,train.loss.name=lifted_structure]"), "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|(id, _)| id == "train[plan.seed=1,train.loss.name=lifted_structure]"),
+        "{nodes:?}"
+    );
 
     // --jobs 2 gives the same artifacts.
     let store2 = tmp.path().join("j2");
@@ -52,7 +57,11 @@ fn a_sweep_is_one_dag_with_shared_stages_built_once() {
     for entry in std::fs::read_dir(store.join("latest/tiny")).unwrap() {
         let node = entry.unwrap().file_name().to_string_lossy().to_string();
         if node.starts_with("train") || node.starts_with("embed") {
-            let file = if node.starts_with("train") { "model.safetensors" } else { "embeddings.arrow" };
+            let file = if node.starts_with("train") {
+                "model.safetensors"
+            } else {
+                "embeddings.arrow"
+            };
             assert_eq!(
                 file_hash(&latest_manifest(&store, "tiny", &node), file),
                 file_hash(&latest_manifest(&store2, "tiny", &node), file),
@@ -63,15 +72,20 @@ fn a_sweep_is_one_dag_with_shared_stages_built_once() {
 
     // The combined report: one row per run, numbers equal to each run's metrics,
     // and mean ± std over the seed axis.
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(store.join("latest/tiny/report/report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("latest/tiny/report/report.json")).unwrap(),
+    )
+    .unwrap();
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4);
     for run in runs {
         let name = run["run"].as_str().unwrap();
         let point = name.trim_start_matches("tiny[").trim_end_matches(']');
         let m: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(store.join(format!("latest/tiny/retrieve@{point}/metrics.json"))).unwrap(),
+            &std::fs::read_to_string(
+                store.join(format!("latest/tiny/retrieve@{point}/metrics.json")),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(run["recall"][0]["value"], m["recall@1"], "{name}");
@@ -127,21 +141,45 @@ fn diff_and_rebuild_from_a_record() {
     ok(&store, &["run", cfg]);
     ok(&store, &["run", cfg, "--set", "plan.seed=1"]);
     let records: Vec<_> = {
-        let mut v: Vec<_> = std::fs::read_dir(store.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<_> = std::fs::read_dir(store.join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
         v
     };
     assert_eq!(records.len(), 2);
-    let d = ok(&store, &["diff", records[0].to_str().unwrap(), records[1].to_str().unwrap()]);
-    assert!(d.contains("plan.seed: (unset) → 1") || d.contains("plan.seed: 0 → 1"), "{d}");
-    assert!(d.contains("plan") && d.contains("invalidated: plan.seed changed 0 → 1"), "{d}");
+    let d = ok(
+        &store,
+        &[
+            "diff",
+            records[0].to_str().unwrap(),
+            records[1].to_str().unwrap(),
+        ],
+    );
+    assert!(
+        d.contains("plan.seed: (unset) → 1") || d.contains("plan.seed: 0 → 1"),
+        "{d}"
+    );
+    assert!(
+        d.contains("plan") && d.contains("invalidated: plan.seed changed 0 → 1"),
+        "{d}"
+    );
     assert!(d.contains("invalidated: input plan changed"), "{d}");
     assert!(d.contains("synth") && d.contains("same artifact"), "{d}");
 
     // Rebuilding the second run from its record in an empty store gives byte-identical artifacts.
     let fresh = tmp.path().join("fresh");
-    ok(&fresh, &["run", "--from-record", records[1].to_str().unwrap()]);
-    for (node, file) in [("plan", "plan.parquet"), ("train", "model.safetensors"), ("embed", "embeddings.arrow"), ("cluster", "clusters.parquet")] {
+    ok(
+        &fresh,
+        &["run", "--from-record", records[1].to_str().unwrap()],
+    );
+    for (node, file) in [
+        ("plan", "plan.parquet"),
+        ("train", "model.safetensors"),
+        ("embed", "embeddings.arrow"),
+        ("cluster", "clusters.parquet"),
+    ] {
         assert_eq!(
             file_hash(&latest_manifest(&store, "tiny", node), file),
             file_hash(&latest_manifest(&fresh, "tiny", node), file),
