@@ -73,7 +73,10 @@ impl ModuleT for Block {
             Some(d) => xs.apply(&d.conv).apply_t(&d.bn, train),
             None => xs.shallow_clone(),
         };
-        relu_inplace(x + shortcut)
+        // In place, as torchvision's `out += identity`: `x` is a batch-norm output, which no
+        // backward pass needs.
+        let _ = x.g_add_(&shortcut);
+        relu_inplace(x)
     }
 }
 
