@@ -59,7 +59,7 @@ name = "adam"
 
 const SYNTHETIC_SWEEP: &str = r#"
 # A quick demonstration of sweeps: two losses × two seeds on the built-in
-# synthetic set, 100 steps each, on the CPU in about a minute. Each point's
+# synthetic set, 100 steps each, on the CPU in a minute or two. Each point's
 # run shows in the report as `synthetic-sweep[train.loss.name=…,train.seed=…]`;
 # the synth, index, plan and decode stages are built once and shared.
 name = "synthetic-sweep"

@@ -94,14 +94,21 @@ fn the_notebook_is_generated_from_the_script_and_is_nbformat_4() {
         let kind = cell["cell_type"].as_str().unwrap();
         assert!(kind == "code" || kind == "markdown", "{kind}");
         if kind == "code" {
-            assert_eq!(cell["outputs"], serde_json::json!([]), "saved without outputs");
+            assert_eq!(
+                cell["outputs"],
+                serde_json::json!([]),
+                "saved without outputs"
+            );
             let source: String = cell["source"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|l| l.as_str().unwrap())
                 .collect();
-            assert!(script.contains(&source), "cell not in explore.py:\n{source}");
+            assert!(
+                script.contains(&source),
+                "cell not in explore.py:\n{source}"
+            );
         }
     }
     if has_modules("nbformat") {
@@ -134,7 +141,9 @@ fn the_notebook_runs_on_a_synthetic_store_and_draws_the_neighbour_grid() {
     ];
     args.extend_from_slice(&SMALL);
     ok(&store, &args);
-    assert!(store.join("latest/synthetic/retrieve/neighbors.parquet").is_file());
+    assert!(store
+        .join("latest/synthetic/retrieve/neighbors.parquet")
+        .is_file());
 
     // The plain script.
     let out = tmp.path().join("script");
@@ -239,4 +248,81 @@ fn the_script_finds_a_folder_datasets_images_through_the_index_manifest() {
         "python notebooks/explore.py on a folder dataset",
     );
     assert_png(&out.join("neighbors.png"), 150);
+}
+
+/// A sweep: `DML_POINT` picks the point, and each stage resolves to the node
+/// that point used (its own train, the plan it shared).
+#[test]
+fn the_script_follows_a_sweep_point() {
+    assert!(
+        has_modules("polars, pyarrow, numpy, PIL, matplotlib"),
+        "this test needs polars, pyarrow, numpy, pillow and matplotlib in `{}`",
+        python()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut args = vec![
+        "run",
+        "--set",
+        "name=swept",
+        "--set",
+        "synthetic.classes=12",
+        "--set",
+        "synthetic.images_per_class=4",
+        "--set",
+        "report.untrained_baseline=false",
+    ];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(&[
+        "--set",
+        "sweep.plan.seed=[0, 1]",
+        "--set",
+        "sweep.train.seed=[0, 1]",
+    ]);
+    ok(&store, &args);
+    for (point, train, plan) in [
+        (
+            "plan.seed=1,train.seed=0",
+            "train@plan.seed=1,train.seed=0",
+            "plan@plan.seed=1",
+        ),
+        (
+            "train.seed=1",
+            "train@plan.seed=0,train.seed=1",
+            "plan@plan.seed=0",
+        ),
+    ] {
+        let out = tmp.path().join(point);
+        let run = explore_env(
+            Command::new(python()).arg(repo().join("notebooks/explore.py")),
+            &store,
+            "swept",
+            &out,
+        )
+        .env("DML_POINT", point)
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{point}: {stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{train}: 5 steps, plan {plan}\n")),
+            "{point}: {stdout}"
+        );
+        assert_png(&out.join("neighbors.png"), 150);
+    }
+    let run = explore_env(
+        Command::new(python()).arg(repo().join("notebooks/explore.py")),
+        &store,
+        "swept",
+        tmp.path(),
+    )
+    .env("DML_POINT", "train.seed=7")
+    .output()
+    .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("matches none"));
 }

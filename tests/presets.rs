@@ -11,14 +11,41 @@ use toml::Value;
 // ---------------------------------------------------------------------------
 // The seed's settings and published table (REFERENCE.md), written out by hand.
 
-/// (loss, K, normalize, [train.loss] keys besides `name`).
-const SEED_LOSSES: [(&str, i64, bool, &[(&str, f64)]); 6] = [
-    ("semi_hard_triplet", 6, true, &[("margin", 0.2)]),
-    ("hard_triplet", 6, false, &[("margin", 1.0)]),
-    ("lifted_structure", 6, false, &[("margin", 1.0)]),
-    ("npairs", 2, false, &[("lambda", 0.002)]),
-    ("angular", 2, true, &[("alpha_degrees", 45.0), ("lambda", 0.002)]),
-    ("contrastive", 4, true, &[("margin", 1.0)]),
+/// A loss's recommended setting: K, normalisation, `[train.loss]` keys besides `name`.
+struct SeedLoss {
+    name: &'static str,
+    k: i64,
+    normalize: bool,
+    params: &'static [(&'static str, f64)],
+}
+
+const fn loss(
+    name: &'static str,
+    k: i64,
+    normalize: bool,
+    params: &'static [(&'static str, f64)],
+) -> SeedLoss {
+    SeedLoss {
+        name,
+        k,
+        normalize,
+        params,
+    }
+}
+
+/// The seed's six losses, in its table's row order.
+const SEED_LOSSES: [SeedLoss; 6] = [
+    loss("semi_hard_triplet", 6, true, &[("margin", 0.2)]),
+    loss("hard_triplet", 6, false, &[("margin", 1.0)]),
+    loss("lifted_structure", 6, false, &[("margin", 1.0)]),
+    loss("npairs", 2, false, &[("lambda", 0.002)]),
+    loss(
+        "angular",
+        2,
+        true,
+        &[("alpha_degrees", 45.0), ("lambda", 0.002)],
+    ),
+    loss("contrastive", 4, true, &[("margin", 1.0)]),
 ];
 
 struct Seed {
@@ -143,7 +170,10 @@ fn sop_fixture(root: &Path) {
     ] {
         for i in 0..PER_CLASS {
             id += 1;
-            let rel = format!("{super_name}_final/{}_{i}.JPG", 111085122800u64 + class as u64);
+            let rel = format!(
+                "{super_name}_final/{}_{i}.JPG",
+                111085122800u64 + class as u64
+            );
             jpeg(&root.join(&rel), id);
             let line = format!("{id} {class} {super_id} {rel}\n");
             if class < 11319 {
@@ -305,8 +335,8 @@ fn the_presets_are_listed_and_each_shows_as_toml() {
     let names: Vec<String> = listed().into_iter().map(|(n, _)| n).collect();
     let mut expected = vec!["synthetic".to_string(), "synthetic/sweep".to_string()];
     for s in &SEEDS {
-        for (loss, ..) in SEED_LOSSES {
-            expected.push(format!("{}/{loss}", s.kind));
+        for l in &SEED_LOSSES {
+            expected.push(format!("{}/{}", s.kind, l.name));
         }
         expected.push(format!("{}/margin", s.kind));
         expected.push(format!("{}/seed-table", s.kind));
@@ -339,7 +369,8 @@ fn the_presets_are_listed_and_each_shows_as_toml() {
 fn each_row_preset_has_the_seeds_settings_and_published_numbers() {
     let listed: BTreeMap<String, String> = listed().into_iter().collect();
     for seed in &SEEDS {
-        for (i, (loss, k, normalize, params)) in SEED_LOSSES.iter().enumerate() {
+        for (i, sl) in SEED_LOSSES.iter().enumerate() {
+            let (loss, k, normalize, params) = (&sl.name, &sl.k, &sl.normalize, sl.params);
             let name = format!("{}/{loss}", seed.kind);
             let v = show(&name);
             assert_dataset_settings(&name, &v, seed);
@@ -353,7 +384,7 @@ fn each_row_preset_has_the_seeds_settings_and_published_numbers() {
             let l = get(&v, "train.loss").as_table().unwrap();
             assert_eq!(l["name"].as_str(), Some(*loss), "{name}");
             assert_eq!(l.len(), params.len() + 1, "{name}: {l:?}");
-            for (key, value) in *params {
+            for (key, value) in params {
                 assert_eq!(float(&v, &format!("train.loss.{key}")), *value, "{name}");
             }
             let desc = &listed[&name];
@@ -376,10 +407,7 @@ fn each_row_preset_has_the_seeds_settings_and_published_numbers() {
         assert_eq!(str_at(&v, "train.loss.name"), "margin");
         assert_eq!(float(&v, "train.loss.alpha"), 0.2);
         assert_eq!(float(&v, "train.loss.beta_init"), 1.2);
-        assert_eq!(
-            str_at(&v, "train.loss.sampling.kind"),
-            "distance_weighted"
-        );
+        assert_eq!(str_at(&v, "train.loss.sampling.kind"), "distance_weighted");
         assert_eq!(get(&v, "train.model.normalize").as_bool(), Some(true));
     }
 }
@@ -415,7 +443,7 @@ fn each_table_preset_sweeps_the_six_rows_with_their_own_p_and_k() {
             .collect();
         let expected: Vec<(String, i64, i64)> = SEED_LOSSES
             .iter()
-            .map(|(l, k, ..)| (l.to_string(), seed.p_for(*k), *k))
+            .map(|l| (l.name.to_string(), seed.p_for(l.k), l.k))
             .collect();
         assert_eq!(rows, expected, "{name}");
         let desc = &listed[&name];
@@ -426,34 +454,71 @@ fn each_table_preset_sweeps_the_six_rows_with_their_own_p_and_k() {
     }
 }
 
-/// Every row resolves (`--dry-run`) on its dataset's fixture, and the table
-/// sweep resolves to exactly the rows' artifacts: the same plan, train, embed,
-/// retrieve and cluster keys, so each sweep point has its loss's P, K, margin
-/// and normalisation.
+/// The dry-run keys of the preset's nodes, as (stage or `stage:label`, key),
+/// leaving out the report (it names the runs).
+fn stage_keys(store: &Path, preset: &str, root_set: &str) -> BTreeSet<(String, String)> {
+    let out = run_in(
+        store,
+        &[
+            "run",
+            "--dry-run",
+            "--json",
+            "--preset",
+            preset,
+            "--set",
+            root_set,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{preset} does not resolve on its fixture:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let id = n["id"].as_str().unwrap();
+            (
+                id.split('[').next().unwrap().to_string(),
+                n["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(stage, _)| stage != "report")
+        .collect()
+}
+
+/// Every row resolves (`--dry-run`) on its dataset's fixture; without a root
+/// the error says what to set; the synthetic presets need none.
 #[test]
-fn every_preset_resolves_on_a_fixture_and_the_table_equals_its_rows() {
+fn every_row_preset_resolves_on_its_datasets_fixture() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     for seed in &SEEDS {
         let root = tmp.path().join(seed.kind);
         fixture(seed.kind, &root);
         let root_set = format!("dataset.root={}", root.display());
-        let mut row_keys: BTreeSet<(String, String)> = BTreeSet::new();
-        for (loss, ..) in SEED_LOSSES.iter().chain([&("margin", 6, true, &[][..])]) {
+        for loss in SEED_LOSSES.iter().map(|l| l.name).chain(["margin"]) {
             let name = format!("{}/{loss}", seed.kind);
-            let k = keys(&store, &["--preset", &name, "--set", &root_set]);
-            for stage in ["index", "plan", "decode", "train", "embed", "retrieve", "cluster"] {
-                assert!(k.contains_key(stage), "{name}: no {stage} in {k:?}");
-            }
-            if *loss != "margin" {
-                row_keys.extend(
-                    k.into_iter()
-                        .filter(|(id, _)| id != "report")
-                        .map(|(id, key)| (id.split('[').next().unwrap().to_string(), key)),
+            let k = stage_keys(&store, &name, &root_set);
+            for stage in [
+                "index",
+                "plan",
+                "decode",
+                "train",
+                "embed",
+                "retrieve",
+                "cluster",
+                "train:untrained",
+            ] {
+                assert_eq!(
+                    k.iter().filter(|(s, _)| s == stage).count(),
+                    1,
+                    "{name}: {stage} in {k:?}"
                 );
             }
         }
-        // Without a root the error says what to set.
         let err = fails(
             &store,
             &[
@@ -464,22 +529,7 @@ fn every_preset_resolves_on_a_fixture_and_the_table_equals_its_rows() {
             ],
         );
         assert!(err.contains("dataset.root"), "{err}");
-
-        let name = format!("{}/seed-table", seed.kind);
-        let table = keys(&store, &["--preset", &name, "--set", &root_set]);
-        let table_keys: BTreeSet<(String, String)> = table
-            .into_iter()
-            .filter(|(id, _)| id != "report")
-            .map(|(id, key)| (id.split('[').next().unwrap().to_string(), key))
-            .collect();
-        assert_eq!(table_keys, row_keys, "{name}");
-        assert_eq!(
-            table_keys.iter().filter(|(s, _)| s == "train").count(),
-            7,
-            "{name}: six trained networks and one untrained baseline"
-        );
     }
-    // The synthetic presets need no root.
     let sweep = keys(&store, &["--preset", "synthetic/sweep"]);
     let trained: BTreeSet<&String> = sweep
         .iter()
@@ -495,12 +545,41 @@ fn every_preset_resolves_on_a_fixture_and_the_table_equals_its_rows() {
     keys(&store, &["--preset", "synthetic"]);
 }
 
+/// Each table sweep resolves to exactly its six rows' artifacts: the same plan,
+/// train, embed, retrieve and cluster keys (and untrained baselines), so every
+/// sweep point has its loss's P, K, margin and normalisation. Needs zipped
+/// sweep axes (`"train.loss.name, plan.p, plan.k" = [[…], …]`).
+#[test]
+fn each_seed_table_resolves_to_exactly_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    for seed in &SEEDS {
+        let root = tmp.path().join(seed.kind);
+        fixture(seed.kind, &root);
+        let root_set = format!("dataset.root={}", root.display());
+        let name = format!("{}/seed-table", seed.kind);
+        let table = stage_keys(&store, &name, &root_set);
+        let mut rows = BTreeSet::new();
+        for l in &SEED_LOSSES {
+            rows.extend(stage_keys(
+                &store,
+                &format!("{}/{}", seed.kind, l.name),
+                &root_set,
+            ));
+        }
+        assert_eq!(table, rows, "{name}");
+        let count = |stage: &str| table.iter().filter(|(s, _)| s == stage).count();
+        assert_eq!(count("train"), 6, "{name}: six trained networks");
+        assert_eq!(count("plan"), 3, "{name}: one plan per P×K");
+        assert_eq!(count("index"), 1, "{name}: one index");
+    }
+}
+
 /// One row per dataset, shrunk, runs every stage on its fixture: the list
 /// files, the image paths and the splits flow through index → … → report.
 #[test]
 fn a_row_per_dataset_runs_end_to_end_on_its_fixture() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
     // CUB keeps its Recall@K cut-offs (1, 2, 4, 8 < 12 test images); SOP's go to
     // 1000 and In-shop's to 50, more than the fixtures hold.
     for (preset, kind, k, ks) in [
@@ -510,6 +589,7 @@ fn a_row_per_dataset_runs_end_to_end_on_its_fixture() {
     ] {
         let root = tmp.path().join(kind);
         fixture(kind, &root);
+        let store = tmp.path().join(format!("store-{kind}"));
         let root_set = format!("dataset.root={}", root.display());
         let nodes = run_json(
             &store,
@@ -538,10 +618,7 @@ fn a_row_per_dataset_runs_end_to_end_on_its_fixture() {
                 ks,
             ],
         );
-        assert!(
-            nodes.iter().all(|(_, s)| s == "ran"),
-            "{preset}: {nodes:?}"
-        );
+        assert!(nodes.iter().all(|(_, s)| s == "ran"), "{preset}: {nodes:?}");
         let run = format!("{kind}-{}", preset.split('/').nth(1).unwrap());
         let index = latest_manifest(&store, &run, "index");
         assert_eq!(
