@@ -12,6 +12,8 @@ need=()
 "$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")
 "$py" -c "import polars" 2>/dev/null || need+=("polars")
 "$py" -c "import PIL" 2>/dev/null || need+=("pillow")
+"$py" -c "import matplotlib" 2>/dev/null || need+=("matplotlib")
+"$py" -c "import nbconvert, ipykernel" 2>/dev/null || need+=("nbconvert" "ipykernel")
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing into $(dirname "$py")/..: ${need[*]}" >&2
   "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}" >&2

@@ -157,13 +157,27 @@ pub fn validate_keys(root: &Value) -> Result<()> {
             let Some(sweep) = v.as_table() else {
                 bail!("[sweep] must be a table of `\"stage.key\" = [values]`")
             };
-            for (path, values) in sweep {
-                if TAGGED.iter().any(|t| path.starts_with(&format!("{t}."))) {
-                    continue;
+            for (axis, values) in sweep {
+                let paths = axis_paths(axis)?;
+                for path in &paths {
+                    if TAGGED.iter().any(|t| path.starts_with(&format!("{t}."))) {
+                        continue;
+                    }
+                    check_path(&known, path).with_context(|| format!("in [sweep]: `{path}`"))?;
                 }
-                check_path(&known, path).with_context(|| format!("in [sweep]: `{path}`"))?;
-                if !values.is_array() {
-                    bail!("[sweep] `{path}` must be a list of values, e.g. `\"{path}\" = [a, b]`");
+                let Some(values) = values.as_array() else {
+                    bail!("[sweep] `{axis}` must be a list of values, e.g. `\"{axis}\" = [a, b]`");
+                };
+                if paths.len() > 1 {
+                    let n = paths.len();
+                    for (i, row) in values.iter().enumerate() {
+                        if row.as_array().is_none_or(|r| r.len() != n) {
+                            bail!(
+                                "[sweep] `{axis}` moves {n} settings together: each value must be a list of {n} values in that order; value {} is `{row}`",
+                                i + 1
+                            );
+                        }
+                    }
                 }
             }
             continue;
@@ -247,29 +261,49 @@ fn check_path(known: &Value, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Expands `[sweep]` into the grid of experiments (first axis slowest).
+/// The setting paths of a sweep axis: `"plan.p"`, or several that move together,
+/// comma separated (`"train.loss.name, plan.p, plan.k"`).
+fn axis_paths(axis: &str) -> Result<Vec<String>> {
+    let paths: Vec<String> = axis.split(',').map(|p| p.trim().to_string()).collect();
+    if paths.iter().any(String::is_empty) {
+        bail!("[sweep] `{axis}`: expected a setting path, or several separated by commas");
+    }
+    Ok(paths)
+}
+
+/// Expands `[sweep]` into the grid of experiments (first axis slowest). An axis of
+/// several comma-separated paths is zipped: its values are rows, one value per path.
 fn expand(root: &Value) -> Result<Vec<Resolved>> {
     let mut base = root.clone();
     let sweep = base.as_table_mut().and_then(|t| t.remove("sweep"));
-    let axes: Vec<(String, Vec<Value>)> = match sweep {
-        Some(Value::Table(t)) => t
-            .into_iter()
-            .map(|(k, v)| (k, v.as_array().cloned().unwrap_or_default()))
-            .collect(),
-        _ => Vec::new(),
-    };
-    if let Some((path, _)) = axes.iter().find(|(_, vals)| vals.is_empty()) {
-        bail!("[sweep] `{path}` has no values");
+    let mut axes: Vec<(String, Vec<String>, Vec<Vec<Value>>)> = Vec::new();
+    if let Some(Value::Table(t)) = sweep {
+        for (axis, v) in t {
+            let paths = axis_paths(&axis)?;
+            let values = v.as_array().cloned().unwrap_or_default();
+            let rows = if paths.len() == 1 {
+                values.into_iter().map(|v| vec![v]).collect()
+            } else {
+                values
+                    .into_iter()
+                    .map(|v| v.as_array().cloned().unwrap_or_default())
+                    .collect()
+            };
+            axes.push((axis, paths, rows));
+        }
+    }
+    if let Some((axis, ..)) = axes.iter().find(|(_, _, rows)| rows.is_empty()) {
+        bail!("[sweep] `{axis}` has no values");
     }
     let base_cfg: ExperimentConfig = typed(&base)?;
     let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-    for (path, values) in &axes {
+    for (_, paths, rows) in &axes {
         points = points
             .into_iter()
             .flat_map(|p| {
-                values.iter().map(move |v| {
+                rows.iter().map(move |row| {
                     let mut q = p.clone();
-                    q.push((path.clone(), v.clone()));
+                    q.extend(paths.iter().cloned().zip(row.iter().cloned()));
                     q
                 })
             })
@@ -371,6 +405,59 @@ mod tests {
             "{}",
             l.experiments[1].name
         );
+    }
+
+    #[test]
+    fn zipped_axes_move_together() {
+        let l = load(
+            None,
+            None,
+            &[
+                r#"train.loss={name = "hard_triplet"}"#.into(),
+                r#"sweep.train.loss.name, plan.k=[["hard_triplet", 6], ["npairs", 2]]"#.into(),
+                "sweep.plan.seed=[0, 1]".into(),
+            ],
+        )
+        .unwrap();
+        let got: Vec<(String, u32, u64)> = l
+            .experiments
+            .iter()
+            .map(|e| {
+                (
+                    e.config.train.loss.name().to_string(),
+                    e.config.plan.k,
+                    e.config.plan.seed,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("hard_triplet".to_string(), 6, 0),
+                ("npairs".to_string(), 2, 0),
+                ("hard_triplet".to_string(), 6, 1),
+                ("npairs".to_string(), 2, 1),
+            ]
+        );
+        assert!(
+            l.experiments[1]
+                .name
+                .ends_with("[plan.seed=0,train.loss.name=npairs,plan.k=2]"),
+            "{}",
+            l.experiments[1].name
+        );
+        // Each loss keeps its recommended normalisation.
+        assert!(!l.experiments[0].config.train.model.normalize);
+        let err = format!(
+            "{:#}",
+            load(None, None, &["sweep.plan.p, plan.k=[[4, 2], [5]]".into()]).unwrap_err()
+        );
+        assert!(err.contains("value 2 is `[5]`"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, None, &["sweep.plan.p, plan.kk=[[4, 2]]".into()]).unwrap_err()
+        );
+        assert!(err.contains("did you mean `plan.k`?"), "{err}");
     }
 
     #[test]
