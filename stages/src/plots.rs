@@ -54,6 +54,7 @@ pub fn loss_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> PlotResult
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("loss")
         .label_style(("sans-serif", 14))
         .draw()
@@ -111,7 +112,9 @@ pub fn recall_curves(path: &Path, title: &str, runs: &[(String, Vec<(usize, f64)
     chart
         .configure_mesh()
         .x_desc("K")
+        .x_label_formatter(&|k| format!("{k:.0}"))
         .y_desc("Recall@K (%)")
+        .y_label_formatter(&|r| format!("{r:.0}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
