@@ -32,8 +32,9 @@
 //! | scikit-learn KMeans k-means++ (NMI 0.8953, 6 iterations) | 582.74 | 247.15 |
 //!
 //! Other agents' builds share the machine; the load averages are the bench's
-//! own readings before → after (the quiet run's load rose during the Python
-//! part, so its last three rows ran on a busy machine).
+//! own readings before → after: the quiet run's load rose during its Python
+//! part, so its later rows (the k-means ones above all) ran on a busier
+//! machine than its first.
 //!
 //! The data: class centres are random unit vectors grouped under 12 "super
 //! categories" (SOP has 12), each image is its centre plus Gaussian noise,
