@@ -14,13 +14,7 @@ impl KeyLock {
     /// Takes the lock at `path`, calling `on_wait` once if another process holds it,
     /// then blocking until it is free.
     pub fn acquire(path: &Path, on_wait: impl FnOnce()) -> Result<Self, StoreError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("open lock file", path))?;
+        let file = open_lock_file(path)?;
         match FileExt::try_lock_exclusive(&file) {
             Ok(true) => {}
             Ok(false) => {
@@ -34,19 +28,23 @@ impl KeyLock {
 
     /// Takes the lock only if it is free right now.
     pub fn try_acquire(path: &Path) -> Result<Option<Self>, StoreError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("open lock file", path))?;
+        let file = open_lock_file(path)?;
         match FileExt::try_lock_exclusive(&file) {
             Ok(true) => Ok(Some(KeyLock { file })),
             Ok(false) => Ok(None),
             Err(e) => Err(StoreError::io("lock", path)(e)),
         }
     }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("open lock file", path))
 }
 
 impl Drop for KeyLock {

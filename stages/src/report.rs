@@ -200,6 +200,23 @@ impl Stage for ReportStage {
     }
 }
 
+/// Every K any run reports Recall@K for, ascending.
+fn all_ks(rows: &[Value]) -> Vec<u64> {
+    let mut ks: Vec<u64> = rows
+        .iter()
+        .flat_map(|r| {
+            r["recall"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["k"].as_u64())
+        })
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    ks
+}
+
 /// One row per run; recall columns `r@K` for every K any run has.
 fn build_frame(rows: &[Value]) -> Result<DataFrame, BoxError> {
     let s = |key: &str| -> Vec<String> {
@@ -217,18 +234,7 @@ fn build_frame(rows: &[Value]) -> Result<DataFrame, BoxError> {
             .map(|r| r[key].as_u64().unwrap_or(0) as u32)
             .collect()
     };
-    let mut ks: Vec<u64> = rows
-        .iter()
-        .flat_map(|r| {
-            r["recall"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x["k"].as_u64())
-        })
-        .collect();
-    ks.sort_unstable();
-    ks.dedup();
+    let ks = all_ks(rows);
     let mut cols: Vec<Column> = vec![
         Column::new("run".into(), s("run")),
         Column::new("group".into(), s("group")),
@@ -358,18 +364,7 @@ fn pct(v: Option<f64>) -> String {
 
 /// The seed's table (one row per run), then the per-group mean ± std when a group has several runs.
 fn markdown(rows: &[Value], groups: &DataFrame) -> Result<String, BoxError> {
-    let mut ks: Vec<u64> = rows
-        .iter()
-        .flat_map(|r| {
-            r["recall"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x["k"].as_u64())
-        })
-        .collect();
-    ks.sort_unstable();
-    ks.dedup();
+    let ks = all_ks(rows);
     let baseline = rows.iter().any(|r| r["untrained_recall@1"].is_number());
     let mut md = String::new();
     let mut header = vec![
