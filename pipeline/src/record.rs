@@ -86,12 +86,22 @@ impl RunRecord {
     /// Writes the record under `runs/` and returns its path.
     pub fn save(&self, store: &ArtifactStore) -> Result<PathBuf, PipelineError> {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-        let path = store
-            .runs_dir()
-            .join(format!("{stamp}-{}.json", file_safe(&self.name)));
-        let tmp = path.with_extension("json.tmp");
+        let name = file_safe(&self.name);
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = format!("{}.{seq}", std::process::id());
+        let dir = store.runs_dir();
+        let path = dir.join(format!("{stamp}-{name}.json"));
+        let tmp = dir.join(format!(".{stamp}-{pid}.tmp"));
         let text = serde_json::to_string_pretty(self).map_err(|e| record_err(&path, e))?;
         std::fs::write(&tmp, text).map_err(|e| record_err(&tmp, e))?;
+        // Two runs finishing in the same millisecond must not overwrite each
+        // other's record: link (fails if the name is taken), else a pid-tagged name.
+        if std::fs::hard_link(&tmp, &path).is_ok() {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(path);
+        }
+        let path = dir.join(format!("{stamp}.{pid}-{name}.json"));
         std::fs::rename(&tmp, &path).map_err(|e| record_err(&path, e))?;
         Ok(path)
     }
@@ -149,5 +159,44 @@ fn record_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Record {
         path: path.display().to_string(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_saved_in_the_same_millisecond_are_all_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        let record = RunRecord {
+            name: "same".into(),
+            started: String::new(),
+            seconds: 0.0,
+            outcome: "ok".into(),
+            config: serde_json::json!({}),
+            nodes: vec![],
+            provenance: BTreeMap::new(),
+        };
+        let paths: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| record.save(&store).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let listed = RunRecord::list(&store).unwrap();
+        assert_eq!(listed.len(), 8, "{listed:?}");
+        let mut unique = paths.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 8);
+        for p in &listed {
+            assert!(RunRecord::load(p).is_ok(), "{}", p.display());
+        }
+        assert_eq!(
+            RunRecord::latest(&store, "same").unwrap().unwrap().name,
+            "same"
+        );
     }
 }
