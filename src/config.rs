@@ -51,6 +51,11 @@ pub fn load(
     for set in sets {
         apply_set(&mut root, set)?;
     }
+    resolve(root)
+}
+
+/// Validates and expands an already merged configuration (a run record's).
+pub fn resolve(root: Value) -> Result<Loaded> {
     validate_keys(&root)?;
     let experiments = expand(&root)?;
     Ok(Loaded {

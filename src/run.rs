@@ -49,12 +49,9 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
     let loaded = match &args.from_record {
         Some(path) => {
             let record = RunRecord::load(path)?;
-            let text = toml::to_string(&record.config).context("record config")?;
-            let dir = tempfile_path(store_dir);
-            std::fs::write(&dir, text).with_context(|| format!("writing {}", dir.display()))?;
-            let l = config::load(Some(&dir), None, &[]);
-            let _ = std::fs::remove_file(&dir);
-            l?
+            let raw = toml::Value::try_from(&record.config)
+                .with_context(|| format!("the config in {} is not a TOML table", path.display()))?;
+            config::resolve(raw)?
         }
         None => config::load(args.config.as_deref(), args.preset.as_deref(), &sets)?,
     };
@@ -196,13 +193,6 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
         }
     }
     out
-}
-
-fn tempfile_path(store_dir: &Path) -> PathBuf {
-    let _ = std::fs::create_dir_all(store_dir.join("tmp"));
-    store_dir
-        .join("tmp")
-        .join(format!("record-{}.toml", std::process::id()))
 }
 
 /// Versions and host, recorded in manifests and run records (never in keys).

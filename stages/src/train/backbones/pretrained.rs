@@ -3,9 +3,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
-use tch::{nn, Kind, Tensor};
+use safetensors::SafeTensors;
+use tch::{nn, Tensor};
 
+use crate::train::checkpoint::kind_of;
 use crate::train::error::{Result, TrainError};
 
 /// What a pretrained load did.
@@ -16,17 +17,6 @@ pub struct LoadReport {
     /// Tensors in the file the backbone has no use for (classifier, auxiliary heads,
     /// `num_batches_tracked`), sorted.
     pub ignored: Vec<String>,
-}
-
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F64 => Kind::Double,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::I64 => Kind::Int64,
-        _ => return None,
-    })
 }
 
 /// Copies the tensors of `path` (torchvision `state_dict` names, e.g. `layer1.0.bn1.running_mean`)
