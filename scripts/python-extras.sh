@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Python packages the tests compare against, installed once into the torch venv
 # (the same interpreter whose libtorch `dml` links): torchvision for the backbone
-# parity test, pyarrow/polars for the notebook-facing tests, Pillow for benches.
+# parity test, pyarrow/polars/pandas for the notebook-facing tests, Pillow for benches.
 set -euo pipefail
 py="$(command -v python3)"
 # torchvision without its dependencies: they would pull another torch.
@@ -11,6 +11,7 @@ need=()
 "$py" -c "import safetensors" 2>/dev/null || need+=("safetensors")
 "$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")
 "$py" -c "import polars" 2>/dev/null || need+=("polars")
+"$py" -c "import pandas" 2>/dev/null || need+=("pandas")
 "$py" -c "import PIL" 2>/dev/null || need+=("pillow")
 "$py" -c "import matplotlib" 2>/dev/null || need+=("matplotlib")
 "$py" -c "import nbconvert, ipykernel" 2>/dev/null || need+=("nbconvert" "ipykernel")

@@ -5,16 +5,33 @@ use std::path::PathBuf;
 
 /// Arguments of `dml eval`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Files: Parquet (any codec: snappy, zstd, lz4, gzip, brotli) or Arrow IPC (file or stream, \
+uncompressed, zstd or lz4), as pyarrow, polars and pandas write them. Embeddings: a list, \
+large list or fixed-size list of float32/float64. Labels: integers, strings or a \
+categorical (dictionary) column.
+
+Marking queries: for --protocol query-gallery, give every row a split column (default \
+`split`, see --split-column) holding `query` or `gallery`; queries search the gallery rows \
+only. With leave-one-out every row queries all the others.
+
+Queries whose class has no other item in the gallery are left out of Recall@K, MAP@R and \
+R-precision and counted in `queries_without_positives`; --queries-without-positives \
+count-as-miss counts them as Recall@K misses instead.
+
+Example:
+  dml eval emb.parquet --embedding-column vec --labels-column label \\
+      --protocol query-gallery --k 1,10,20 --metrics recall,map_r,nmi --json")]
 pub struct EvalArgs {
     /// An Arrow IPC or Parquet file with a list / fixed-size-list float column.
     pub embeddings: PathBuf,
-    /// The label column (integers or strings).
+    /// The label column (integers, strings or categorical).
     #[arg(long, default_value = "class_id")]
     pub labels_column: String,
     /// The embedding column.
     #[arg(long, default_value = "embedding")]
     pub embedding_column: String,
-    /// The split column (query/gallery rows, for the query-gallery protocol).
+    /// The split column: `query` / `gallery` per row, for --protocol query-gallery.
     #[arg(long, default_value = "split")]
     pub split_column: String,
     /// leave-one-out, query-gallery or inshop-merged.
@@ -23,6 +40,9 @@ pub struct EvalArgs {
     /// Recall@K cut-offs.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub k: Vec<usize>,
+    /// Queries without any positive in the gallery: exclude (and count them) or count-as-miss.
+    #[arg(long, default_value = "exclude")]
+    pub queries_without_positives: String,
     /// What to compute: recall, map_r, nmi (all by default).
     #[arg(long, value_delimiter = ',', default_value = "recall,map_r,nmi")]
     pub metrics: Vec<String>,
@@ -39,6 +59,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let protocol = Protocol::parse(&args.protocol)?;
+    let rule = evaluate::NoPositives::parse(&args.queries_without_positives)?;
     let distance: dml_metrics::Distance =
         serde_json::from_value(serde_json::json!(args.distance.to_lowercase()))
             .with_context(|| format!("--distance `{}`: use euclidean or cosine", args.distance))?;
@@ -61,11 +82,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         None
     };
     let clustering = if want("nmi") {
-        Some(evaluate::clustering(&sel, table.dim, args.seed)?.0)
+        Some(evaluate::clustering(&sel, table.dim, args.seed, distance)?.0)
     } else {
         None
     };
-    let mut out = evaluate::metrics_json(retrieval.as_ref(), clustering.as_ref());
+    let mut out = evaluate::metrics_json(retrieval.as_ref(), clustering.as_ref(), rule);
     if let Some(o) = out.as_object_mut() {
         if !want("recall") {
             o.retain(|k, _| !k.starts_with("recall@"));

@@ -38,11 +38,11 @@ for q in qi:
     order = sorted(range(len(gi)), key=lambda j: (dist[j], gi[j]))
     order = [gi[j] for j in order if not (protocol != "query-gallery" and gi[j] == q)]
     rel = [labels[g] == labels[q] for g in order]
-    for k in ks:
-        res[f"recall@{k}"] += float(any(rel[:k]))
     r = sum(rel)
     if r == 0:
-        continue
+        continue  # no positive: left out of every metric (and counted)
+    for k in ks:
+        res[f"recall@{k}"] += float(any(rel[:k]))
     counted += 1
     hits, s = 0, 0.0
     for i in range(r):
@@ -52,7 +52,7 @@ for q in qi:
     ap += s / r
     rp += sum(rel[:r]) / r
 for k in ks:
-    res[f"recall@{k}"] /= len(qi)
+    res[f"recall@{k}"] /= counted
 res["map@r"] = ap / counted
 res["r_precision"] = rp / counted
 res["queries"] = int(len(qi))

@@ -4,25 +4,24 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// An I/O operation failed on a path.
-    #[error("{action} `{path}`: {source}")]
+    /// An I/O operation failed on a path. The cause is part of the message and
+    /// deliberately not a `source`, so error chains (`{:#}`) do not print it twice.
+    #[error("{action} `{path}`: {cause}")]
     Io {
         /// What we were doing.
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The store root cannot be written.
-    #[error("the artifact store `{path}` is not writable ({source}); pass --store DIR or set DML_STORE to a writable directory")]
+    #[error("the artifact store `{path}` is not writable ({cause}); pass --store DIR or set DML_STORE to a writable directory")]
     NotWritable {
         /// The root.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A manifest could not be parsed.
     #[error("manifest `{path}` is not valid: {message}")]
@@ -52,10 +51,10 @@ impl StoreError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| StoreError::Io {
+        move |cause| StoreError::Io {
             action,
             path,
-            source,
+            cause,
         }
     }
 }

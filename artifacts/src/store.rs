@@ -42,18 +42,18 @@ impl ArtifactStore {
         let root = root.into();
         for sub in ["objects", "tmp", "runs", "locks", "cache"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|source| StoreError::NotWritable {
+            fs::create_dir_all(&dir).map_err(|cause| StoreError::NotWritable {
                 path: root.clone(),
-                source,
+                cause,
             })?;
         }
         // Creating directories may succeed on an existing read-only tree; probe a write.
         let probe = root
             .join("tmp")
             .join(format!(".probe-{}", std::process::id()));
-        fs::write(&probe, b"").map_err(|source| StoreError::NotWritable {
+        fs::write(&probe, b"").map_err(|cause| StoreError::NotWritable {
             path: root.clone(),
-            source,
+            cause,
         })?;
         let _ = fs::remove_file(&probe);
         Ok(ArtifactStore { root })

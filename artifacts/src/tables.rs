@@ -217,6 +217,13 @@ pub fn column_as_labels(array: &ArrayRef, name: &str, path: &Path) -> Result<Vec
         DataType::Int16 => ints!(Int16Type),
         DataType::Int32 => ints!(Int32Type),
         DataType::Int64 => ints!(Int64Type),
+        // Categorical columns (pandas `category`, polars `Categorical`/`Enum`) and
+        // dictionary-encoded Parquet strings: labels are the decoded values.
+        DataType::Dictionary(_, value) => {
+            let decoded = arrow::compute::cast(array, value)
+                .map_err(|e| table_err(path, format!("label column `{name}` (dictionary): {e}")))?;
+            column_as_labels(&decoded, name, path)
+        }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
             let strings =
                 arrow::compute::cast(array, &DataType::Utf8).map_err(|e| table_err(path, e))?;
@@ -242,9 +249,16 @@ pub fn column_as_strings(
     name: &str,
     path: &Path,
 ) -> Result<Vec<String>, StoreError> {
+    // `cast` decodes dictionaries and reads large and view strings alike.
     let strings = arrow::compute::cast(array, &DataType::Utf8)
         .map_err(|e| table_err(path, format!("column `{name}`: {e}")))?;
     let strings = strings.as_string::<i32>();
+    if strings.null_count() > 0 {
+        return Err(table_err(
+            path,
+            format!("column `{name}` has {} nulls", strings.null_count()),
+        ));
+    }
     Ok((0..strings.len())
         .map(|i| strings.value(i).to_string())
         .collect())
@@ -271,6 +285,9 @@ pub struct IndexRow {
     pub bytes: u64,
     /// blake3 of the file, hex.
     pub blake3: String,
+    /// The dataset's own id of the image (CUB's 1-based ids, SOP's `image_id`),
+    /// where its list files have one.
+    pub dataset_image_id: Option<u32>,
 }
 
 /// The index table.
@@ -285,6 +302,7 @@ pub fn index_to_batch(rows: &[IndexRow]) -> RecordBatch {
         Field::new("height", DataType::UInt32, false),
         Field::new("bytes", DataType::UInt64, false),
         Field::new("blake3", DataType::Utf8, false),
+        Field::new("dataset_image_id", DataType::UInt32, true),
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(
@@ -307,6 +325,9 @@ pub fn index_to_batch(rows: &[IndexRow]) -> RecordBatch {
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.bytes))),
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.blake3.as_str()),
+        )),
+        Arc::new(UInt32Array::from_iter(
+            rows.iter().map(|r| r.dataset_image_id),
         )),
     ];
     RecordBatch::try_new(schema, cols).expect("index columns match their schema")
@@ -335,6 +356,10 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, StoreError> {
         .as_any()
         .downcast_ref::<UInt64Array>()
         .ok_or_else(|| table_err(path, "column `bytes` is not uint64"))?;
+    // Absent from indexes written before the column existed.
+    let dataset_ids = b
+        .column_by_name("dataset_image_id")
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
     Ok((0..b.num_rows())
         .map(|i| IndexRow {
             image_id: ids[i],
@@ -346,6 +371,7 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, StoreError> {
             height: hs[i],
             bytes: bytes.value(i),
             blake3: hashes[i].clone(),
+            dataset_image_id: dataset_ids.and_then(|c| (!c.is_null(i)).then(|| c.value(i))),
         })
         .collect())
 }
@@ -491,6 +517,7 @@ mod tests {
             height: 20,
             bytes: 30,
             blake3: "ff".into(),
+            dataset_image_id: Some(1),
         }];
         let p = tmp.path().join("index.parquet");
         write_parquet(&p, &index_to_batch(&rows)).unwrap();

@@ -7,8 +7,10 @@
 //! own row excluded under leave-one-out).
 //!
 //! * Recall@K: the fraction of queries with at least one relevant item among
-//!   their K nearest. Every query counts, including one with no relevant item
-//!   (it can only miss).
+//!   their K nearest, over the queries that have a relevant item at all (as
+//!   pytorch-metric-learning does). [`RetrievalMetrics::recall_all_queries`]
+//!   holds the other convention, where a query with no relevant item counts as
+//!   a miss.
 //! * R-precision: relevant items among the `R_q` nearest, divided by `R_q`.
 //! * MAP@R: `(1/R_q) · Σ_{i ≤ R_q} rel(i) · P@i`, where `P@i` is the fraction
 //!   of relevant items among the `i` nearest.
@@ -35,8 +37,11 @@ pub const INSHOP_KS: [usize; 6] = [1, 10, 20, 30, 40, 50];
 #[serde(deny_unknown_fields)]
 pub struct RetrievalMetrics {
     /// `(K, Recall@K)` in the order the cut-offs were given, as fractions in
-    /// `[0, 1]`.
+    /// `[0, 1]`, over the queries with at least one relevant gallery item.
     pub recall: Vec<(usize, f64)>,
+    /// `(K, Recall@K)` over every query: one without a relevant gallery item
+    /// counts as a miss.
+    pub recall_all_queries: Vec<(usize, f64)>,
     /// MAP@R averaged over queries with at least one relevant gallery item
     /// (0 when there are none: see `queries_without_positives`).
     pub map_at_r: f64,
@@ -46,8 +51,8 @@ pub struct RetrievalMetrics {
     pub queries: usize,
     /// Number of gallery items.
     pub gallery: usize,
-    /// Queries with no relevant gallery item, left out of MAP@R and
-    /// R-precision (still counted, as misses, in Recall@K).
+    /// Queries with no relevant gallery item, left out of Recall@K, MAP@R and
+    /// R-precision (counted as misses in `recall_all_queries`).
     pub queries_without_positives: usize,
 }
 
@@ -259,18 +264,26 @@ fn relevance(
 
 fn summarize(scores: &[QueryScore], ks: &[usize], gallery: usize) -> RetrievalMetrics {
     let nq = scores.len();
-    let recall = ks
-        .iter()
-        .map(|&k| {
-            (
-                k,
-                scores.iter().filter(|s| s.first_hit < k).count() as f64 / nq as f64,
-            )
-        })
-        .collect();
     // Sums in query order: the same bits on any thread count.
     let with = scores.iter().filter(|s| s.r > 0);
     let counted = with.clone().count();
+    let fraction = |hits: usize, of: usize| if of > 0 { hits as f64 / of as f64 } else { 0.0 };
+    // A query without a relevant item never hits, so the hit counts are the same
+    // under both conventions; only the denominators differ.
+    let hits: Vec<usize> = ks
+        .iter()
+        .map(|&k| scores.iter().filter(|s| s.first_hit < k).count())
+        .collect();
+    let recall = ks
+        .iter()
+        .zip(&hits)
+        .map(|(&k, &h)| (k, fraction(h, counted)))
+        .collect();
+    let recall_all_queries = ks
+        .iter()
+        .zip(&hits)
+        .map(|(&k, &h)| (k, fraction(h, nq)))
+        .collect();
     let (ap, rp) = with.fold((0.0f64, 0.0f64), |(a, p), s| (a + s.ap, p + s.r_precision));
     let (map_at_r, r_precision) = if counted > 0 {
         (ap / counted as f64, rp / counted as f64)
@@ -279,6 +292,7 @@ fn summarize(scores: &[QueryScore], ks: &[usize], gallery: usize) -> RetrievalMe
     };
     RetrievalMetrics {
         recall,
+        recall_all_queries,
         map_at_r,
         r_precision,
         queries: nq,
@@ -536,8 +550,22 @@ mod tests {
         RetrievalMetrics {
             recall: ks
                 .iter()
-                .zip(recall)
-                .map(|(&k, c)| (k, c as f64 / nq as f64))
+                .zip(&recall)
+                .map(|(&k, &c)| {
+                    (
+                        k,
+                        if counted > 0 {
+                            c as f64 / counted as f64
+                        } else {
+                            0.0
+                        },
+                    )
+                })
+                .collect(),
+            recall_all_queries: ks
+                .iter()
+                .zip(&recall)
+                .map(|(&k, &c)| (k, c as f64 / nq as f64))
                 .collect(),
             map_at_r: if counted > 0 {
                 map / counted as f64
@@ -560,7 +588,12 @@ mod tests {
         assert_eq!(a.gallery, b.gallery);
         assert_eq!(a.queries_without_positives, b.queries_without_positives);
         assert_eq!(a.recall.len(), b.recall.len());
-        for (x, y) in a.recall.iter().zip(&b.recall) {
+        for (x, y) in a
+            .recall
+            .iter()
+            .zip(&b.recall)
+            .chain(a.recall_all_queries.iter().zip(&b.recall_all_queries))
+        {
             assert_eq!(x.0, y.0);
             assert!((x.1 - y.1).abs() < 1e-12, "{a:?} vs {b:?}");
         }
@@ -615,7 +648,9 @@ mod tests {
         let l = [1u32, 1, 2, 2, 7];
         let m = evaluate_leave_one_out(&x, &l, 1, &[1], Distance::Euclidean).unwrap();
         assert_eq!(m.queries_without_positives, 1);
-        assert_eq!(m.recall, vec![(1, 0.8)]);
+        // Four queries have a positive and all four hit; counted as a miss, 4/5.
+        assert_eq!(m.recall, vec![(1, 1.0)]);
+        assert_eq!(m.recall_all_queries, vec![(1, 0.8)]);
         assert_eq!(m.map_at_r, 1.0);
         assert_eq!(m.r_precision, 1.0);
         // A query whose class is absent from the gallery.
@@ -733,6 +768,7 @@ mod tests {
     fn serializes_round_trip() {
         let m = RetrievalMetrics {
             recall: vec![(1, 0.5), (10, 0.75)],
+            recall_all_queries: vec![(1, 0.5), (10, 0.75)],
             map_at_r: 0.25,
             r_precision: 0.375,
             queries: 4,

@@ -57,7 +57,8 @@ impl Stage for RetrieveStage {
         "retrieve"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: Recall@K leaves out queries without positives (retrieve.queries_without_positives).
+        2
     }
     fn settings(&self) -> serde_json::Value {
         json!({ "retrieve": self.settings })
@@ -93,7 +94,7 @@ impl Stage for RetrieveStage {
             let batch = neighbors_batch(q, rank, n, nb.dist);
             tables::write_parquet(&ctx.out_dir().join("neighbors.parquet"), &batch)?;
         }
-        let mut m = evaluate::metrics_json(Some(&metrics), None);
+        let mut m = evaluate::metrics_json(Some(&metrics), None, s.queries_without_positives);
         if let Some(o) = m.as_object_mut() {
             o.insert("protocol".into(), json!(s.protocol));
             o.insert("distance".into(), json!(s.distance));
@@ -131,14 +132,20 @@ fn neighbors_batch(
 pub struct ClusterStage {
     settings: ClusterSettings,
     protocol: Protocol,
+    distance: dml_metrics::Distance,
 }
 
 impl ClusterStage {
-    /// Clusters the same rows the retrieval protocol scores.
-    pub fn new(settings: ClusterSettings, protocol: Protocol, kind: DatasetKindName) -> Arc<Self> {
+    /// Clusters the same rows the retrieval protocol scores, under the same distance.
+    pub fn new(
+        settings: ClusterSettings,
+        retrieve: &RetrieveSettings,
+        kind: DatasetKindName,
+    ) -> Arc<Self> {
         Arc::new(ClusterStage {
             settings,
-            protocol: resolve_protocol(protocol, kind),
+            protocol: resolve_protocol(retrieve.protocol, kind),
+            distance: retrieve.distance,
         })
     }
 }
@@ -148,16 +155,20 @@ impl Stage for ClusterStage {
         "cluster"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: rows are L2-normalised under retrieve.distance = cosine.
+        2
     }
     fn settings(&self) -> serde_json::Value {
-        json!({ "cluster": self.settings, "retrieve": { "protocol": self.protocol } })
+        json!({
+            "cluster": self.settings,
+            "retrieve": { "protocol": self.protocol, "distance": self.distance },
+        })
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let table = read_embeddings(ctx)?;
         let sel = evaluate::select(&table, self.protocol)?;
         let (metrics, ids, assignments) =
-            evaluate::clustering(&sel, table.dim, self.settings.seed)?;
+            evaluate::clustering(&sel, table.dim, self.settings.seed, self.distance)?;
         {
             use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
             use arrow::datatypes::{DataType, Field, Schema};
@@ -173,7 +184,7 @@ impl Stage for ClusterStage {
                 RecordBatch::try_new(schema, cols).expect("cluster columns match their schema");
             tables::write_parquet(&ctx.out_dir().join("clusters.parquet"), &batch)?;
         }
-        let m = evaluate::metrics_json(None, Some(&metrics));
+        let m = evaluate::metrics_json(None, Some(&metrics), Default::default());
         write_json(&ctx.out_dir().join("metrics.json"), &m)?;
         ctx.note("metrics", m);
         Ok(())

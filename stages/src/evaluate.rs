@@ -35,6 +35,32 @@ impl Protocol {
     }
 }
 
+/// What Recall@K does with a query whose class has no other item in the gallery.
+/// MAP@R and R-precision always leave such queries out (they are undefined there).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoPositives {
+    /// Left out of every metric and counted (`queries_without_positives`), as
+    /// pytorch-metric-learning does.
+    #[default]
+    Exclude,
+    /// Counted as a miss in Recall@K (some papers' convention).
+    CountAsMiss,
+}
+
+impl NoPositives {
+    /// Parses the CLI spelling (`exclude`, `count-as-miss`).
+    pub fn parse(s: &str) -> Result<NoPositives> {
+        Ok(match s.replace('-', "_").as_str() {
+            "exclude" => NoPositives::Exclude,
+            "count_as_miss" => NoPositives::CountAsMiss,
+            _ => bail!(
+                "unknown rule `{s}` for queries without positives: use exclude or count-as-miss"
+            ),
+        })
+    }
+}
+
 /// An embeddings table in memory.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -167,6 +193,17 @@ pub fn retrieval(
     distance: Distance,
 ) -> Result<RetrievalMetrics> {
     let available = sel.g_labels.len() - usize::from(sel.exclude == Exclude::SameIndex);
+    if available == 0 {
+        bail!(
+            "the gallery has no item to retrieve ({} rows{}); Recall@K needs at least two rows",
+            sel.g_labels.len(),
+            if sel.exclude == Exclude::SameIndex {
+                ", and a query never retrieves itself"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(&k) = ks.iter().find(|&&k| k > available) {
         bail!(
             "K = {k} is larger than the gallery ({available} items{}); pick Ks up to {available}",
@@ -191,13 +228,16 @@ pub fn retrieval(
 }
 
 /// k-means with k = the number of classes, then NMI, over the distinct rows of
-/// the selection (the gallery, plus the queries for query → gallery).
+/// the selection (the gallery, plus the queries for query → gallery). Under the
+/// cosine distance the rows are L2-normalised first, so that k-means' squared
+/// Euclidean distance is a monotone function of the cosine (2 − 2·cos).
 pub fn clustering(
     sel: &Selection,
     dim: usize,
     seed: u64,
+    distance: Distance,
 ) -> Result<(ClusteringMetrics, Vec<u32>, Vec<u32>)> {
-    let (values, labels, ids) = if sel.exclude == Exclude::SameIndex {
+    let (mut values, labels, ids) = if sel.exclude == Exclude::SameIndex {
         (sel.gallery.clone(), sel.g_labels.clone(), sel.g_ids.clone())
     } else {
         let mut v = sel.queries.clone();
@@ -208,6 +248,14 @@ pub fn clustering(
         i.extend_from_slice(&sel.g_ids);
         (v, l, i)
     };
+    if distance == Distance::Cosine {
+        for row in values.chunks_mut(dim.max(1)) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+    }
     let mut classes = labels.clone();
     classes.sort_unstable();
     classes.dedup();
@@ -233,14 +281,20 @@ pub fn clustering(
 }
 
 /// The metrics as one JSON object: `recall@K`, `map@r`, `r_precision`,
-/// `queries`, `gallery`, `nmi`, … (only those computed).
+/// `queries`, `gallery`, `nmi`, … (only those computed). `rule` picks the
+/// Recall@K convention for queries without positives (and is recorded).
 pub fn metrics_json(
     r: Option<&RetrievalMetrics>,
     c: Option<&ClusteringMetrics>,
+    rule: NoPositives,
 ) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     if let Some(r) = r {
-        for (k, v) in &r.recall {
+        let recall = match rule {
+            NoPositives::Exclude => &r.recall,
+            NoPositives::CountAsMiss => &r.recall_all_queries,
+        };
+        for (k, v) in recall {
             m.insert(format!("recall@{k}"), (*v).into());
         }
         m.insert("map@r".into(), r.map_at_r.into());
@@ -251,6 +305,7 @@ pub fn metrics_json(
             "queries_without_positives".into(),
             r.queries_without_positives.into(),
         );
+        m.insert("queries_without_positives_rule".into(), json_of(rule));
     }
     if let Some(c) = c {
         m.insert("nmi".into(), c.nmi.into());
@@ -260,4 +315,8 @@ pub fn metrics_json(
         m.insert("clusters".into(), c.clusters.into());
     }
     serde_json::Value::Object(m)
+}
+
+fn json_of(rule: NoPositives) -> serde_json::Value {
+    serde_json::to_value(rule).unwrap_or_default()
 }
