@@ -35,29 +35,59 @@ pub fn load(
         (None, None) => parse_preset(crate::presets::DEFAULT)?,
         (Some(_), None) => Value::Table(Default::default()),
     };
+    let mut source = None;
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config `{}`", path.display()))?;
-        let v: Value = toml::from_str(&text)
-            .with_context(|| format!("config `{}` is not valid TOML", path.display()))?;
+        let mut v: Value = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "config `{}` is not valid TOML{}: {}",
+                path.display(),
+                e.span()
+                    .map(|s| format!(" (line {})", line_of(&text, s.start)))
+                    .unwrap_or_default(),
+                e.message()
+            )
+        })?;
         if let Some(p) = v.get("preset").and_then(Value::as_str) {
             root = parse_preset(p)?;
         }
+        normalize_shorthands(&mut v);
         merge(&mut root, v);
+        source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            text,
+        });
     }
     if let Some(t) = root.as_table_mut() {
         t.remove("preset");
     }
-    for set in sets {
-        apply_set(&mut root, set)?;
-    }
-    resolve(root)
+    apply_sets(&mut root, sets)?;
+    resolve_with(root, source.as_ref(), sets)
+}
+
+/// The user's config file, kept to say on which line a bad value stands.
+struct ConfigSource {
+    path: std::path::PathBuf,
+    text: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// Validates and expands an already merged configuration (a run record's).
 pub fn resolve(root: Value) -> Result<Loaded> {
+    resolve_with(root, None, &[])
+}
+
+fn resolve_with(mut root: Value, source: Option<&ConfigSource>, sets: &[String]) -> Result<Loaded> {
+    normalize_shorthands(&mut root);
     validate_keys(&root)?;
-    let experiments = expand(&root)?;
+    let experiments = expand(&root).map_err(|e| match e.downcast::<TypeError>() {
+        Ok(te) => anyhow!(te.located(source, sets)),
+        Err(e) => e,
+    })?;
     Ok(Loaded {
         raw: root,
         experiments,
@@ -65,24 +95,33 @@ pub fn resolve(root: Value) -> Result<Loaded> {
 }
 
 fn parse_preset(name: &str) -> Result<Value> {
-    let text = crate::presets::find(name).ok_or_else(|| {
-        let names: Vec<&str> = crate::presets::all().iter().map(|p| p.name).collect();
-        let hint = nearest(name, names.iter().copied())
-            .map(|n| format!(" (did you mean `{n}`?)"))
-            .unwrap_or_default();
-        anyhow!("unknown preset `{name}`{hint}; `dml presets` lists them")
-    })?;
+    let text = crate::presets::find(name).ok_or_else(|| crate::presets::unknown(name))?;
     toml::from_str(text)
         .with_context(|| format!("built-in preset `{name}` is not valid TOML (a bug)"))
 }
 
-/// Deep-merges `over` into `base` (tables merge, everything else replaces).
+/// Deep-merges `over` into `base` (tables merge, everything else replaces). A
+/// tagged table (`train.loss`) whose `name` changes is replaced, not merged: the
+/// new loss starts from its own defaults, never from the old loss's parameters.
 pub fn merge(base: &mut Value, over: Value) {
+    merge_at(base, over, "")
+}
+
+fn merge_at(base: &mut Value, over: Value, path: &str) {
     match (base, over) {
         (Value::Table(b), Value::Table(o)) => {
             for (k, v) in o {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get_mut(&k) {
-                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    Some(slot)
+                        if slot.is_table() && v.is_table() && !tag_changes(&sub, slot, &v) =>
+                    {
+                        merge_at(slot, v, &sub)
+                    }
                     _ => {
                         b.insert(k, v);
                     }
@@ -93,17 +132,67 @@ pub fn merge(base: &mut Value, over: Value) {
     }
 }
 
-/// Applies `stage.key=value` (value as a TOML literal, else a string).
+/// True if `path` is a tagged table and `over` names another variant than `base`.
+fn tag_changes(path: &str, base: &Value, over: &Value) -> bool {
+    TAGGED.contains(&path)
+        && over
+            .get("name")
+            .is_some_and(|new| base.get("name") != Some(new))
+}
+
+/// `train.loss = "npairs"` is short for `[train.loss] name = "npairs"` (same for
+/// `train.optimizer.algorithm`), in files, `--set` and sweep axes alike.
+fn normalize_shorthands(root: &mut Value) {
+    for tagged in TAGGED {
+        let mut cur = Some(&mut *root);
+        for part in tagged.split('.') {
+            cur = cur.and_then(|c| c.get_mut(part));
+        }
+        if let Some(slot) = cur {
+            if let Value::String(name) = slot {
+                let mut t = toml::map::Map::new();
+                t.insert("name".into(), Value::String(name.clone()));
+                *slot = Value::Table(t);
+            }
+        }
+    }
+}
+
+/// Applies `--set`s in order, except that switching a tagged table's variant
+/// (`train.loss.name=npairs` or `train.loss=npairs`) comes first, so the new loss
+/// starts from its defaults and parameters given in the same command apply on top.
+pub fn apply_sets(root: &mut Value, sets: &[String]) -> Result<()> {
+    let (switches, rest): (Vec<&String>, Vec<&String>) = sets.iter().partition(|s| {
+        s.split_once('=')
+            .is_some_and(|(p, _)| tag_switch(p.trim()).is_some())
+    });
+    for set in switches.into_iter().chain(rest) {
+        apply_set(root, set)?;
+    }
+    Ok(())
+}
+
+/// The tagged table a path switches (`train.loss` for `train.loss.name` or `train.loss`).
+fn tag_switch(path: &str) -> Option<&'static str> {
+    TAGGED
+        .iter()
+        .copied()
+        .find(|t| path == *t || path.strip_prefix(t) == Some(".name"))
+}
+
+/// Applies `stage.key=value` (value as a TOML literal, read as the setting's type:
+/// `name=2024` stays a string, `retrieve.ks=1,5` is a list).
 pub fn apply_set(root: &mut Value, set: &str) -> Result<()> {
     let (path, raw) = set.split_once('=').ok_or_else(|| {
-        anyhow!("--set `{set}`: expected `stage.key=value`, e.g. --set train.lr=0.0001")
+        anyhow!(
+            "--set `{set}`: expected `stage.key=value`, e.g. --set train.optimizer.learning_rate=0.0001"
+        )
     })?;
     let path = path.trim();
     let raw = raw.trim();
-    let value = parse_literal(raw);
     let parts: Vec<&str> = path.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set `{set}`: `{path}` is not a setting path like `train.lr`");
+        bail!("--set `{set}`: `{path}` is not a setting path like `plan.seed`");
     }
     // `sweep."train.loss"=[...]` style: the sweep table's keys are dotted paths themselves.
     if parts[0] == "sweep" && parts.len() > 1 {
@@ -113,21 +202,68 @@ pub fn apply_set(root: &mut Value, set: &str) -> Result<()> {
             .entry("sweep")
             .or_insert_with(|| Value::Table(Default::default()));
         if let Some(t) = table.as_table_mut() {
-            t.insert(parts[1..].join("."), value);
+            t.insert(parts[1..].join("."), parse_literal(raw));
         }
         return Ok(());
     }
+    let value = coerce(path, raw, parse_literal(raw));
+    apply_value(root, path, value).with_context(|| format!("--set `{set}`"))
+}
+
+/// Reads a `--set` value as the type the setting has in the defaults: text for a
+/// string setting whatever it looks like, comma-separated items for a list.
+fn coerce(path: &str, raw: &str, parsed: Value) -> Value {
+    let Ok(known) = known_keys() else {
+        return parsed;
+    };
+    match (lookup(&known, path), &parsed) {
+        (Some(Value::String(_)), v) if !v.is_str() && tag_switch(path).is_none() => {
+            Value::String(raw.to_string())
+        }
+        (Some(Value::Array(_)), v) if !v.is_array() => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(parse_literal)
+                .collect(),
+        ),
+        _ => parsed,
+    }
+}
+
+/// Sets one setting. Switching a tagged table's variant replaces the table with
+/// `{name = ...}` (the new variant's defaults) unless the name is unchanged.
+fn apply_value(root: &mut Value, path: &str, value: Value) -> Result<()> {
+    if let Some(tagged) = tag_switch(path) {
+        if let Value::String(name) = &value {
+            let mut cur = &mut *root;
+            for part in tagged.split('.') {
+                cur = cur
+                    .as_table_mut()
+                    .ok_or_else(|| anyhow!("`{part}` is not a table"))?
+                    .entry(part.to_string())
+                    .or_insert_with(|| Value::Table(Default::default()));
+            }
+            if cur.get("name").and_then(Value::as_str) != Some(name.as_str()) {
+                let mut t = toml::map::Map::new();
+                t.insert("name".into(), value);
+                *cur = Value::Table(t);
+            }
+            return Ok(());
+        }
+    }
+    let parts: Vec<&str> = path.split('.').collect();
     let mut cur = root;
     for part in &parts[..parts.len() - 1] {
         let table = cur
             .as_table_mut()
-            .ok_or_else(|| anyhow!("--set `{set}`: `{part}` is not a table"))?;
+            .ok_or_else(|| anyhow!("`{part}` is not a table"))?;
         cur = table
             .entry(part.to_string())
             .or_insert_with(|| Value::Table(Default::default()));
     }
     cur.as_table_mut()
-        .ok_or_else(|| anyhow!("--set `{set}`: parent of `{path}` is not a table"))?
+        .ok_or_else(|| anyhow!("the parent of `{path}` is not a table"))?
         .insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
 }
@@ -318,12 +454,18 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
     for point in points {
         let mut v = base.clone();
         let mut shown = Vec::new();
+        // Variant switches first, so a zipped `train.loss.margin` lands on the new loss.
+        let (switches, rest): (Vec<_>, Vec<_>) =
+            point.iter().partition(|(p, _)| tag_switch(p).is_some());
+        for (path, value) in switches.into_iter().chain(rest) {
+            apply_value(&mut v, path, value.clone())
+                .with_context(|| format!("in [sweep]: `{path}`"))?;
+        }
         for (path, value) in &point {
             let literal = match value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            apply_set(&mut v, &format!("{path}={}", value_literal(value)))?;
             shown.push((path.clone(), literal));
         }
         let config: ExperimentConfig = typed(&v)?;
@@ -342,14 +484,24 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
     Ok(out)
 }
 
-fn value_literal(v: &Value) -> String {
-    v.to_string()
-}
-
 fn typed(v: &Value) -> Result<ExperimentConfig> {
     let text = toml::to_string(v).context("re-serialising the config")?;
     let mut c: ExperimentConfig = toml::from_str(&text).map_err(|e| {
-        anyhow!("invalid configuration: {}", e.message()).context(locate(&e, &text))
+        let message = e.message().trim().to_string();
+        let mut path = e.span().and_then(|s| key_path_at(&text, s.start));
+        // serde points an unknown field at its table: name the field itself.
+        if let (Some(p), Some(field)) = (
+            &mut path,
+            message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next()),
+        ) {
+            if !p.ends_with(&format!(".{field}")) {
+                p.push('.');
+                p.push_str(field);
+            }
+        }
+        TypeError { path, message }
     })?;
     // Defaults that depend on another setting are filled before anything is hashed:
     // without an explicit `train.model.normalize`, the loss's recommended one (the seed's).
@@ -364,15 +516,114 @@ fn typed(v: &Value) -> Result<ExperimentConfig> {
     Ok(c)
 }
 
-fn locate(e: &toml::de::Error, text: &str) -> String {
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start].lines().count().max(1);
-            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("at `{snippet}`")
+/// A value of the wrong type (or a variant's unknown field), with the setting it is at.
+#[derive(Debug)]
+struct TypeError {
+    path: Option<String>,
+    message: String,
+}
+
+impl std::fmt::Display for TypeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "invalid setting `{p}`: {}", self.message),
+            None => write!(f, "invalid configuration: {}", self.message),
         }
-        None => "in the configuration".to_string(),
     }
+}
+
+impl std::error::Error for TypeError {}
+
+impl TypeError {
+    /// Says where the bad value came from: a line of the config file, a `--set`,
+    /// or a preset; and, for a variant's field, which fields that variant takes.
+    fn located(self, source: Option<&ConfigSource>, sets: &[String]) -> String {
+        let mut msg = self.to_string();
+        if let Some(hint) = self.path.as_deref().and_then(variant_hint) {
+            msg.push_str(&hint);
+        }
+        let Some(path) = self.path.as_deref() else {
+            return msg;
+        };
+        let table = path.rsplit_once('.').map(|(t, _)| t).unwrap_or("");
+        let from_set = sets.iter().rev().find(|s| {
+            s.split_once('=').is_some_and(|(p, _)| {
+                let p = p.trim();
+                p == path || p == table || tag_switch(p).is_some_and(|t| t == table)
+            })
+        });
+        if let Some(set) = from_set {
+            return format!("{msg} (from --set `{set}`)");
+        }
+        if let Some(src) = source {
+            if let Some(line) = line_of_key(&src.text, path) {
+                let shown = src.text.lines().nth(line - 1).unwrap_or("").trim();
+                return format!("{}:{line}: {msg}\n  {line} | {shown}", src.path.display());
+            }
+        }
+        msg
+    }
+}
+
+/// For a field of a tagged table, the fields its variant takes.
+fn variant_hint(path: &str) -> Option<String> {
+    let (table, _) = path.rsplit_once('.')?;
+    TAGGED.contains(&table).then(|| {
+        format!("; a `{table}` takes `name` and that variant's own parameters (see `dml presets --show` or the README)")
+    })
+}
+
+/// The dotted key path at a byte offset of TOML written by `toml::to_string`
+/// (`[a.b]` headers, `key = value` lines).
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?.trim();
+    let mut header = String::new();
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            header = h.trim().replace('"', "");
+        }
+    }
+    if line.starts_with('[') {
+        return Some(line.trim_matches(['[', ']']).replace('"', ""));
+    }
+    let key = line.split_once('=')?.0.trim().replace('"', "");
+    Some(if header.is_empty() {
+        key
+    } else {
+        format!("{header}.{key}")
+    })
+}
+
+/// The 1-based line of a user's file where `path` is set (`[a] b = …`, `a.b = …`).
+fn line_of_key(text: &str, path: &str) -> Option<usize> {
+    let mut header = String::new();
+    let mut table_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.split('#').next().unwrap_or("").trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            header = h.trim().replace(['"', ' '], "");
+            if header == path {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().replace(['"', ' '], "");
+            let full = if header.is_empty() {
+                k
+            } else {
+                format!("{header}.{k}")
+            };
+            if full == path {
+                return Some(i + 1);
+            }
+        }
+    }
+    table_line
 }
 
 #[cfg(test)]
@@ -472,5 +723,122 @@ mod tests {
             load(None, None, &["plan.p=\"many\"".into()]).unwrap_err()
         );
         assert!(err.contains("invalid"), "{err}");
+    }
+
+    #[test]
+    fn switching_the_loss_starts_from_its_defaults() {
+        use dml_stages::train::{Loss, Margin};
+        // The default preset's semi-hard triplet has margin 0.2; npairs takes no margin.
+        let l = load(
+            None,
+            None,
+            &["train.loss.name=npairs".into(), "plan.k=2".into()],
+        )
+        .unwrap();
+        assert_eq!(l.experiments[0].config.train.loss.name(), "npairs");
+        // hard_triplet gets its own margin 1.0, not the preset's 0.2.
+        let l = load(None, None, &["train.loss.name=hard_triplet".into()]).unwrap();
+        assert_eq!(
+            l.experiments[0].config.train.loss,
+            Loss::HardTriplet {
+                margin: Margin::Value(1.0)
+            }
+        );
+        // A parameter given in the same command applies, whatever the order.
+        let l = load(
+            None,
+            None,
+            &[
+                "train.loss.margin=0.5".into(),
+                "train.loss.name=hard_triplet".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            l.experiments[0].config.train.loss,
+            Loss::HardTriplet {
+                margin: Margin::Value(0.5)
+            }
+        );
+        // The shorthand, on the command line and as a sweep axis.
+        let l = load(None, None, &["train.loss=contrastive".into()]).unwrap();
+        assert_eq!(l.experiments[0].config.train.loss.name(), "contrastive");
+        let l = load(
+            None,
+            None,
+            &[r#"sweep.train.loss=["hard_triplet", "npairs"]"#.into()],
+        )
+        .unwrap();
+        let names: Vec<&str> = l
+            .experiments
+            .iter()
+            .map(|e| e.config.train.loss.name())
+            .collect();
+        assert_eq!(names, ["hard_triplet", "npairs"]);
+        // The same name keeps the parameters already set.
+        let l = load(
+            None,
+            None,
+            &[
+                "train.loss.margin=0.3".into(),
+                "train.loss.name=semi_hard_triplet".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            l.experiments[0].config.train.loss,
+            Loss::SemiHardTriplet {
+                margin: Margin::Value(0.3)
+            }
+        );
+    }
+
+    #[test]
+    fn a_file_switching_the_loss_replaces_the_presets_loss_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("exp.toml");
+        std::fs::write(
+            &f,
+            "preset = \"synthetic\"\n[train]\nloss = \"lifted_structure\"\n",
+        )
+        .unwrap();
+        let l = load(Some(&f), None, &[]).unwrap();
+        assert_eq!(
+            l.experiments[0].config.train.loss.name(),
+            "lifted_structure"
+        );
+        std::fs::write(&f, "[train.loss]\nname = \"npairs\"\n").unwrap();
+        let l = load(Some(&f), Some("synthetic"), &[]).unwrap();
+        assert_eq!(l.experiments[0].config.train.loss.name(), "npairs");
+    }
+
+    #[test]
+    fn set_values_take_the_settings_type() {
+        let l = load(None, None, &["name=2024".into(), "retrieve.ks=1,5".into()]).unwrap();
+        assert_eq!(l.experiments[0].config.name, "2024");
+        assert_eq!(l.experiments[0].config.retrieve.ks, [1, 5]);
+        let l = load(None, None, &["retrieve.ks=[2, 4]".into()]).unwrap();
+        assert_eq!(l.experiments[0].config.retrieve.ks, [2, 4]);
+    }
+
+    #[test]
+    fn a_wrong_type_in_a_file_names_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("exp.toml");
+        std::fs::write(&f, "name = \"x\"\n\n[plan]\nseed = 1\np = \"many\"\n").unwrap();
+        let err = format!("{:#}", load(Some(&f), None, &[]).unwrap_err());
+        assert!(err.contains("exp.toml:5:"), "{err}");
+        assert!(err.contains("`plan.p`"), "{err}");
+        assert!(err.contains("p = \"many\""), "{err}");
+        // A variant's unknown field names the setting, not "an empty location".
+        std::fs::write(&f, "[train.loss]\nname = \"npairs\"\nmargin = 0.2\n").unwrap();
+        let err = format!("{:#}", load(Some(&f), None, &[]).unwrap_err());
+        assert!(err.contains("train.loss.margin"), "{err}");
+        assert!(err.contains("exp.toml:3:"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(None, None, &["plan.p=\"many\"".into()]).unwrap_err()
+        );
+        assert!(err.contains("from --set `plan.p=\"many\"`"), "{err}");
     }
 }

@@ -477,3 +477,12 @@ pub fn all() -> &'static [Preset] {
 pub fn find(name: &str) -> Option<&'static str> {
     all().iter().find(|p| p.name == name).map(|p| p.toml)
 }
+
+/// The error for a preset name that does not exist, with the nearest one.
+pub fn unknown(name: &str) -> anyhow::Error {
+    let names: Vec<&str> = all().iter().map(|p| p.name).collect();
+    let hint = crate::config::nearest(name, names.iter().copied())
+        .map(|n| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    anyhow::anyhow!("unknown preset `{name}`{hint}; `dml presets` lists them")
+}

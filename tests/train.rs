@@ -176,12 +176,12 @@ fn the_report_shows_trained_and_untrained_metrics() {
 }
 
 #[test]
-fn a_truncated_jpeg_is_named_at_decode_and_can_be_skipped() {
+fn a_truncated_jpeg_is_named_at_index_and_can_be_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     folder_dataset(&data, 4, 3);
-    // A JPEG whose header is intact but whose data is cut off: the index (which
-    // reads headers only) accepts it, the decode stage must not.
+    // A JPEG whose header is intact but whose data is cut off: the index checks
+    // the end marker, so it is named before anything is decoded.
     let img = image::RgbImage::from_fn(40, 30, |x, y| {
         image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
     });
@@ -206,10 +206,18 @@ fn a_truncated_jpeg_is_named_at_decode_and_can_be_skipped() {
     ];
     let e = fails(&store, &a);
     assert!(e.contains("class_02/cut.jpg"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("--skip-bad-images"),
+        "{e}"
+    );
+    assert!(
+        !store.join("objects/decode").exists(),
+        "nothing was decoded before the bad image was named"
+    );
     let mut skip = a.to_vec();
     skip.push("--skip-bad-images");
     ok(&store, &skip);
-    let show = ok(&store, &["show", "decode"]);
+    let show = ok(&store, &["show", "index"]);
     assert!(
         show.contains("skipped_images") && show.contains("class_02/cut.jpg"),
         "{show}"

@@ -186,17 +186,47 @@ pub fn load_resized(path: &Path, size: u32) -> Result<Vec<u8>> {
 
 /// Width and height of a JPEG or PNG, read from its header only: PNG's `IHDR`, or for
 /// JPEG the markers up to the first start-of-frame (segments in between are skipped, not
-/// read), so a few hundred bytes to a few KB are read per image.
+/// read), so a few hundred bytes to a few KB are read per image. The file's last
+/// [`TRAILER_WINDOW`] bytes must hold its end marker (JPEG's EOI, PNG's `IEND`), so a
+/// truncated download is caught here, at index time, not when it is decoded.
 pub fn image_dims(path: &Path) -> Result<(u32, u32)> {
     let f = std::fs::File::open(path).map_err(|e| DatasetError::io("opening image", path, e))?;
     let mut r = std::io::BufReader::with_capacity(4096, f);
-    header_dims(&mut r).map_err(|e| match e {
+    let map_err = |e| match e {
         HeaderError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             decode_error(path, "the file ends inside its header (truncated)")
         }
         HeaderError::Io(e) => DatasetError::io("reading image", path, e),
         HeaderError::Format(reason) => decode_error(path, reason),
-    })
+    };
+    let (dims, png) = header_dims(&mut r).map_err(map_err)?;
+    check_trailer(r.get_mut(), png).map_err(map_err)?;
+    Ok(dims)
+}
+
+/// How far from the end an image's end marker may stand (some cameras append data).
+pub const TRAILER_WINDOW: u64 = 4096;
+
+fn check_trailer(f: &mut std::fs::File, png: bool) -> std::result::Result<(), HeaderError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(TRAILER_WINDOW);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut tail)?;
+    let (marker, what): (&[u8], &str) = if png {
+        (b"IEND", "PNG has no IEND chunk")
+    } else {
+        (&[0xFF, 0xD9], "JPEG has no end-of-image marker")
+    };
+    if tail.windows(marker.len()).any(|w| w == marker) {
+        Ok(())
+    } else {
+        Err(HeaderError::Format(format!(
+            "the file is truncated ({what} in its last {} bytes)",
+            TRAILER_WINDOW.min(len)
+        )))
+    }
 }
 
 enum HeaderError {
@@ -216,9 +246,10 @@ fn read_array<const N: usize>(r: &mut impl std::io::Read) -> std::io::Result<[u8
     Ok(b)
 }
 
+/// The dimensions, and whether the file is a PNG (else a JPEG).
 fn header_dims(
     r: &mut std::io::BufReader<std::fs::File>,
-) -> std::result::Result<(u32, u32), HeaderError> {
+) -> std::result::Result<((u32, u32), bool), HeaderError> {
     let sig: [u8; 8] = read_array(r)?;
     if sig == *b"\x89PNG\r\n\x1a\n" {
         // IHDR is the first chunk: length (4), "IHDR", width (4), height (4)
@@ -231,7 +262,7 @@ fn header_dims(
         return if w == 0 || h == 0 {
             Err(HeaderError::Format(format!("PNG header says {w}×{h}")))
         } else {
-            Ok((w, h))
+            Ok(((w, h), true))
         };
     }
     if sig[..2] != [0xFF, 0xD8] {
@@ -279,7 +310,7 @@ fn header_dims(
                     "JPEG frame header says {w}×{h}"
                 )));
             }
-            return Ok((w, h));
+            return Ok(((w, h), false));
         }
         r.seek_relative(i64::from(len) - 2)?;
     }

@@ -132,6 +132,9 @@ pub struct RetrieveSettings {
     pub protocol: crate::evaluate::Protocol,
     /// Nearest neighbours saved per query in `neighbors.parquet`.
     pub neighbors: usize,
+    /// Queries whose class has no other gallery item: `exclude` (left out of
+    /// Recall@K too, and counted) or `count_as_miss`.
+    pub queries_without_positives: crate::evaluate::NoPositives,
 }
 
 impl Default for RetrieveSettings {
@@ -141,6 +144,7 @@ impl Default for RetrieveSettings {
             distance: dml_metrics::Distance::Euclidean,
             protocol: crate::evaluate::Protocol::Auto,
             neighbors: 10,
+            queries_without_positives: Default::default(),
         }
     }
 }

@@ -67,8 +67,9 @@ impl Builder {
 
     /// Names each node after its stage, plus the sweep values that all of its
     /// users share where not every experiment uses it (`train[train.loss=npairs]`).
-    fn finish(self, experiments: &[Experiment]) -> Graph {
+    fn finish(self, experiments: &[Experiment]) -> Dag {
         let mut graph = Graph::new();
+        let mut users = HashMap::new();
         let mut ids: Vec<NodeId> = Vec::new();
         let mut taken: BTreeSet<String> = BTreeSet::new();
         for p in self.nodes {
@@ -97,16 +98,37 @@ impl Builder {
                 .iter()
                 .map(|(r, i)| (r.as_str(), ids[*i]))
                 .collect();
+            users.insert(unique.clone(), p.users.iter().copied().collect());
             ids.push(graph.add(unique, p.stage, &inputs));
         }
-        graph
+        Dag { graph, users }
     }
+}
+
+/// The assembled DAG, and which experiments use each node.
+pub struct Dag {
+    /// The stage graph.
+    pub graph: Graph,
+    /// Node id → indices of the experiments that use it.
+    pub users: HashMap<String, Vec<usize>>,
+}
+
+/// [`build_dag`]'s graph alone.
+pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
+    Ok(build_dag(experiments)?.graph)
 }
 
 /// Builds the DAG for every experiment: synth? → index → plan → decode → train
 /// → embed → {retrieve, cluster} → one report over all experiments, plus the
 /// untrained baseline's train → embed → {retrieve, cluster} when asked.
-pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
+/// Every experiment's settings are checked first ([`crate::preflight`]).
+pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
+    for exp in experiments {
+        crate::preflight::check_settings(&exp.config).map_err(|e| match experiments.len() {
+            1 => e,
+            _ => e.context(format!("in sweep point {}", exp.name)),
+        })?;
+    }
     let mut b = Builder::default();
     let mut report_inputs: Vec<(String, usize)> = Vec::new();
     let mut labels = Vec::new();
@@ -153,7 +175,7 @@ pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
         );
         let cluster = b.add(
             e,
-            ClusterStage::new(c.cluster.clone(), c.retrieve.protocol, kind),
+            ClusterStage::new(c.cluster.clone(), &c.retrieve, kind),
             &[("embed", embed)],
         );
         report_inputs.push((format!("retrieve/{e}"), retrieve));
@@ -182,7 +204,7 @@ pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
             let cluster0 = b.add_labelled(
                 e,
                 l,
-                ClusterStage::new(c.cluster.clone(), c.retrieve.protocol, kind),
+                ClusterStage::new(c.cluster.clone(), &c.retrieve, kind),
                 &[("embed", embed0)],
             );
             report_inputs.push((format!("baseline_retrieve/{e}"), retrieve0));

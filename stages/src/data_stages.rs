@@ -100,7 +100,8 @@ impl Stage for IndexStage {
         "index"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: `dataset_image_id` column; truncated images caught at index.
+        2
     }
     fn settings(&self) -> serde_json::Value {
         json!({
@@ -145,6 +146,21 @@ impl Stage for IndexStage {
         let hash = fp.hash.clone();
         *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some((listing, fp));
         Ok(Some(hash))
+    }
+
+    fn changed_files(&self, env: &PlanEnv<'_>, previous_key: &str) -> Vec<String> {
+        let previous = env
+            .store
+            .object_dir(self.name(), previous_key)
+            .join("index.parquet");
+        let Ok(rows) = tables::read_index(&previous) else {
+            return Vec::new();
+        };
+        let scanned = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((listing, fp)) = scanned.as_ref() else {
+            return Vec::new();
+        };
+        changed_images(&rows, listing, fp)
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
@@ -211,6 +227,7 @@ impl Stage for IndexStage {
                     height,
                     bytes: *bytes,
                     blake3: hash.clone(),
+                    dataset_image_id: r.dataset_id,
                 })
             })
             .collect();
@@ -250,6 +267,53 @@ impl Stage for IndexStage {
         ctx.note("dataset_root", json!(root.display().to_string()));
         Ok(())
     }
+}
+
+/// How many changed files an explanation names.
+const CHANGED_FILES_SHOWN: usize = 3;
+
+/// The images that differ between a previous index and the current listing:
+/// changed content, new, or gone; the first few, then how many more.
+fn changed_images(
+    previous: &[IndexRow],
+    listing: &ds::Listing,
+    fp: &ds::Fingerprint,
+) -> Vec<String> {
+    let before: HashMap<&str, &str> = previous
+        .iter()
+        .map(|r| (r.path.as_str(), r.blake3.as_str()))
+        .collect();
+    let now: HashMap<&str, &str> = fp
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.blake3.as_str()))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for r in &listing.records {
+        match (before.get(r.path.as_str()), now.get(r.path.as_str())) {
+            (Some(a), Some(b)) if a != b => out.push(format!("{} (content)", r.path)),
+            (None, Some(_)) => out.push(format!("{} (new)", r.path)),
+            _ => {}
+        }
+    }
+    let listed: std::collections::HashSet<&str> =
+        listing.records.iter().map(|r| r.path.as_str()).collect();
+    out.extend(
+        previous
+            .iter()
+            .filter(|r| !listed.contains(r.path.as_str()))
+            .map(|r| format!("{} (gone)", r.path)),
+    );
+    if out.is_empty() {
+        // Same images: a list file (a split or label file) changed.
+        return vec![listing.list_files.join(", ")];
+    }
+    let more = out.len().saturating_sub(CHANGED_FILES_SHOWN);
+    out.truncate(CHANGED_FILES_SHOWN);
+    if more > 0 {
+        out.push(format!("and {more} more"));
+    }
+    out
 }
 
 /// Plans P×K batches for every training step.

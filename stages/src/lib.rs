@@ -6,6 +6,7 @@ pub mod eval_stages;
 pub mod evaluate;
 pub mod model_stages;
 pub mod plots;
+pub mod preflight;
 pub mod report;
 pub mod train;
 

@@ -148,6 +148,21 @@ fn dims_skip_segments_and_reject_cut_headers() {
         .to_string()
         .contains("unknown signature"));
     let png = encode_png(&render_scene(7, 300, 1, 0.0)).expect("png");
-    let p = write(dir.path(), "tall.png", &png[..24]);
-    assert_eq!(image_dims(&p).expect("dims from IHDR alone"), (7, 300));
+    let p = write(dir.path(), "tall.png", &png);
+    assert_eq!(image_dims(&p).expect("dims"), (7, 300));
+    // Cut after the header: the dimensions are readable, but the file is truncated.
+    let p = write(dir.path(), "cut.png", &png[..24]);
+    let err = image_dims(&p).unwrap_err().to_string();
+    assert!(err.contains("truncated") && err.contains("IEND"), "{err}");
+    let p = write(dir.path(), "cut.jpg", &jpeg[..jpeg.len() * 2 / 3]);
+    let err = image_dims(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("truncated") && err.contains("end-of-image"),
+        "{err}"
+    );
+    // A few bytes a camera appended after the end marker are fine.
+    let mut trailer = jpeg.clone();
+    trailer.extend_from_slice(&[0u8; 100]);
+    let p = write(dir.path(), "trailer.jpg", &trailer);
+    assert_eq!(image_dims(&p).expect("dims"), (33, 17));
 }

@@ -99,6 +99,7 @@ fn list_annotations(root: &Path) -> Result<Listing> {
             class_id,
             class_name,
             split: split_of(class_id),
+            dataset_id: None,
         });
     }
     Ok(Listing {
@@ -133,6 +134,7 @@ fn list_folders(root: &Path) -> Result<Listing> {
                 class_id,
                 class_name: class.clone(),
                 split: split_of(class_id),
+                dataset_id: None,
             });
         }
     }

@@ -93,6 +93,7 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
             class_id,
             class_name: dir.to_string(),
             split,
+            dataset_id: Some(id),
         });
     }
     Ok(Listing {

@@ -61,6 +61,7 @@ pub(crate) fn list(root: &Path, opts: &ListOptions) -> Result<Listing> {
                 class_id: i as u32,
                 class_name: class.clone(),
                 split,
+                dataset_id: None,
             });
         }
     }

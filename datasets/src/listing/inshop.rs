@@ -116,6 +116,7 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
             class_id,
             class_name: f[1].to_string(),
             split,
+            dataset_id: None,
         });
     }
     if rows != declared {

@@ -109,6 +109,10 @@ pub struct Record {
     pub class_name: String,
     /// The split the image belongs to.
     pub split: Split,
+    /// The dataset's own id of the image, where its list files have one (CUB's
+    /// 1-based `images.txt` ids, SOP's `image_id`).
+    #[serde(default)]
+    pub dataset_id: Option<u32>,
 }
 
 /// What an adapter found.

@@ -47,7 +47,7 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
                     "expected 4 fields `image_id class_id super_class_id path`",
                 ));
             }
-            parse_u32(f[0], "image_id").map_err(|r| file.parse_error(&line, r))?;
+            let image_id = parse_u32(f[0], "image_id").map_err(|r| file.parse_error(&line, r))?;
             let class_id = parse_u32(f[1], "class_id").map_err(|r| file.parse_error(&line, r))?;
             parse_u32(f[2], "super_class_id").map_err(|r| file.parse_error(&line, r))?;
             let path = normalize_rel(f[3]);
@@ -73,6 +73,7 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
                 path,
                 class_id,
                 split,
+                dataset_id: Some(image_id),
             });
         }
     }

@@ -1,0 +1,173 @@
+//! Checks of an experiment's settings before anything expensive runs: those
+//! the settings alone decide (at DAG assembly), and those that need the index
+//! (split sizes, against the Ks), run on the index artifact before any stage
+//! that reads it starts.
+use crate::config::{DatasetKindName, ExperimentConfig};
+use crate::eval_stages::{default_ks, resolve_protocol};
+use crate::evaluate::Protocol;
+use anyhow::{bail, Context, Result};
+use dml_artifacts::tables::IndexRow;
+use std::collections::BTreeSet;
+use std::io::Read;
+
+/// Checks what the settings alone decide: a plan that trains, batches a ranking
+/// loss can learn from, a readable `pretrained` file.
+pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
+    let p = &c.plan;
+    if p.steps == 0 {
+        bail!("plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000");
+    }
+    if p.k < 2 {
+        bail!(
+            "plan.k = {}: a ranking loss needs at least two images of a class in a batch (positives); set --set plan.k=2 or more",
+            p.k
+        );
+    }
+    if p.p < 2 {
+        bail!(
+            "plan.p = {}: a ranking loss needs at least two classes in a batch (negatives); set --set plan.p=2 or more",
+            p.p
+        );
+    }
+    if let Some(path) = &c.train.model.pretrained {
+        let mut magic = [0u8; 8];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .with_context(|| {
+                format!(
+                    "train.model.pretrained `{}` cannot be read (export it with scripts/export_torchvision.py, or unset it to start from random weights)",
+                    path.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// The experiments' checks against their index: test images to evaluate, and
+/// Recall@K cut-offs the gallery can serve.
+pub fn check_index(c: &ExperimentConfig, rows: &[IndexRow]) -> Result<()> {
+    let count = |split: &str| rows.iter().filter(|r| r.split == split).count();
+    let protocol = resolve_protocol(c.retrieve.protocol, c.dataset.kind);
+    let (queries, available) = match protocol {
+        Protocol::QueryGallery => {
+            let (q, g) = (count("query"), count("gallery"));
+            if q == 0 || g == 0 {
+                bail!(
+                    "retrieve.protocol = query_gallery needs `query` and `gallery` images, but the index has {q} query and {g} gallery images{}",
+                    if c.dataset.kind == DatasetKindName::Inshop {
+                        ""
+                    } else {
+                        "; use --set retrieve.protocol=leave_one_out"
+                    }
+                );
+            }
+            (q, g)
+        }
+        _ => {
+            let test = if protocol == Protocol::InshopMerged {
+                count("query") + count("gallery")
+            } else {
+                count("test")
+            };
+            if test == 0 {
+                bail!(
+                    "the index has no test images to evaluate on (splits: {}); check the dataset's test list or, for a folder dataset, dataset.train_classes",
+                    splits(rows)
+                );
+            }
+            (test, test - 1)
+        }
+    };
+    let ks = if c.retrieve.ks.is_empty() {
+        default_ks(c.dataset.kind)
+    } else {
+        c.retrieve.ks.clone()
+    };
+    if let Some(&k) = ks.iter().max().filter(|&&k| k > available) {
+        let fitting: Vec<String> = ks
+            .iter()
+            .filter(|&&k| k <= available)
+            .map(|k| k.to_string())
+            .collect();
+        let suggestion = if fitting.is_empty() {
+            format!("--set retrieve.ks={}", available.max(1))
+        } else {
+            format!("--set retrieve.ks={}", fitting.join(","))
+        };
+        bail!(
+            "retrieve.ks includes K = {k}, but each of the {queries} queries can retrieve only {available} gallery images{}; use e.g. {suggestion}",
+            if c.retrieve.ks.is_empty() {
+                " (the dataset's default Ks)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn splits(rows: &[IndexRow]) -> String {
+    let names: BTreeSet<&str> = rows.iter().map(|r| r.split.as_str()).collect();
+    names.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(split: &str, class_id: u32) -> IndexRow {
+        IndexRow {
+            image_id: 0,
+            path: String::new(),
+            class_id,
+            class_name: String::new(),
+            split: split.into(),
+            width: 1,
+            height: 1,
+            bytes: 1,
+            blake3: String::new(),
+            dataset_image_id: None,
+        }
+    }
+
+    #[test]
+    fn ks_beyond_the_gallery_name_the_fitting_ones() {
+        let mut c = ExperimentConfig::default();
+        c.dataset.kind = DatasetKindName::Sop;
+        let rows: Vec<IndexRow> = (0..60).map(|i| row("test", i / 3)).collect();
+        let err = check_index(&c, &rows).unwrap_err().to_string();
+        assert!(err.contains("K = 1000"), "{err}");
+        assert!(err.contains("only 59 gallery images"), "{err}");
+        assert!(err.contains("--set retrieve.ks=1,10"), "{err}");
+        c.retrieve.ks = vec![1, 10];
+        check_index(&c, &rows).unwrap();
+    }
+
+    #[test]
+    fn no_test_images_is_an_error() {
+        let c = ExperimentConfig::default();
+        let rows = vec![row("train", 0), row("train", 1)];
+        let err = check_index(&c, &rows).unwrap_err().to_string();
+        assert!(err.contains("no test images"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_cannot_train() {
+        let mut c = ExperimentConfig::default();
+        c.plan.steps = 0;
+        assert!(check_settings(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("plan.steps = 0"));
+        c.plan.steps = 5;
+        c.plan.k = 1;
+        assert!(check_settings(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("--set plan.k=2"));
+        c.plan.k = 2;
+        c.train.model.pretrained = Some("/nonexistent/w.safetensors".into());
+        let err = format!("{:#}", check_settings(&c).unwrap_err());
+        assert!(err.contains("/nonexistent/w.safetensors"), "{err}");
+    }
+}
