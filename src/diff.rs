@@ -2,7 +2,7 @@
 //! which stages each difference invalidated.
 use anyhow::{Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{flatten_settings, RunRecord};
+use dml_pipeline::{changes, flatten_settings, show, RunRecord};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,7 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
         let (x, y) = (ca.get(k), cb.get(k));
         if x != y {
             any = true;
-            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            let show = |v: Option<&String>| v.map_or_else(|| "(unset)".into(), |v| show(v));
             println!("  {k}: {} → {}", show(x), show(y));
         }
     }
@@ -62,49 +62,18 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
                 println!("  {:<28} same artifact {}", nb.id, &nb.key[..12])
             }
             Some(na) => {
-                let (sa, sb) = (
-                    flatten_settings(&na.settings),
-                    flatten_settings(&nb.settings),
-                );
-                let mut why: Vec<String> = sa
-                    .keys()
-                    .chain(sb.keys())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .filter(|k| sa.get(*k) != sb.get(*k))
-                    .map(|k| {
-                        format!(
-                            "{k} changed {} → {}",
-                            sa.get(k).map(String::as_str).unwrap_or("(unset)"),
-                            sb.get(k).map(String::as_str).unwrap_or("(unset)")
-                        )
-                    })
-                    .collect();
-                if na.fingerprint != nb.fingerprint {
-                    why.push("dataset files changed".into());
-                }
-                if na.version != nb.version {
-                    why.push(format!(
-                        "stage code version changed {} → {}",
-                        na.version, nb.version
-                    ));
-                }
-                let inputs: Vec<&String> = nb
-                    .inputs
-                    .iter()
-                    .filter(|(r, k)| na.inputs.get(*r) != Some(k))
-                    .map(|(r, _)| r)
-                    .collect();
-                if why.is_empty() && !inputs.is_empty() {
-                    why.push(format!(
-                        "input {} changed",
-                        inputs
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+                // The same causes `dml run --dry-run` names: every one of them.
+                let why: Vec<String> = changes(
+                    na,
+                    nb.version,
+                    &nb.settings,
+                    &nb.inputs,
+                    &nb.input_ids,
+                    &nb.fingerprint,
+                )
+                .iter()
+                .map(ToString::to_string)
+                .collect();
                 println!("  {:<28} invalidated: {}", nb.id, why.join("; "));
             }
         }

@@ -58,18 +58,47 @@ pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
             RunRecord::load(&last)?
         }
     };
-    let found = record
+    // An exact id (or its folder name), else the one node of a stage, else the
+    // one id that starts with what was given (`train[train.loss.name=npairs`).
+    let exact = record
         .nodes
         .iter()
-        .find(|n| n.id == node || node_dir_name(&n.id) == node)
-        .or_else(|| record.nodes.iter().find(|n| n.stage == node));
-    let Some(n) = found else {
-        let ids: Vec<&str> = record.nodes.iter().map(|n| n.id.as_str()).collect();
-        bail!(
-            "run `{}` has no stage `{node}`; it has: {}",
-            record.name,
-            ids.join(", ")
-        );
+        .find(|n| n.id == node || node_dir_name(&n.id) == node);
+    let candidates: Vec<&dml_pipeline::RecordNode> = match exact {
+        Some(n) => vec![n],
+        None => {
+            let by_stage: Vec<_> = record.nodes.iter().filter(|n| n.stage == node).collect();
+            if by_stage.is_empty() {
+                record
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id.starts_with(node) || node_dir_name(&n.id).starts_with(node))
+                    .collect()
+            } else {
+                by_stage
+            }
+        }
+    };
+    let n = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            let ids: Vec<&str> = record.nodes.iter().map(|n| n.id.as_str()).collect();
+            bail!(
+                "run `{}` has no stage `{node}`; it has: {}",
+                record.name,
+                ids.join(", ")
+            );
+        }
+        many => {
+            let ids: Vec<String> = many.iter().map(|n| format!("  {}", n.id)).collect();
+            bail!(
+                "run `{}` has {} `{node}` nodes (one per sweep point); name one, e.g. dml path '{}':\n{}",
+                record.name,
+                many.len(),
+                many[0].id,
+                ids.join("\n")
+            );
+        }
     };
     let link = store
         .root()

@@ -2,6 +2,7 @@
 mod config;
 mod diff;
 mod eval_cmd;
+mod interrupt;
 mod links;
 mod presets;
 mod run;
@@ -53,7 +54,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Print the artifact directory of a stage in the last run (`latest/<run>/<stage>`).
     Path {
-        /// A stage (`embed`) or node id (`train[train.loss=npairs]`, `embed:untrained`).
+        /// A stage (`embed`), or a node id as `dml run` prints it (`embed:untrained`,
+        /// `train[train.loss.name=npairs]`; a unique prefix is enough).
         stage: String,
         /// The run name (default: the most recent run).
         #[arg(long)]
@@ -76,6 +78,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // `dml show … | head`: a closed pipe ends a browsing command quietly, as
+        // for any Unix tool, instead of a panic in println!.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_tracing(cli.verbose);
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
@@ -84,7 +94,13 @@ fn main() {
 }
 
 fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal;
+    // Without a terminal (nohup, Slurm, CI) there are no progress bars, so dml's
+    // own progress lines are logged instead.
     let default = match verbose {
+        0 if !std::io::stderr().is_terminal() => {
+            "warn,dml=info,dml_pipeline=info,dml_stages=info,dml_datasets=info"
+        }
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -111,7 +127,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             match show {
                 Some(name) => match presets::find(&name) {
                     Some(text) => println!("{}", text.trim()),
-                    None => anyhow::bail!("unknown preset `{name}`; `dml presets` lists them"),
+                    None => return Err(presets::unknown(&name)),
                 },
                 None => {
                     for p in presets::all() {

@@ -1,5 +1,6 @@
 //! `dml run`: load the config, assemble the DAG, explain, execute, record.
 use crate::config;
+use crate::interrupt;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status};
@@ -15,7 +16,9 @@ pub struct RunArgs {
     /// Start from a built-in preset (`dml presets` lists them).
     #[arg(long)]
     pub preset: Option<String>,
-    /// Override a setting, e.g. `--set train.lr=0.0001` (repeatable).
+    /// Override a setting, e.g. `--set train.optimizer.learning_rate=0.0001` or
+    /// `--set train.loss=npairs --set plan.k=2` (repeatable; a value is read as the
+    /// setting's type: `retrieve.ks=1,5` is a list).
     #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
     pub sets: Vec<String>,
     /// Stop after this stage (and what it needs).
@@ -70,7 +73,9 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             config: e.config.clone(),
         })
         .collect();
-    let mut graph = dml_stages::dag::build(&experiments)?;
+    let dag = dml_stages::dag::build_dag(&experiments)?;
+    let users = dag.users;
+    let mut graph = dag.graph;
     if let Some(until) = &args.until {
         let names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
         if !names.contains(&until.as_str()) {
@@ -99,7 +104,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
                     "{status:<7} {:<32} {}  {}",
                     node.id,
                     &node.key[..12],
-                    node.reason
+                    node.explanation()
                 );
             }
         }
@@ -113,26 +118,54 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
     let opts = ExecOptions {
         jobs: args.jobs,
         provenance: record.provenance.clone(),
+        // The index checks are about evaluation: only when this run evaluates.
+        check: graph
+            .nodes()
+            .iter()
+            .any(|n| n.stage.name() == "retrieve")
+            .then(|| index_check(experiments, users)),
     };
+    let running = interrupt::Running::install(store.root());
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {:<32} {}", n.id, &n.key[..12]),
-        Event::Started(n) => eprintln!("  run     {:<32} {}  ({})", n.id, &n.key[..12], n.reason),
+        Event::Started(n) => {
+            running.started(&n.id, &n.stage);
+            eprintln!(
+                "  run     {:<32} {}  ({})",
+                n.id,
+                &n.key[..12],
+                n.explanation()
+            )
+        }
         Event::Waiting(n) => eprintln!(
             "  waiting {:<32} another dml run is building it; blocking on its lock",
             n.id
         ),
-        Event::BuiltElsewhere(n) => {
-            eprintln!("  cached  {:<32} built by another run meanwhile", n.id)
+        Event::BuiltElsewhere(n) => eprintln!(
+            "  cached  {:<32} {}",
+            n.id,
+            dml_pipeline::Reason::BuiltElsewhere
+        ),
+        Event::Finished(n, s) => {
+            running.finished(&n.id);
+            eprintln!("  done    {:<32} {:.1}s", n.id, s)
         }
-        Event::Finished(n, s) => eprintln!("  done    {:<32} {:.1}s", n.id, s),
-        Event::Failed(n, msg) => eprintln!("  FAILED  {:<32} {msg}", n.id),
+        Event::Failed(n, msg) => {
+            running.finished(&n.id);
+            eprintln!("  FAILED  {:<32} {msg}", n.id)
+        }
     };
     let (summary, result) = execute(&graph, &plan, &store, &opts, &print);
     for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
         let (status, seconds) = match outcome {
             Outcome::Cached => ("cached", 0.0),
             Outcome::Ran(s) => ("ran", *s),
-            Outcome::BuiltElsewhere => ("cached", 0.0),
+            Outcome::BuiltElsewhere => {
+                let why = dml_pipeline::Reason::BuiltElsewhere;
+                node.reason = why.to_string();
+                node.why = Some(why);
+                ("cached", 0.0)
+            }
             Outcome::Failed(_) => ("failed", 0.0),
             Outcome::NotRun => ("not_run", 0.0),
         };
@@ -154,12 +187,19 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&nodes)?);
     }
-    result.with_context(|| {
-        format!(
-            "artifacts finished before the failure are kept in {}; rerun to continue",
-            store.root().display()
-        )
-    })?;
+    if let Err(e) = result {
+        // A stage that failed may succeed on a rerun (a full disk, a kill); a setting
+        // that does not fit the data will not, so only the former says "rerun".
+        return Err(match e {
+            dml_pipeline::PipelineError::StageFailed { .. } => {
+                anyhow::Error::new(e).context(format!(
+                "artifacts finished before the failure are kept in {}; a rerun continues from them",
+                store.root().display()
+            ))
+            }
+            other => other.into(),
+        });
+    }
     for node in plan
         .nodes
         .iter()
@@ -210,4 +250,30 @@ pub fn provenance() -> BTreeMap<String, serde_json::Value> {
     p.insert("cuda_available".into(), tch::Cuda::is_available().into());
     p.insert("threads".into(), rayon::current_num_threads().into());
     p
+}
+
+/// Checks each experiment's settings against its index as soon as the index
+/// artifact exists (cached or just built), before any stage that reads it.
+fn index_check(
+    experiments: Vec<dml_stages::dag::Experiment>,
+    users: std::collections::HashMap<String, Vec<usize>>,
+) -> dml_pipeline::NodeCheck {
+    dml_pipeline::NodeCheck(std::sync::Arc::new(move |node, dir| {
+        if node.stage != "index" {
+            return Ok(());
+        }
+        let rows = dml_artifacts::tables::read_index(&dir.join("index.parquet"))
+            .map_err(|e| e.to_string())?;
+        for &e in users.get(&node.id).into_iter().flatten() {
+            let exp = &experiments[e];
+            dml_stages::preflight::check_index(&exp.config, &rows).map_err(|err| {
+                if experiments.len() > 1 {
+                    format!("{err:#} (sweep point {})", exp.name)
+                } else {
+                    format!("{err:#}")
+                }
+            })?;
+        }
+        Ok(())
+    }))
 }

@@ -125,11 +125,63 @@ pub fn show(store_dir: &Path, what: &str, rows: usize) -> Result<()> {
             for field in batch.schema().fields() {
                 println!("  {}: {}", field.name(), field.data_type());
             }
-            let head = batch.slice(0, rows.min(batch.num_rows()));
+            let head = abbreviate_lists(&batch.slice(0, rows.min(batch.num_rows())))?;
             println!("{}", arrow::util::pretty::pretty_format_batches(&[head])?);
         }
     }
     Ok(())
+}
+
+/// Values of a list cell shown before the rest is summarised.
+const LIST_VALUES_SHOWN: usize = 4;
+
+/// List columns (embeddings) as text with their first few values and the
+/// length, so a row of 128 floats fits on a line.
+fn abbreviate_lists(batch: &arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    use std::sync::Arc;
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let row = |i: usize| -> Option<ArrayRef> {
+            match col.data_type() {
+                DataType::FixedSizeList(..) => Some(col.as_fixed_size_list().value(i)),
+                DataType::List(_) => Some(col.as_list::<i32>().value(i)),
+                DataType::LargeList(_) => Some(col.as_list::<i64>().value(i)),
+                _ => None,
+            }
+        };
+        if row(0).is_none() && col.len() > 0 {
+            fields.push(field.as_ref().clone());
+            columns.push(col.clone());
+            continue;
+        }
+        let opts = FormatOptions::default();
+        let text: Vec<Option<String>> = (0..col.len())
+            .map(|i| {
+                if col.is_null(i) {
+                    return Ok(None);
+                }
+                let values = row(i).expect("a list column");
+                let fmt = ArrayFormatter::try_new(values.as_ref(), &opts)?;
+                let shown = values.len().min(LIST_VALUES_SHOWN);
+                let head: Vec<String> = (0..shown).map(|j| fmt.value(j).to_string()).collect();
+                Ok(Some(if values.len() > shown {
+                    format!("[{}, … ({} values)]", head.join(", "), values.len())
+                } else {
+                    format!("[{}]", head.join(", "))
+                }))
+            })
+            .collect::<Result<_, arrow::error::ArrowError>>()?;
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from(text)));
+    }
+    Ok(arrow::array::RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {

@@ -15,6 +15,15 @@ pub enum PipelineError {
         /// The error and its causes, joined.
         message: String,
     },
+    /// A setting does not fit the data an artifact holds (checked before any
+    /// dependant runs; the artifact itself is fine and kept).
+    #[error("{message}")]
+    Check {
+        /// The node whose artifact was checked.
+        node: String,
+        /// What does not fit, and what to change.
+        message: String,
+    },
     /// Computing a stage's fingerprint failed.
     #[error("cannot fingerprint the input of `{node}`: {message}")]
     Fingerprint {

@@ -2,7 +2,7 @@
 //! and, when it must run, why — in one sentence, from a typed reason.
 use crate::{stage_key, Graph, NodeId, PipelineError, PlanEnv, RunRecord};
 use dml_artifacts::{ArtifactStore, Lookup};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,32 +17,94 @@ pub enum Status {
     Run,
 }
 
-/// Why a node is cached or must run.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a node is cached or must run: one typed reason, rendered to a sentence
+/// in one place ([`fmt::Display`]) and carried as is in `--json` and run records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// Found in the store.
     Cached,
     /// Never built (no earlier run of this name to compare with).
     NoArtifact,
-    /// Settings of this stage changed since the last run of this name: (path, old, new).
-    SettingsChanged(Vec<(String, String, String)>),
-    /// An input's key changed (roles).
-    InputChanged(Vec<String>),
+    /// The last run of this name resolved the same key but stopped before building it.
+    NotBuiltYet,
+    /// What changed since the last run of this name: every cause, not the first.
+    Changed {
+        /// The causes.
+        changes: Vec<Change>,
+    },
+    /// The artifact exists but does not match its manifest.
+    FailedVerification {
+        /// What did not match.
+        why: String,
+    },
+    /// Same key as last time, and it was built then, but the artifact is gone
+    /// (gc, or removed by hand).
+    Removed,
+    /// Another process built it while this one waited for its lock.
+    BuiltElsewhere,
+}
+
+/// One cause of a rebuild.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A setting this stage reads changed.
+    Setting {
+        /// Its config path.
+        path: String,
+        /// Before (canonical JSON; `(unset)` when absent).
+        old: String,
+        /// Now.
+        new: String,
+    },
+    /// An input artifact changed.
+    Input {
+        /// The input's node id, as `dml run` shows it.
+        input: String,
+    },
     /// The stage's code version changed.
-    VersionChanged {
+    Version {
         /// Before.
         old: u32,
         /// Now.
         new: u32,
     },
     /// The files the stage reads from outside the store changed.
-    DataChanged,
-    /// The artifact exists but does not match its manifest.
-    FailedVerification(String),
-    /// Same key as last time, but the artifact is gone (gc, or removed by hand).
-    Removed,
-    /// The key changed for a reason not visible in settings (e.g. the schema salt).
-    KeyChanged,
+    Data {
+        /// The first few files that changed, when the stage can tell.
+        files: Vec<String>,
+    },
+    /// The key changed for no visible reason (a new schema salt).
+    Salt,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Setting { path, old, new } => {
+                write!(f, "{path} changed {} → {}", show(old), show(new))
+            }
+            Change::Input { input } => write!(f, "input {input} changed"),
+            Change::Version { old, new } => write!(f, "stage code version changed {old} → {new}"),
+            Change::Data { files } if files.is_empty() => write!(f, "dataset files changed"),
+            Change::Data { files } => write!(f, "dataset files changed: {}", files.join(", ")),
+            Change::Salt => write!(f, "key changed (a new schema salt)"),
+        }
+    }
+}
+
+/// A canonical JSON value as a person reads it: strings unquoted, lists comma-separated.
+pub fn show(canonical: &str) -> String {
+    match serde_json::from_str::<Value>(canonical) {
+        Ok(Value::String(s)) => s,
+        Ok(Value::Array(items)) => items
+            .iter()
+            .map(|v| show(&crate::canonical_json(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => canonical.to_string(),
+    }
 }
 
 impl fmt::Display for Reason {
@@ -50,23 +112,56 @@ impl fmt::Display for Reason {
         match self {
             Reason::Cached => write!(f, "artifact found"),
             Reason::NoArtifact => write!(f, "no artifact yet"),
-            Reason::SettingsChanged(changes) => {
-                let parts: Vec<String> = changes
-                    .iter()
-                    .map(|(path, old, new)| format!("{path} changed {old} → {new}"))
-                    .collect();
-                write!(f, "{}", parts.join(", "))
+            Reason::NotBuiltYet => write!(f, "not built yet (the last run stopped before it)"),
+            Reason::Changed { changes } => {
+                let parts: Vec<String> = changes.iter().map(Change::to_string).collect();
+                write!(f, "{}", parts.join("; "))
             }
-            Reason::InputChanged(roles) => write!(f, "input {} changed", roles.join(", ")),
-            Reason::VersionChanged { old, new } => {
-                write!(f, "stage code version changed {old} → {new}")
+            Reason::FailedVerification { why } => {
+                write!(f, "artifact failed verification: {why}")
             }
-            Reason::DataChanged => write!(f, "dataset files changed"),
-            Reason::FailedVerification(why) => write!(f, "artifact failed verification: {why}"),
             Reason::Removed => write!(f, "artifact was removed from the store"),
-            Reason::KeyChanged => write!(f, "key changed (a new schema salt)"),
+            Reason::BuiltElsewhere => {
+                write!(f, "built by another dml run while this one waited for it")
+            }
         }
     }
+}
+
+/// Every cause that separates a node's previous state from its current one
+/// (empty when the keys agree). Shared by `explain` and `dml diff`.
+pub fn changes(
+    prev: &crate::RecordNode,
+    version: u32,
+    settings: &Value,
+    inputs: &BTreeMap<String, String>,
+    input_ids: &BTreeMap<String, String>,
+    fingerprint: &Option<String>,
+) -> Vec<Change> {
+    let mut out: Vec<Change> = diff_settings(&prev.settings, settings)
+        .into_iter()
+        .map(|(path, old, new)| Change::Setting { path, old, new })
+        .collect();
+    if prev.version != version {
+        out.push(Change::Version {
+            old: prev.version,
+            new: version,
+        });
+    }
+    if &prev.fingerprint != fingerprint {
+        out.push(Change::Data { files: Vec::new() });
+    }
+    for (role, k) in inputs {
+        if prev.inputs.get(role) != Some(k) {
+            let input = input_ids
+                .get(role)
+                .or_else(|| prev.input_ids.get(role))
+                .cloned()
+                .unwrap_or_else(|| role.clone());
+            out.push(Change::Input { input });
+        }
+    }
+    out
 }
 
 /// One resolved node.
@@ -86,6 +181,10 @@ pub struct PlannedNode {
     pub inputs: BTreeMap<String, String>,
     /// Role → input node.
     pub input_nodes: Vec<(String, NodeId)>,
+    /// Role → input node id (as shown to the user).
+    pub input_ids: BTreeMap<String, String>,
+    /// What an interrupted build left to continue from (`resumes from step 400`).
+    pub resume: Option<String>,
     /// Dataset fingerprint, if any.
     pub fingerprint: Option<String>,
     /// Cached or run.
@@ -94,6 +193,16 @@ pub struct PlannedNode {
     pub reason: Reason,
     /// Runs on the accelerator.
     pub uses_device: bool,
+}
+
+impl PlannedNode {
+    /// The reason as one sentence, with what an interrupted build resumes from.
+    pub fn explanation(&self) -> String {
+        match (&self.resume, self.status) {
+            (Some(r), Status::Run) => format!("{}; {r}", self.reason),
+            _ => self.reason.to_string(),
+        }
+    }
 }
 
 /// A resolved graph.
@@ -135,21 +244,39 @@ impl Plan {
                 &inputs,
                 fingerprint.as_deref(),
             );
+            let input_ids: BTreeMap<String, String> = node
+                .inputs
+                .iter()
+                .map(|(role, n)| (role.clone(), nodes[*n].id.clone()))
+                .collect();
             let (status, reason) = match store.lookup(stage.name(), &key, verify)? {
                 Lookup::Hit(_) => (Status::Cached, Reason::Cached),
-                Lookup::Corrupt(why) => (Status::Run, Reason::FailedVerification(why)),
-                Lookup::Missing => (
-                    Status::Run,
-                    why_missing(
-                        previous,
-                        &node.id,
+                Lookup::Corrupt(why) => (Status::Run, Reason::FailedVerification { why }),
+                Lookup::Missing => {
+                    let prev = previous.and_then(|r| r.nodes.iter().find(|n| n.id == node.id));
+                    let mut reason = why_missing(
+                        prev,
                         &key,
                         stage.version(),
                         &settings,
                         &inputs,
+                        &input_ids,
                         &fingerprint,
-                    ),
-                ),
+                    );
+                    // Name the files when the stage can tell which changed.
+                    if let (Reason::Changed { changes }, Some(prev)) = (&mut reason, prev) {
+                        for c in changes.iter_mut() {
+                            if let Change::Data { files } = c {
+                                *files = stage.changed_files(&env, &prev.key);
+                            }
+                        }
+                    }
+                    (Status::Run, reason)
+                }
+            };
+            let resume = match status {
+                Status::Run => stage.resume_note(&env, &key),
+                Status::Cached => None,
             };
             nodes.push(PlannedNode {
                 id: node.id.clone(),
@@ -159,6 +286,8 @@ impl Plan {
                 settings,
                 inputs,
                 input_nodes: node.inputs.clone(),
+                input_ids,
+                resume,
                 fingerprint,
                 status,
                 reason,
@@ -179,7 +308,8 @@ impl Plan {
                         "id": n.id,
                         "key": n.key,
                         "status": n.status,
-                        "reason": n.reason.to_string(),
+                        "reason": n.explanation(),
+                        "why": n.reason,
                     })
                 })
                 .collect(),
@@ -188,42 +318,30 @@ impl Plan {
 }
 
 fn why_missing(
-    previous: Option<&RunRecord>,
-    id: &str,
+    prev: Option<&crate::RecordNode>,
     key: &str,
     version: u32,
     settings: &Value,
     inputs: &BTreeMap<String, String>,
+    input_ids: &BTreeMap<String, String>,
     fingerprint: &Option<String>,
 ) -> Reason {
-    let Some(prev) = previous.and_then(|r| r.nodes.iter().find(|n| n.id == id)) else {
+    let Some(prev) = prev else {
         return Reason::NoArtifact;
     };
     if prev.key == key {
-        return Reason::Removed;
-    }
-    let changes = diff_settings(&prev.settings, settings);
-    if !changes.is_empty() {
-        return Reason::SettingsChanged(changes);
-    }
-    if prev.version != version {
-        return Reason::VersionChanged {
-            old: prev.version,
-            new: version,
+        // Built then and gone now, or never built because that run stopped first.
+        return if matches!(prev.status.as_str(), "ran" | "cached") {
+            Reason::Removed
+        } else {
+            Reason::NotBuiltYet
         };
     }
-    if &prev.fingerprint != fingerprint {
-        return Reason::DataChanged;
+    let mut changes = changes(prev, version, settings, inputs, input_ids, fingerprint);
+    if changes.is_empty() {
+        changes.push(Change::Salt);
     }
-    let roles: Vec<String> = inputs
-        .iter()
-        .filter(|(role, k)| prev.inputs.get(*role) != Some(k))
-        .map(|(role, _)| role.clone())
-        .collect();
-    if !roles.is_empty() {
-        return Reason::InputChanged(roles);
-    }
-    Reason::KeyChanged
+    Reason::Changed { changes }
 }
 
 /// Flattens `{"train": {"lr": 0.1}}` into `[("train.lr", "0.1")]`, sorted.
@@ -285,11 +403,32 @@ mod tests {
                 "0.0001".to_string()
             )]
         );
-        let r = Reason::SettingsChanged(d);
-        assert_eq!(r.to_string(), "train.lr changed 0.0003 → 0.0001");
+        let changes = d
+            .into_iter()
+            .map(|(path, old, new)| Change::Setting { path, old, new })
+            .chain([Change::Input {
+                input: "retrieve:untrained".into(),
+            }])
+            .collect();
+        let r = Reason::Changed { changes };
         assert_eq!(
-            Reason::InputChanged(vec!["index".into()]).to_string(),
-            "input index changed"
+            r.to_string(),
+            "train.lr changed 0.0003 → 0.0001; input retrieve:untrained changed"
+        );
+        let lists = Change::Setting {
+            path: "retrieve.ks".into(),
+            old: "[1,2,4,8]".into(),
+            new: "[1,2]".into(),
+        };
+        assert_eq!(lists.to_string(), "retrieve.ks changed 1,2,4,8 → 1,2");
+        let names = Change::Setting {
+            path: "train.loss.name".into(),
+            old: "\"npairs\"".into(),
+            new: "\"angular\"".into(),
+        };
+        assert_eq!(
+            names.to_string(),
+            "train.loss.name changed npairs → angular"
         );
     }
 }

@@ -15,9 +15,9 @@ mod scheduler;
 mod stage;
 
 pub use error::PipelineError;
-pub use explain::{flatten_settings, Plan, PlannedNode, Reason, Status};
+pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Reason, Status};
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, stage_key, SCHEMA_SALT};
 pub use record::{file_safe, RecordNode, RunRecord};
-pub use scheduler::{execute, Event, ExecOptions, ExecSummary, Outcome};
+pub use scheduler::{execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome};
 pub use stage::{BoxError, PlanEnv, RunContext, Stage};

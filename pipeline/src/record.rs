@@ -21,6 +21,9 @@ pub struct RecordNode {
     pub settings: Value,
     /// Role → input key.
     pub inputs: BTreeMap<String, String>,
+    /// Role → input node id, as the user sees it.
+    #[serde(default)]
+    pub input_ids: BTreeMap<String, String>,
     /// Dataset fingerprint.
     #[serde(default)]
     pub fingerprint: Option<String>,
@@ -28,6 +31,9 @@ pub struct RecordNode {
     pub status: String,
     /// The reason, as shown by `explain`.
     pub reason: String,
+    /// The reason, typed (absent in records written before it existed).
+    #[serde(default)]
+    pub why: Option<crate::Reason>,
     /// Wall seconds spent building (0 when cached).
     pub seconds: f64,
 }
@@ -70,12 +76,14 @@ impl RunRecord {
                     version: n.version,
                     settings: n.settings.clone(),
                     inputs: n.inputs.clone(),
+                    input_ids: n.input_ids.clone(),
                     fingerprint: n.fingerprint.clone(),
                     status: match n.status {
                         crate::Status::Cached => "cached".into(),
                         crate::Status::Run => "not_run".into(),
                     },
-                    reason: n.reason.to_string(),
+                    reason: n.explanation(),
+                    why: Some(n.reason.clone()),
                     seconds: 0.0,
                 })
                 .collect(),

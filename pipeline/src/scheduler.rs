@@ -5,7 +5,8 @@ use crate::{Graph, PipelineError, Plan, PlannedNode, RunContext, Status};
 use dml_artifacts::{ArtifactStore, Lookup, Manifest};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// How to execute.
@@ -15,6 +16,38 @@ pub struct ExecOptions {
     pub jobs: usize,
     /// Provenance recorded in every manifest (versions, device…).
     pub provenance: BTreeMap<String, serde_json::Value>,
+    /// Checked on each node's finished artifact (cached ones before anything
+    /// starts, built ones before any dependant starts).
+    pub check: Option<NodeCheck>,
+}
+
+/// A check of settings against a finished artifact (`Err` says what to change).
+#[derive(Clone)]
+pub struct NodeCheck(pub Arc<CheckFn>);
+
+/// The function a [`NodeCheck`] wraps: the node and its artifact directory.
+pub type CheckFn = dyn Fn(&PlannedNode, &Path) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for NodeCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCheck")
+    }
+}
+
+impl ExecOptions {
+    fn run_check(&self, node: &PlannedNode, store: &ArtifactStore) -> Result<(), PipelineError> {
+        match &self.check {
+            Some(check) => {
+                (check.0)(node, &store.object_dir(&node.stage, &node.key)).map_err(|message| {
+                    PipelineError::Check {
+                        node: node.id.clone(),
+                        message,
+                    }
+                })
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Something the user may want to hear about.
@@ -103,6 +136,17 @@ pub fn execute(
             Status::Run => state.pending.push(i),
         }
     }
+    // Settings that do not fit a cached artifact stop the run before anything starts.
+    for node in plan.nodes.iter().filter(|n| n.status == Status::Cached) {
+        if let Err(e) = opts.run_check(node, store) {
+            return (
+                ExecSummary {
+                    outcomes: state.outcomes,
+                },
+                Err(e),
+            );
+        }
+    }
     let state = Mutex::new(state);
     let wake = Condvar::new();
     let first_error: Mutex<Option<PipelineError>> = Mutex::new(None);
@@ -140,7 +184,8 @@ pub fn execute(
                     return;
                 };
                 let node = &plan.nodes[i];
-                let result = build_node(graph, plan, i, store, opts, &progress, on_event);
+                let result = build_node(graph, plan, i, store, opts, &progress, on_event)
+                    .and_then(|outcome| opts.run_check(node, store).map(|()| outcome));
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 st.running -= 1;
                 if node.uses_device {

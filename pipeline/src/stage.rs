@@ -1,8 +1,10 @@
 //! The `Stage` trait and what a stage sees while it runs.
 use dml_artifacts::{ArtifactStore, Manifest};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The error a stage returns (anyhow errors and thiserror enums both convert).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -25,6 +27,16 @@ pub trait Stage: Send + Sync {
     /// Used only to share identical nodes between the experiments of a sweep.
     fn identity(&self) -> String {
         String::new()
+    }
+    /// When the dataset fingerprint changed since the artifact `previous_key`: the
+    /// first few files that differ, for the explanation (empty if it cannot tell).
+    fn changed_files(&self, _env: &PlanEnv<'_>, _previous_key: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// For a stage about to run under `key`: what an interrupted earlier build
+    /// left to continue from (`resumes from the checkpoint at step 400`).
+    fn resume_note(&self, _env: &PlanEnv<'_>, _key: &str) -> Option<String> {
+        None
     }
     /// True if the stage runs on the accelerator: two such stages never run at once.
     fn uses_device(&self) -> bool {
@@ -101,7 +113,9 @@ impl<'a> RunContext<'a> {
         self.notes.insert(key.to_string(), value);
     }
 
-    /// A progress bar on stderr, hidden when stderr is not a terminal.
+    /// A progress bar on stderr. When stderr is not a terminal (nohup, Slurm, CI)
+    /// the bar is hidden and its state is logged instead, one line every
+    /// [`log_interval`] (position, the stage's message, rate and ETA).
     pub fn progress(&self, len: u64, template: &str) -> ProgressBar {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
         if let Ok(style) = ProgressStyle::with_template(template) {
@@ -109,6 +123,47 @@ impl<'a> RunContext<'a> {
         }
         let bar = self.progress.add(bar);
         bar.set_prefix(self.node.to_string());
+        if !std::io::stderr().is_terminal() {
+            log_progress(&bar, self.node.to_string());
+        }
         bar
     }
+}
+
+/// How often a hidden progress bar is logged: `DML_LOG_INTERVAL` seconds, default 10.
+pub fn log_interval() -> Duration {
+    std::env::var("DML_LOG_INTERVAL")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(10), Duration::from_secs_f64)
+}
+
+/// Logs a bar's state every [`log_interval`] until it finishes or is dropped.
+fn log_progress(bar: &ProgressBar, node: String) {
+    let weak = bar.downgrade();
+    let every = log_interval();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        let Some(bar) = weak.upgrade() else { return };
+        if bar.is_finished() {
+            return;
+        }
+        let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
+        if pos == 0 {
+            continue;
+        }
+        let percent = if len > 0 { 100 * pos / len } else { 0 };
+        let eta = if len > pos {
+            format!(", ETA {}", HumanDuration(bar.eta()))
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            "{node}: {pos}/{len} ({percent}%) {}, {:.1}/s, {} elapsed{eta}",
+            bar.message(),
+            bar.per_sec(),
+            HumanDuration(bar.elapsed()),
+        );
+    });
 }

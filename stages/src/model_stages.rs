@@ -80,7 +80,16 @@ impl Stage for DecodeStage {
         bar.set_message(format!("{} images at {}²", paths.len(), self.resize));
         let started = Instant::now();
         let report =
-            ds::DecodeCache::build(&root, &paths, self.resize, ctx.out_dir(), self.skip_bad)?;
+            ds::DecodeCache::build(&root, &paths, self.resize, ctx.out_dir(), self.skip_bad)
+                .map_err(|e| {
+                    if self.skip_bad {
+                        anyhow!(e)
+                    } else {
+                        anyhow!(
+                    "{e}; fix or remove the image, or pass --skip-bad-images to go on without it"
+                )
+                    }
+                })?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
@@ -199,6 +208,10 @@ impl Stage for TrainStage {
     }
     fn uses_device(&self) -> bool {
         self.device.is_cuda()
+    }
+    fn resume_note(&self, env: &dml_pipeline::PlanEnv<'_>, key: &str) -> Option<String> {
+        let dir = env.store.root().join("cache").join("checkpoints").join(key);
+        checkpoint_step(&dir).map(|step| format!("resumes from the checkpoint at step {step}"))
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let cfg = train_config(&self.settings);
@@ -540,4 +553,15 @@ impl Stage for EmbedStage {
         ctx.note("dim", json!(dim));
         Ok(())
     }
+}
+
+/// The step an interrupted training run resumes from: the steps its checkpoint's
+/// log holds (None without a complete checkpoint).
+fn checkpoint_step(dir: &Path) -> Option<usize> {
+    if !dir.join("checkpoint.safetensors").is_file() {
+        return None;
+    }
+    let log: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("log.json")).ok()?).ok()?;
+    Some(log.len()).filter(|&n| n > 0)
 }

@@ -78,7 +78,11 @@ pub fn loss_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> PlotResult
     chart
         .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
         .map_err(err)?
-        .label(format!("moving average ({w} steps)"))
+        .label(if w > 1 {
+            format!("moving average ({w} steps)")
+        } else {
+            "loss".to_string()
+        })
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     chart
         .configure_series_labels()
@@ -91,23 +95,42 @@ pub fn loss_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> PlotResult
     Ok(())
 }
 
-/// Recall@K against K (log scale) for one or more runs: (label, [(K, recall)]).
-pub fn recall_curves(path: &Path, title: &str, runs: &[(String, Vec<(usize, f64)>)]) -> PlotResult {
+/// One Recall@K curve: a run, or the untrained network it started from.
+#[derive(Debug, Clone)]
+pub struct RecallCurve {
+    /// The run's name.
+    pub label: String,
+    /// (K, Recall@K as a fraction).
+    pub points: Vec<(usize, f64)>,
+    /// The untrained baseline: drawn dashed, in the colour of its run.
+    pub untrained: bool,
+}
+
+/// Recall@K against K (log scale) for one or more runs and their untrained
+/// baselines. The recall axis spans the data (padded), not 0–100, so that
+/// close runs stay apart.
+pub fn recall_curves(path: &Path, title: &str, curves: &[RecallCurve]) -> PlotResult {
     fonts();
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let kmax = runs
+    let kmax = curves
         .iter()
-        .flat_map(|r| r.1.iter().map(|p| p.0))
+        .flat_map(|r| r.points.iter().map(|p| p.0))
         .max()
         .unwrap_or(8)
         .max(2) as f64;
+    let (lo, hi) = bounds(
+        curves
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| 100.0 * p.1)),
+    );
+    let (lo, hi) = ((lo - 2.0).max(0.0), (hi + 2.0).min(100.0));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((1f64..kmax * 1.2).log_scale(), 0f64..100f64)
+        .build_cartesian_2d((1f64..kmax * 1.2).log_scale(), lo..hi)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -118,16 +141,50 @@ pub fn recall_curves(path: &Path, title: &str, runs: &[(String, Vec<(usize, f64)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
-    for (i, (label, pts)) in runs.iter().enumerate() {
+    let mut trained = 0;
+    for c in curves {
+        // A baseline takes the colour of the run drawn just before it.
+        let i = if c.untrained {
+            trained.max(1) - 1
+        } else {
+            trained
+        };
+        if !c.untrained {
+            trained += 1;
+        }
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = pts.iter().map(|&(k, r)| (k as f64, 100.0 * r)).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        let pts: Vec<(f64, f64)> = c
+            .points
+            .iter()
+            .map(|&(k, r)| (k as f64, 100.0 * r))
+            .collect();
+        let label = if c.untrained {
+            format!("{} (untrained)", c.label)
+        } else {
+            c.label.clone()
+        };
+        if c.untrained {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    6,
+                    4,
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(err)?;
@@ -144,7 +201,9 @@ pub fn recall_curves(path: &Path, title: &str, runs: &[(String, Vec<(usize, f64)
     Ok(())
 }
 
-/// One horizontal bar per run: (label, value in 0..1, optional std).
+/// One horizontal bar per run: (label, value in 0..1, optional std). The run's
+/// name stands left of its bar, the value (± std, drawn as an error bar) right
+/// of it, both in black on white.
 pub fn bars(
     path: &Path,
     title: &str,
@@ -152,44 +211,89 @@ pub fn bars(
     rows: &[(String, f64, Option<f64>)],
 ) -> PlotResult {
     fonts();
-    let height = 120 + 32 * rows.len() as u32;
+    let height = 130 + 34 * rows.len() as u32;
     let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let n = rows.len().max(1) as i32;
+    let longest = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(4);
+    // Room for the names on the left, about 7.5 px a character at 14 px.
+    let label_px = (longest as f64 * 7.5).clamp(60.0, 420.0) as u32 + 16;
+    let n = rows.len().max(1) as f64;
+    let top = rows
+        .iter()
+        .map(|r| 100.0 * (r.1 + r.2.unwrap_or(0.0)))
+        .fold(0.0f64, f64::max);
+    // Room right of the longest bar for its value.
+    let xmax = (top * 1.25).clamp(10.0, 125.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(10)
-        .build_cartesian_2d(0f64..100f64, 0i32..n)
+        .y_label_area_size(label_px)
+        .build_cartesian_2d(0f64..xmax, 0f64..n)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .disable_y_axis()
+        .y_labels(0)
         .x_desc(metric)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
+    let text = |anchor_h| {
+        ("sans-serif", 14)
+            .into_font()
+            .color(&BLACK)
+            .pos(plotters::style::text_anchor::Pos::new(
+                anchor_h,
+                plotters::style::text_anchor::VPos::Center,
+            ))
+    };
+    use plotters::style::text_anchor::HPos;
     for (i, (label, v, sd)) in rows.iter().enumerate() {
-        let y = n - 1 - i as i32;
-        let color = Palette99::pick(i).mix(0.7);
+        // First row on top; the bar spans the middle 70 % of its slot.
+        let mid = n - 0.5 - i as f64;
+        let (v, sd) = (100.0 * v, sd.map(|s| 100.0 * s));
+        let color = Palette99::pick(i).mix(0.55);
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(0.0, y), (100.0 * v, y + 1)],
+                [(0.0, mid - 0.35), (v, mid + 0.35)],
                 color.filled(),
             )))
             .map_err(err)?;
-        let text = match sd {
-            Some(sd) => format!("{label}  {:.2} ± {:.2}", 100.0 * v, 100.0 * sd),
-            None => format!("{label}  {:.2}", 100.0 * v),
+        let mut end = v;
+        if let Some(sd) = sd {
+            end = v + sd;
+            let whisker = [(v - sd).max(0.0), v + sd];
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(whisker[0], mid), (whisker[1], mid)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(err)?;
+            for x in whisker {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x, mid - 0.15), (x, mid + 0.15)],
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        let value = match sd {
+            Some(sd) => format!("{v:.2} ± {sd:.2}"),
+            None => format!("{v:.2}"),
         };
         chart
             .draw_series(std::iter::once(Text::new(
-                text,
-                (1.0, y),
-                ("sans-serif", 14).into_font(),
+                value,
+                (end + xmax * 0.01, mid),
+                text(HPos::Left),
             )))
+            .map_err(err)?;
+        // The name goes in the label area, left of the axis, in pixels.
+        let (px, py) = chart.backend_coord(&(0.0, mid));
+        root.draw(&Text::new(label.clone(), (px - 8, py), text(HPos::Right)))
             .map_err(err)?;
     }
     root.present().map_err(err)?;
@@ -212,7 +316,18 @@ mod tests {
         recall_curves(
             &b,
             "recall",
-            &[("run".into(), vec![(1, 0.4), (2, 0.55), (4, 0.7), (8, 0.8)])],
+            &[
+                RecallCurve {
+                    label: "run".into(),
+                    points: vec![(1, 0.4), (2, 0.55), (4, 0.7), (8, 0.8)],
+                    untrained: false,
+                },
+                RecallCurve {
+                    label: "run".into(),
+                    points: vec![(1, 0.2), (2, 0.3), (4, 0.4), (8, 0.5)],
+                    untrained: true,
+                },
+            ],
         )
         .unwrap();
         let c = tmp.path().join("r1.png");

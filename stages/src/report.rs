@@ -113,7 +113,8 @@ impl Stage for ReportStage {
         "report"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: loss plots linked to their runs; untrained curves in recall.png.
+        2
     }
     fn settings(&self) -> Value {
         json!({ "report": { "runs": self.runs } })
@@ -144,20 +145,34 @@ impl Stage for ReportStage {
                 .iter()
                 .map(|&k| (k, num(&r, &format!("recall@{k}"))))
                 .collect();
-            curves.push((run.name.clone(), recall.clone()));
+            curves.push(plots::RecallCurve {
+                label: run.name.clone(),
+                points: recall.clone(),
+                untrained: false,
+            });
             let baseline = if run.baseline {
                 let br = read_json(
                     ctx.input(&format!("baseline_retrieve/{i}"))?,
                     "metrics.json",
                 )?;
                 let bc = read_json(ctx.input(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
+                curves.push(plots::RecallCurve {
+                    label: run.name.clone(),
+                    points: ks
+                        .iter()
+                        .map(|&k| (k, num(&br, &format!("recall@{k}"))))
+                        .filter(|p| p.1.is_finite())
+                        .collect(),
+                    untrained: true,
+                });
                 Some((num(&br, "recall@1"), num(&bc, "nmi")))
             } else {
                 None
             };
             let loss_png = train_dir.join("loss.png");
+            let loss_file = format!("loss_{i}.png");
             if loss_png.exists() {
-                std::fs::copy(&loss_png, out.join(format!("loss_{i}.png")))?;
+                std::fs::copy(&loss_png, out.join(&loss_file))?;
             }
             rows.push(json!({
                 "run": run.name,
@@ -176,6 +191,7 @@ impl Stage for ReportStage {
                 "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
                 "untrained_recall@1": baseline.map(|b| b.0),
                 "untrained_nmi": baseline.map(|b| b.1),
+                "loss_plot": loss_png.exists().then_some(loss_file),
             }));
         }
         let table = build_frame(&rows)?;
@@ -457,6 +473,19 @@ fn markdown(rows: &[Value], groups: &DataFrame) -> Result<String, BoxError> {
             cells.extend(ks.iter().map(|k| pm(&format!("r@{k}"), 100.0, 2)));
             cells.push(pm("map@r", 100.0, 2));
             writeln!(md, "| {} |", cells.join(" | "))?;
+        }
+    }
+    let plots: Vec<(&str, &str)> = rows
+        .iter()
+        .filter_map(|r| Some((r["run"].as_str()?, r["loss_plot"].as_str()?)))
+        .collect();
+    if !plots.is_empty() {
+        writeln!(
+            md,
+            "\nPlots: [Recall@K](recall.png), [R@1 per run](r1.png). Loss curves:\n"
+        )?;
+        for (run, file) in plots {
+            writeln!(md, "- [{file}]({file}): {run}")?;
         }
     }
     Ok(md)
