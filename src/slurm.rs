@@ -679,7 +679,8 @@ fn follow(
     let mut pending: Vec<usize> = (0..record.nodes.len())
         .filter(|&i| record.nodes[i].job_id.is_some())
         .collect();
-    let mut shown: Vec<Option<&'static str>> = vec![None; record.nodes.len()];
+    // Submission already said every job is queued: only changes are shown.
+    let mut shown: Vec<Option<&'static str>> = vec![Some("queued"); record.nodes.len()];
     let mut failed: Vec<(usize, String)> = Vec::new();
     let mut pause = Duration::from_millis(500);
     let mut squeue_errors = 0;
@@ -864,18 +865,20 @@ pub fn status(store_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("run `{}` (started {})", record.name, record.started);
+    let width = rows.iter().map(|(n, ..)| n.id.len()).max().unwrap_or(0);
     for (node, job, state, tail) in &rows {
         let job = job
             .as_deref()
             .map(|j| format!("job {j}"))
             .unwrap_or_default();
-        println!(
-            "  {:<9} {:<40} {:<10} {}",
+        let line = format!(
+            "  {:<9} {:<width$}  {:<10} {}",
             state.word(),
             node.id,
             job,
             state.detail()
         );
+        println!("{}", line.trim_end());
         if let Some(t) = tail {
             println!("{}", indent(t));
         }

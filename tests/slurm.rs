@@ -384,6 +384,24 @@ fn a_sweep_runs_as_slurm_jobs() {
             "{node} after a resume"
         );
     }
+
+    // `dml cancel` cancels the queued and running jobs of a run, and releases their claims.
+    let cancel_args: Vec<&str> = kill_args
+        .iter()
+        .map(|a| match *a {
+            "plan.steps=40" => "plan.steps=12",
+            "embed" => "train",
+            a => a,
+        })
+        .collect();
+    let submitted = ok_on(&cluster, &shared, &cancel_args, &[("DML_FAULT_STEP_DELAY_MS", "500")]);
+    assert!(submitted.contains("\ttrain"), "{submitted}");
+    let out = ok_on(&cluster, &shared, &["cancel", "--name", RUN], &[]);
+    assert!(out.contains("cancelled job") && out.contains("\ttrain"), "{out}");
+    wait_for(30, "train reported cancelled", || {
+        by_id(&status_of_run(), "train")["status"] == "cancelled"
+    });
+
     let claims: Vec<_> = std::fs::read_dir(shared.join("claims"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -391,4 +409,88 @@ fn a_sweep_runs_as_slurm_jobs() {
         .map(|e| e.path())
         .collect();
     assert!(claims.is_empty(), "claims left behind: {claims:?}");
+}
+
+/// What runs without Slurm: `exec-stage` builds exactly one node from a request
+/// and records the job in its manifest; it refuses a key that does not match
+/// and a node whose inputs are not in the store; without `sbatch` on PATH,
+/// `--executor slurm` says what it needs.
+#[test]
+fn exec_stage_builds_one_node_from_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY);
+    let cfg = cfg.to_str().unwrap();
+    let keys = plan(&store, &[cfg]);
+    let key = |id: &str| keys.iter().find(|k| k.0 == id).unwrap().3.clone();
+    let request = tmp.path().join("request.json");
+    let config = serde_json::json!({
+        "name": "tiny",
+        "dataset": {"kind": "synthetic"},
+        "synthetic": {"classes": 12, "images_per_class": 4, "image_size": 32},
+        "plan": {"p": 4, "k": 2, "steps": 10},
+    });
+    std::fs::write(
+        &request,
+        serde_json::json!({"name": "tiny", "config": config, "submitted": "now"}).to_string(),
+    )
+    .unwrap();
+    let exec = |node: &str, key: &str| {
+        dml()
+            .env("SLURM_JOB_ID", "4242")
+            .arg("--store")
+            .arg(&store)
+            .args(["exec-stage", "--request", request.to_str().unwrap()])
+            .args(["--node", node, "--key", key])
+            .output()
+            .unwrap()
+    };
+    let out = exec("index", &key("index"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("input `synth`") && err.contains("is not in the store"), "{err}");
+    let out = exec("synth", &"0".repeat(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("resolves here to key"), "{err}");
+    assert!(!store.join("objects").exists() || std::fs::read_dir(store.join("objects")).unwrap().count() == 0);
+
+    let out = exec("synth", &key("synth"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects: Vec<String> = std::fs::read_dir(store.join("objects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(objects, ["synth"], "exactly the one node");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            store.join("objects/synth").join(key("synth")).join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["provenance"]["executor"], "slurm");
+    assert_eq!(manifest["provenance"]["job_id"], "4242");
+    let after = plan(&store, &[cfg]);
+    assert_eq!(after.iter().find(|n| n.0 == "synth").unwrap().1, "cached");
+    assert_eq!(after.iter().find(|n| n.0 == "index").unwrap().1, "run");
+
+    let out = dml()
+        .env("PATH", "/nonexistent")
+        .arg("--store")
+        .arg(&store)
+        .args(["run", cfg, "--executor", "slurm"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs Slurm's client commands"), "{err}");
+    let claims = std::fs::read_dir(store.join("claims"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert_eq!(claims, 0, "a failed submission claims nothing");
 }
