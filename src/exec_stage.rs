@@ -104,7 +104,9 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
             "  waiting {} another dml process is building it; blocking on its lock",
             n.id
         ),
-        Event::BuiltElsewhere(n) => eprintln!("  cached  {} built by another process meanwhile", n.id),
+        Event::BuiltElsewhere(n) => {
+            eprintln!("  cached  {} built by another process meanwhile", n.id)
+        }
         Event::Finished(n, s) => eprintln!("  done    {} {s:.1}s", n.id),
         Event::Failed(n, msg) => eprintln!("  FAILED  {} {msg}", n.id),
     };

@@ -2,8 +2,8 @@
 use crate::config;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_stages::config::ExecutorKind;
 use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status};
+use dml_stages::config::ExecutorKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

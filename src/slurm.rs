@@ -255,7 +255,15 @@ pub fn job_states(ids: &[String]) -> Result<BTreeMap<String, JobState>> {
         // Accounting remembers jobs longer; without it (`accounting_storage/none`)
         // sacct fails, and those jobs stay unknown.
         if let Ok(out) = tool("sacct")
-            .args(["-n", "-X", "-P", "-o", "JobID,State", "-j", &forgotten.join(",")])
+            .args([
+                "-n",
+                "-X",
+                "-P",
+                "-o",
+                "JobID,State",
+                "-j",
+                &forgotten.join(","),
+            ])
             .output()
         {
             if out.status.success() {
@@ -482,10 +490,7 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
                     submitted: started_at.clone(),
                 },
             )?;
-            eprintln!(
-                "  submit  {:<32} job {job}  ({})",
-                node.id, node.reason
-            );
+            eprintln!("  submit  {:<32} job {job}  ({})", node.id, node.reason);
             job_of[i] = Some(job);
         }
     }
@@ -606,10 +611,7 @@ fn effective_job(layout: &Layout, node: &RecordNode) -> Option<String> {
 }
 
 fn built(store: &ArtifactStore, stage: &str, key: &str) -> bool {
-    store
-        .object_dir(stage, key)
-        .join("manifest.json")
-        .is_file()
+    store.object_dir(stage, key).join("manifest.json").is_file()
 }
 
 /// Reads Slurm's view first, then the store: an artifact is committed before
@@ -637,16 +639,14 @@ fn observe(
             }
             _ => StageState::Running,
         },
-        Some(st) if st.reason == "DependencyNeverSatisfied" => StageState::Cancelled(format!(
-            "job {job}: an input's job failed, so Slurm cancelled it (DependencyNeverSatisfied)"
-        )),
+        Some(st) if st.reason == "DependencyNeverSatisfied" => StageState::Cancelled(
+            "an input's job failed, so Slurm cancelled it (DependencyNeverSatisfied)".into(),
+        ),
         Some(st) if st.state == "CANCELLED" => {
-            StageState::Cancelled(format!("job {job} was cancelled (scancel or preemption)"))
+            StageState::Cancelled("cancelled (scancel, or preempted)".into())
         }
-        Some(st) => StageState::Failed(format!("job {job} ended {} without building it", st.state)),
-        None => StageState::Failed(format!(
-            "job {job} is no longer known to Slurm and built nothing"
-        )),
+        Some(st) => StageState::Failed(format!("ended {} without building it", st.state)),
+        None => StageState::Failed("no longer known to Slurm, and built nothing".into()),
     }
 }
 
@@ -681,7 +681,7 @@ fn follow(
         .collect();
     // Submission already said every job is queued: only changes are shown.
     let mut shown: Vec<Option<&'static str>> = vec![Some("queued"); record.nodes.len()];
-    let mut failed: Vec<(usize, String)> = Vec::new();
+    let mut failed: Vec<(usize, StageState)> = Vec::new();
     let mut pause = Duration::from_millis(500);
     let mut squeue_errors = 0;
     while !pending.is_empty() {
@@ -713,7 +713,9 @@ fn follow(
             match &state {
                 StageState::Done | StageState::Cached => {
                     let seconds = Manifest::read(
-                        &store.object_dir(&node.stage, &node.key).join("manifest.json"),
+                        &store
+                            .object_dir(&node.stage, &node.key)
+                            .join("manifest.json"),
                     )
                     .ok()
                     .and_then(|m| m.provenance.get("seconds").and_then(|v| v.as_f64()))
@@ -727,9 +729,18 @@ fn follow(
                         .and_then(|j| log_tail(layout, node, j, LOG_TAIL_LINES))
                         .map(|t| format!("\n{}", indent(&t)))
                         .unwrap_or_default();
-                    eprintln!("  FAILED  {:<32} {}{tail}", node.id, st.detail());
+                    let word = if matches!(st, StageState::Failed(_)) {
+                        "FAILED"
+                    } else {
+                        "CANCEL"
+                    };
+                    eprintln!(
+                        "  {word}  {:<32} job {job_label}: {}{tail}",
+                        node.id,
+                        st.detail()
+                    );
                     record.nodes[i].status = st.word().into();
-                    failed.push((i, st.detail()));
+                    failed.push((i, st.clone()));
                 }
                 st => {
                     if shown[i] != Some(st.word()) {
@@ -752,7 +763,7 @@ fn follow(
     } else {
         let names: Vec<String> = failed
             .iter()
-            .map(|(i, why)| format!("{}: {why}", record.nodes[*i].id))
+            .map(|(i, why)| format!("{}: {}", record.nodes[*i].id, why.detail()))
             .collect();
         format!("failed: {}", names.join("; "))
     };
@@ -762,14 +773,29 @@ fn follow(
         println!("{}", serde_json::to_string_pretty(&nodes_json(record))?);
     }
     if !failed.is_empty() {
-        bail!(
-            "{} of the run's jobs did not build their stage ({}); artifacts finished are kept in {}, and a rerun submits only what is missing (an interrupted train stage resumes from its checkpoint); `dml status --name {}` shows each stage",
-            failed.len(),
-            failed
-                .iter()
-                .map(|(i, _)| record.nodes[*i].id.as_str())
+        let (broken, cancelled): (Vec<_>, Vec<_>) = failed
+            .iter()
+            .partition(|(_, st)| matches!(st, StageState::Failed(_)));
+        let names = |v: &[&(usize, StageState)]| {
+            v.iter()
+                .map(|(i, _)| format!("`{}`", record.nodes[*i].id))
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join(", ")
+        };
+        let mut what = Vec::new();
+        if !broken.is_empty() {
+            what.push(format!("{} failed ({})", broken.len(), names(&broken)));
+        }
+        if !cancelled.is_empty() {
+            what.push(format!(
+                "{} were cancelled ({})",
+                cancelled.len(),
+                names(&cancelled)
+            ));
+        }
+        bail!(
+            "of the run's jobs, {}; artifacts finished are kept in {}, and running the same command again submits only what is missing (an interrupted train stage resumes from its checkpoint); `dml status --name {}` shows each stage",
+            what.join(" and "),
             store.root().display(),
             s.name
         );
@@ -926,7 +952,9 @@ mod tests {
 
     #[test]
     fn squeue_and_sacct_lines_are_parsed() {
-        let st = parse_squeue("3|CANCELLED|None\n4|PENDING|DependencyNeverSatisfied\n5|RUNNING|None\n\n");
+        let st = parse_squeue(
+            "3|CANCELLED|None\n4|PENDING|DependencyNeverSatisfied\n5|RUNNING|None\n\n",
+        );
         assert_eq!(st.len(), 3);
         assert!(!st["3"].live());
         assert!(!st["4"].live(), "a job whose input failed is not alive");
@@ -934,6 +962,33 @@ mod tests {
         let st = parse_sacct("7|CANCELLED by 0\n8|COMPLETED\n");
         assert_eq!(st["7"].state, "CANCELLED");
         assert_eq!(st["8"].state, "COMPLETED");
+    }
+
+    #[test]
+    fn the_executor_table_is_typed_and_checked() {
+        let l = crate::config::load(
+            None,
+            None,
+            &[
+                r#"executor.kind="slurm""#.into(),
+                "executor.gpus_per_job=2".into(),
+                r#"executor.extra_args=["--account=lab"]"#.into(),
+            ],
+        )
+        .unwrap();
+        let e = &l.experiments[0].config.executor;
+        assert_eq!(e.kind, dml_stages::config::ExecutorKind::Slurm);
+        assert_eq!(e.gpus_per_job, 2);
+        assert_eq!(e.extra_args, ["--account=lab"]);
+        let err = crate::config::load(None, None, &["executor.partiton=gpu".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `executor.partition`?"), "{err}");
+        let err = format!(
+            "{:#}",
+            crate::config::load(None, None, &[r#"executor.kind="pbs""#.into()]).unwrap_err()
+        );
+        assert!(err.contains("local") && err.contains("slurm"), "{err}");
     }
 
     #[test]
@@ -958,7 +1013,14 @@ mod tests {
         s.mem = "32G".into();
         s.time = "1-00:00:00".into();
         s.extra_args = vec!["--account=lab".into()];
-        let a = sbatch_args(&s, "dml:train", log, Path::new("/s"), true, &["4".into(), "5".into()]);
+        let a = sbatch_args(
+            &s,
+            "dml:train",
+            log,
+            Path::new("/s"),
+            true,
+            &["4".into(), "5".into()],
+        );
         for want in [
             "--dependency=afterok:4:5",
             "--partition=gpu",
@@ -986,7 +1048,13 @@ mod tests {
             "abcdef0123456789",
         );
         assert!(s.starts_with("#!/bin/sh\n"), "{s}");
-        assert!(s.contains(r"exec '/opt/it'\''s/dml' -v --store '/shared/store' exec-stage"), "{s}");
-        assert!(s.contains("--node 'train[train.loss.name=npairs,plan.k=2]' --key 'abcdef0123456789'"), "{s}");
+        assert!(
+            s.contains(r"exec '/opt/it'\''s/dml' -v --store '/shared/store' exec-stage"),
+            "{s}"
+        );
+        assert!(
+            s.contains("--node 'train[train.loss.name=npairs,plan.k=2]' --key 'abcdef0123456789'"),
+            "{s}"
+        );
     }
 }

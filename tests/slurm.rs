@@ -18,7 +18,10 @@ fn script() -> PathBuf {
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {tool} || test -x /usr/sbin/{tool}")])
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+        ])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -221,7 +224,11 @@ fn a_sweep_runs_as_slurm_jobs() {
     let mut jobs: Vec<&str> = Vec::new();
     for n in &nodes {
         assert_eq!(n["status"], "ran", "{n}");
-        jobs.push(n["job_id"].as_str().unwrap_or_else(|| panic!("no job id: {n}")));
+        jobs.push(
+            n["job_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no job id: {n}")),
+        );
     }
     jobs.sort_unstable();
     jobs.dedup();
@@ -280,7 +287,11 @@ fn a_sweep_runs_as_slurm_jobs() {
     // A rerun submits nothing.
     let out = dml_on(&cluster, &shared, &["run", cfg, "--executor", "slurm"], &[]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "no job ids");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "no job ids"
+    );
     let status = json(&ok_on(&cluster, &shared, &["status", "--json"], &[]));
     assert!(status.iter().all(|n| n["status"] == "cached"), "{status:?}");
 
@@ -333,7 +344,9 @@ fn a_sweep_runs_as_slurm_jobs() {
         .join("cache/checkpoints")
         .join(&train_key)
         .join("checkpoint.safetensors");
-    wait_for(90, "the train job's first checkpoint", || checkpoint.exists());
+    wait_for(90, "the train job's first checkpoint", || {
+        checkpoint.exists()
+    });
     assert_eq!(by_id(&status_of_run(), "train")["status"], "running");
     let out = cluster
         .command("scancel")
@@ -345,11 +358,15 @@ fn a_sweep_runs_as_slurm_jobs() {
     let mut last = Vec::new();
     wait_for(60, "train and embed reported cancelled", || {
         last = status_of_run();
-        by_id(&last, "train")["status"] == "cancelled" && by_id(&last, "embed")["status"] == "cancelled"
+        by_id(&last, "train")["status"] == "cancelled"
+            && by_id(&last, "embed")["status"] == "cancelled"
     });
     let train = by_id(&last, "train");
     assert!(
-        train["log_tail"].as_str().unwrap_or("").contains("CANCELLED"),
+        train["log_tail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CANCELLED"),
         "{train}"
     );
     assert!(
@@ -361,7 +378,10 @@ fn a_sweep_runs_as_slurm_jobs() {
     );
     assert_eq!(by_id(&last, "plan")["status"], "done");
     let text = ok_on(&cluster, &shared, &["status"], &[]);
-    assert!(text.contains("cancelled") && text.contains(&train_job), "{text}");
+    assert!(
+        text.contains("cancelled") && text.contains(&train_job),
+        "{text}"
+    );
 
     // The rerun resubmits train and embed; train resumes from its checkpoint and
     // ends with the weights of an uninterrupted local run.
@@ -376,8 +396,18 @@ fn a_sweep_runs_as_slurm_jobs() {
     let resumed = m["notes"]["resumed_from_step"].as_u64().unwrap_or(0);
     assert!(resumed >= 2, "train did not resume: {}", m["notes"]);
     assert_eq!(m["provenance"]["job_id"], train["job_id"]);
-    ok(&local, &kill_args[..2].iter().chain(&kill_args[4..]).copied().collect::<Vec<_>>());
-    for (node, file) in [("train", "model.safetensors"), ("embed", "embeddings.arrow")] {
+    ok(
+        &local,
+        &kill_args[..2]
+            .iter()
+            .chain(&kill_args[4..])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    for (node, file) in [
+        ("train", "model.safetensors"),
+        ("embed", "embeddings.arrow"),
+    ] {
         assert_eq!(
             file_hash(&latest_manifest(&local, RUN, node), file),
             file_hash(&latest_manifest(&shared, RUN, node), file),
@@ -394,10 +424,18 @@ fn a_sweep_runs_as_slurm_jobs() {
             a => a,
         })
         .collect();
-    let submitted = ok_on(&cluster, &shared, &cancel_args, &[("DML_FAULT_STEP_DELAY_MS", "500")]);
+    let submitted = ok_on(
+        &cluster,
+        &shared,
+        &cancel_args,
+        &[("DML_FAULT_STEP_DELAY_MS", "500")],
+    );
     assert!(submitted.contains("\ttrain"), "{submitted}");
     let out = ok_on(&cluster, &shared, &["cancel", "--name", RUN], &[]);
-    assert!(out.contains("cancelled job") && out.contains("\ttrain"), "{out}");
+    assert!(
+        out.contains("cancelled job") && out.contains("\ttrain"),
+        "{out}"
+    );
     wait_for(30, "train reported cancelled", || {
         by_id(&status_of_run(), "train")["status"] == "cancelled"
     });
@@ -422,6 +460,17 @@ fn exec_stage_builds_one_node_from_the_store() {
     let cfg = write_config(tmp.path(), TINY);
     let cfg = cfg.to_str().unwrap();
     let keys = plan(&store, &[cfg]);
+    let with_executor = plan(
+        &store,
+        &[
+            cfg,
+            "--set",
+            "executor.kind=slurm",
+            "--set",
+            "executor.partition=gpu",
+        ],
+    );
+    assert_eq!(keys, with_executor, "[executor] is in no key");
     let key = |id: &str| keys.iter().find(|k| k.0 == id).unwrap().3.clone();
     let request = tmp.path().join("request.json");
     let config = serde_json::json!({
@@ -448,15 +497,25 @@ fn exec_stage_builds_one_node_from_the_store() {
     let out = exec("index", &key("index"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("input `synth`") && err.contains("is not in the store"), "{err}");
+    assert!(
+        err.contains("input `synth`") && err.contains("is not in the store"),
+        "{err}"
+    );
     let out = exec("synth", &"0".repeat(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("resolves here to key"), "{err}");
-    assert!(!store.join("objects").exists() || std::fs::read_dir(store.join("objects")).unwrap().count() == 0);
+    assert!(
+        !store.join("objects").exists()
+            || std::fs::read_dir(store.join("objects")).unwrap().count() == 0
+    );
 
     let out = exec("synth", &key("synth"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let objects: Vec<String> = std::fs::read_dir(store.join("objects"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -464,7 +523,10 @@ fn exec_stage_builds_one_node_from_the_store() {
     assert_eq!(objects, ["synth"], "exactly the one node");
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            store.join("objects/synth").join(key("synth")).join("manifest.json"),
+            store
+                .join("objects/synth")
+                .join(key("synth"))
+                .join("manifest.json"),
         )
         .unwrap(),
     )
