@@ -324,10 +324,12 @@ fn a_sweep_runs_as_slurm_jobs() {
     // Submitting again while the jobs are queued or running submits nothing.
     let again = dml_on(&cluster, &shared, &kill_args, &[]);
     assert!(again.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&again.stdout),
-        first,
-        "the same jobs, none new"
+    // (plan may have finished meanwhile and be cached now; train is still running.)
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again_out.lines().all(|l| first.lines().any(|f| f == l))
+            && again_out.contains(&format!("{train_job}\ttrain")),
+        "the same jobs, none new:\n{first}\nthen:\n{again_out}"
     );
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -376,7 +378,8 @@ fn a_sweep_runs_as_slurm_jobs() {
             .contains("DependencyNeverSatisfied"),
         "{last:?}"
     );
-    assert_eq!(by_id(&last, "plan")["status"], "done");
+    let plan_status = &by_id(&last, "plan")["status"];
+    assert!(plan_status == "done" || plan_status == "cached", "{last:?}");
     let text = ok_on(&cluster, &shared, &["status"], &[]);
     assert!(
         text.contains("cancelled") && text.contains(&train_job),
