@@ -81,7 +81,8 @@ struct Layout {
 
 impl Layout {
     fn new(store: &ArtifactStore) -> Result<Self> {
-        let root = std::fs::canonicalize(store.root())
+        // Absolute, not canonical: the nodes mount the store under the path the user gave.
+        let root = std::path::absolute(store.root())
             .with_context(|| format!("resolving the store path {}", store.root().display()))?;
         Ok(Layout { root })
     }
@@ -564,7 +565,7 @@ fn nodes_json(record: &RunRecord) -> serde_json::Value {
 enum StageState {
     /// In the store, not built by this run.
     Cached,
-    /// Built by this run's job.
+    /// Built by this run (its job, or a local run).
     Done,
     /// Waiting in Slurm's queue (the reason).
     Queued(String),
@@ -623,7 +624,7 @@ fn observe(
     states: &BTreeMap<String, JobState>,
 ) -> StageState {
     if built(store, &node.stage, &node.key) {
-        return if node.job_id.is_some() {
+        return if node.job_id.is_some() || node.status == "ran" {
             StageState::Done
         } else {
             StageState::Cached

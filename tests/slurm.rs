@@ -241,6 +241,14 @@ fn a_sweep_runs_as_slurm_jobs() {
         .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
         .sum();
     assert_eq!(objects, nodes.len());
+    let logs = std::fs::read_dir(shared.join("slurm/logs"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        logs,
+        nodes.len(),
+        "one job log per stage: nothing ran twice"
+    );
     for n in &nodes {
         let dir = shared
             .join("objects")
