@@ -406,6 +406,7 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
         .insert("executor".into(), serde_json::json!("slurm"));
     let mut job_of: Vec<Option<String>> = vec![None; plan.nodes.len()];
     let mut claimed_by_others = 0usize;
+    let mut built_meanwhile: Vec<usize> = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
     if !to_run.is_empty() {
         let exe = std::env::current_exe().context("locating the dml binary")?;
@@ -446,6 +447,12 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
         let states = job_states(&claim_ids)?;
         for &i in &to_run {
             let node = &plan.nodes[i];
+            if built(store, &node.stage, &node.key) {
+                // Another run built it since the plan was resolved.
+                eprintln!("  cached  {:<32} built by another run meanwhile", node.id);
+                built_meanwhile.push(i);
+                continue;
+            }
             if let Some(c) = claims.get(&i) {
                 if states.get(&c.job_id).is_some_and(JobState::live) {
                     eprintln!(
@@ -501,6 +508,9 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
             n.status = "submitted".into();
         }
     }
+    for &i in &built_meanwhile {
+        record.nodes[i].status = "cached".into();
+    }
     record.outcome = match &failure {
         Some(e) => format!("submission failed: {e:#}"),
         None => "submitted".into(),
@@ -528,7 +538,7 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
         eprintln!(
             "{} stages: {submitted} submitted as Slurm jobs, {claimed_by_others} already queued by another run, {} cached (record: {})",
             plan.nodes.len(),
-            plan.nodes.len() - to_run.len(),
+            plan.nodes.len() - to_run.len() + built_meanwhile.len(),
             record_path.display()
         );
         if submitted + claimed_by_others > 0 {
