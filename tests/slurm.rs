@@ -319,7 +319,26 @@ fn a_sweep_runs_as_slurm_jobs() {
         r#"sweep.train.loss.name=["hard_triplet"]"#,
     ];
     let slow = [("DML_FAULT_STEP_DELAY_MS", "150")];
-    let first = ok_on(&cluster, &shared, &kill_args, &slow);
+    // Two submissions at once: one submits, the other finds the claims.
+    let (one, two) = std::thread::scope(|s| {
+        let a = s.spawn(|| ok_on(&cluster, &shared, &kill_args, &slow));
+        let b = s.spawn(|| ok_on(&cluster, &shared, &kill_args, &slow));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut job_of_node = std::collections::BTreeMap::new();
+    for line in one.lines().chain(two.lines()) {
+        let (job, node) = line.split_once('\t').unwrap_or_else(|| panic!("{line}"));
+        let previous = job_of_node.insert(node, job);
+        assert!(
+            previous.is_none_or(|p| p == job),
+            "`{node}` submitted twice:\n{one}\n{two}"
+        );
+    }
+    let first = if one.lines().count() >= two.lines().count() {
+        one.clone()
+    } else {
+        two.clone()
+    };
     let submitted: Vec<(String, String)> = first
         .lines()
         .filter_map(|l| l.split_once('\t'))
