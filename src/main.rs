@@ -2,10 +2,12 @@
 mod config;
 mod diff;
 mod eval_cmd;
+mod exec_stage;
 mod interrupt;
 mod links;
 mod presets;
 mod run;
+mod slurm;
 mod store_cmds;
 
 use anyhow::Result;
@@ -68,6 +70,24 @@ enum Command {
         /// The other run record.
         b: String,
     },
+    /// Where each stage of a run stands: cached, queued, running, failed (with its job's log), done.
+    Status {
+        /// The run name (default: the most recent run).
+        #[arg(long)]
+        name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel the queued and running Slurm jobs of a run (`dml run --executor slurm`).
+    Cancel {
+        /// The run name (default: the most recent run).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Build one stage of a submitted run in this process (what each Slurm job runs).
+    #[command(hide = true)]
+    ExecStage(exec_stage::ExecStageArgs),
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -120,6 +140,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_cmd::eval(args),
         Command::Path { stage, name } => links::path(&cli.store, &stage, name.as_deref()),
         Command::Diff { a, b } => diff::diff(&cli.store, &a, &b),
+        Command::Status { name, json } => slurm::status(&cli.store, name.as_deref(), json),
+        Command::Cancel { name } => slurm::cancel(&cli.store, name.as_deref()),
+        Command::ExecStage(args) => exec_stage::exec_stage(&cli.store, args),
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

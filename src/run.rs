@@ -4,6 +4,7 @@ use crate::interrupt;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status};
+use dml_stages::config::ExecutorKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,6 +43,21 @@ pub struct RunArgs {
     /// Rebuild exactly the run a record describes (reusing the cache).
     #[arg(long, value_name = "RECORD.json", conflicts_with_all = ["config", "preset", "sets"])]
     pub from_record: Option<PathBuf>,
+    /// Where the stages run: in this process, or one Slurm job each (default: `[executor] kind`).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
+    /// With `--executor slurm`: follow the jobs to the end and report like a local run.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `--executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorArg {
+    /// In this process (`--jobs` at once).
+    Local,
+    /// One `sbatch` job per stage; the store must be on storage the nodes share.
+    Slurm,
 }
 
 pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
@@ -109,6 +125,29 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             }
         }
         return Ok(());
+    }
+    let executor = loaded
+        .experiments
+        .first()
+        .map(|e| e.config.executor.clone())
+        .unwrap_or_default();
+    let slurm = match args.executor {
+        Some(e) => e == ExecutorArg::Slurm,
+        None => executor.kind == ExecutorKind::Slurm,
+    };
+    if slurm {
+        let config = serde_json::to_value(&loaded.raw).context("config as JSON")?;
+        return crate::slurm::submit(
+            &store,
+            &crate::slurm::Submission {
+                name: &name,
+                config,
+                plan: &plan,
+                settings: &executor,
+                wait: args.wait,
+                json: args.json,
+            },
+        );
     }
     let started_at = chrono::Utc::now().to_rfc3339();
     let started = Instant::now();
@@ -200,19 +239,8 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             other => other.into(),
         });
     }
-    for node in plan
-        .nodes
-        .iter()
-        .filter(|n| n.stage == "report" && !args.json)
-    {
-        let md = store.object_dir(&node.stage, &node.key).join("report.md");
-        if let Ok(text) = std::fs::read_to_string(&md) {
-            println!("{text}");
-            println!(
-                "(report, plots and loss curves: {})",
-                md.parent().unwrap_or(&md).display()
-            );
-        }
+    if !args.json {
+        print_reports(&store, &plan);
     }
     let ran = summary.ran();
     eprintln!(
@@ -223,6 +251,20 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         record_path.display()
     );
     Ok(())
+}
+
+/// Prints the report of every report node of the plan that exists.
+pub fn print_reports(store: &ArtifactStore, plan: &Plan) {
+    for node in plan.nodes.iter().filter(|n| n.stage == "report") {
+        let md = store.object_dir(&node.stage, &node.key).join("report.md");
+        if let Ok(text) = std::fs::read_to_string(&md) {
+            println!("{text}");
+            println!(
+                "(report, plots and loss curves: {})",
+                md.parent().unwrap_or(&md).display()
+            );
+        }
+    }
 }
 
 fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {

@@ -140,7 +140,10 @@ fn external_dataset_touch_reruns_nothing_and_a_changed_byte_reruns_index() {
     std::fs::write(&img, &changed).unwrap();
     let p = plan(&store, &a);
     assert_eq!(p[0].1, "run");
-    assert_eq!(p[0].2, "dataset files changed: class_00/img_0.png (content)");
+    assert_eq!(
+        p[0].2,
+        "dataset files changed: class_00/img_0.png (content)"
+    );
     assert_eq!(p[1].1, "run");
     assert_eq!(p[1].2, "input index changed");
 }

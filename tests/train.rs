@@ -96,7 +96,7 @@ fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
         .find(|n| n.0 == "train")
         .unwrap()
         .2
-        .contains("train.loss.name changed \"hard_triplet\" → \"lifted_structure\""));
+        .contains("train.loss.name changed hard_triplet → lifted_structure"));
     assert_eq!(status(&p, "embed"), "run");
     // The untrained baseline depends on neither the loss nor the plan.
     assert_eq!(status(&p, "train:untrained"), "cached");

@@ -19,5 +19,7 @@ pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Re
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, stage_key, SCHEMA_SALT};
 pub use record::{file_safe, RecordNode, RunRecord};
-pub use scheduler::{execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome};
+pub use scheduler::{
+    build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,
+};
 pub use stage::{BoxError, PlanEnv, RunContext, Stage};

@@ -36,6 +36,9 @@ pub struct RecordNode {
     pub why: Option<crate::Reason>,
     /// Wall seconds spent building (0 when cached).
     pub seconds: f64,
+    /// The Slurm job that builds it, when run with `--executor slurm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// Everything a run resolved; written to `runs/<timestamp>-<name>.json`.
@@ -85,6 +88,7 @@ impl RunRecord {
                     reason: n.explanation(),
                     why: Some(n.reason.clone()),
                     seconds: 0.0,
+                    job_id: None,
                 })
                 .collect(),
             provenance: BTreeMap::new(),

@@ -222,6 +222,20 @@ pub fn execute(
     }
 }
 
+/// Builds the one node `i` of `plan` in this process, under its key lock, its
+/// inputs already in the store (`dml exec-stage`: one Slurm job per stage).
+pub fn build_one(
+    graph: &Graph,
+    plan: &Plan,
+    i: usize,
+    store: &ArtifactStore,
+    opts: &ExecOptions,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<Outcome, PipelineError> {
+    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    build_node(graph, plan, i, store, opts, &progress, on_event)
+}
+
 fn build_node(
     graph: &Graph,
     plan: &Plan,

@@ -30,6 +30,8 @@ pub struct ExperimentConfig {
     pub cluster: ClusterSettings,
     /// The report.
     pub report: ReportSettings,
+    /// Where stages run: in this process, or as Slurm jobs (never part of a key).
+    pub executor: ExecutorSettings,
 }
 
 impl Default for ExperimentConfig {
@@ -46,6 +48,7 @@ impl Default for ExperimentConfig {
             retrieve: RetrieveSettings::default(),
             report: ReportSettings::default(),
             cluster: ClusterSettings::default(),
+            executor: ExecutorSettings::default(),
         }
     }
 }
@@ -237,6 +240,52 @@ impl Default for ReportSettings {
     fn default() -> Self {
         ReportSettings {
             untrained_baseline: true,
+        }
+    }
+}
+
+/// Which executor runs the stages that must run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// In the `dml run` process (`--jobs` at once).
+    #[default]
+    Local,
+    /// One `sbatch` job per stage, over a store on shared storage.
+    Slurm,
+}
+
+/// `[executor]`: how stages are run. Read by `dml run` only; no stage reads it,
+/// so it is never part of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorSettings {
+    /// `local` or `slurm` (`dml run --executor` overrides).
+    pub kind: ExecutorKind,
+    /// `sbatch --partition` (empty: the cluster's default partition).
+    pub partition: String,
+    /// GPUs per job for stages that run on CUDA (`--gres=gpu:N`; 0: ask for none).
+    pub gpus_per_job: u32,
+    /// `sbatch --cpus-per-task` (0: the cluster's default).
+    pub cpus_per_task: u32,
+    /// `sbatch --mem`, e.g. `"16G"` (empty: the cluster's default).
+    pub mem: String,
+    /// `sbatch --time`, e.g. `"24:00:00"` (empty: the partition's limit).
+    pub time: String,
+    /// More `sbatch` arguments, passed as given (e.g. `["--account=lab", "--qos=normal"]`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            kind: ExecutorKind::Local,
+            partition: String::new(),
+            gpus_per_job: 1,
+            cpus_per_task: 0,
+            mem: String::new(),
+            time: String::new(),
+            extra_args: Vec::new(),
         }
     }
 }

@@ -291,11 +291,19 @@ impl Stage for TrainStage {
         let abort_at: Option<u64> = std::env::var("DML_FAULT_ABORT_AFTER_STEP")
             .ok()
             .and_then(|s| s.parse().ok());
+        // Test hook: slow every step down, so a test can kill training midway.
+        let step_delay = std::env::var("DML_FAULT_STEP_DELAY_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_millis);
         let every = u64::from(self.settings.checkpoint_every.max(1));
         let started = Instant::now();
         let mut images_done = 0usize;
         for received in rx.iter() {
             let (step, data, labels) = received?;
+            if let Some(d) = step_delay {
+                std::thread::sleep(d);
+            }
             let b = labels.len() as i64;
             let images = Tensor::from_slice(&data)
                 .view([b, 3, crop as i64, crop as i64])
