@@ -224,7 +224,11 @@ fn augmentation_and_precision_settings_retrain_but_never_redecode() {
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg, "--until", "train"]);
     let m = latest_manifest(&store, "tiny", "train");
-    assert!(m["notes"]["mean_data_wait_s"].as_f64().unwrap() >= 0.0, "{}", m["notes"]);
+    assert!(
+        m["notes"]["mean_data_wait_s"].as_f64().unwrap() >= 0.0,
+        "{}",
+        m["notes"]
+    );
     let status = |p: &[(String, String, String, String)], id: &str| {
         let n = p.iter().find(|n| n.0 == id).unwrap();
         (n.1.clone(), n.2.clone())
@@ -251,14 +255,23 @@ fn augmentation_and_precision_settings_retrain_but_never_redecode() {
     ] {
         assert_eq!(status(&with(unchanged), "train").0, "cached", "{unchanged}");
     }
-    for changed in ["image.train_crop=\"random_resized\"", "train.deterministic=true"] {
+    for changed in [
+        "image.train_crop=\"random_resized\"",
+        "train.deterministic=true",
+    ] {
         let p = with(changed);
         assert_eq!(status(&p, "train").0, "run", "{changed}");
         assert_eq!(status(&p, "decode").0, "cached", "{changed}");
     }
     let e = fails(
         &store,
-        &["run", cfg, "--dry-run", "--set", "image.random_resized_scale=[0.5, 2.0]"],
+        &[
+            "run",
+            cfg,
+            "--dry-run",
+            "--set",
+            "image.random_resized_scale=[0.5, 2.0]",
+        ],
     );
     assert!(e.contains("random_resized_scale"), "{e}");
     // The random-resized crop without flips trains through the pipeline.

@@ -69,8 +69,8 @@ mod stable_rng;
 pub mod synthetic;
 
 pub use batch::{
-    assemble_batch, assemble_batch_into, crop_into, Augment, AugmentPolicy, CropParams, InputScaling,
-    TrainCrop,
+    assemble_batch, assemble_batch_into, crop_into, Augment, AugmentPolicy, CropParams,
+    InputScaling, TrainCrop,
 };
 pub use decode_cache::{DecodeCache, DecodeReport};
 pub use error::{DatasetError, Result};

@@ -358,7 +358,11 @@ mod tests {
     #[test]
     fn device_stages_overlap_up_to_the_slot_count_each_on_its_own_slot() {
         let g = run(4, 2);
-        assert_eq!(g.peak.load(Ordering::SeqCst), 2, "two device stages ran at once");
+        assert_eq!(
+            g.peak.load(Ordering::SeqCst),
+            2,
+            "two device stages ran at once"
+        );
         let slots = g.slots.lock().unwrap().clone();
         for (n, slot) in &slots {
             if *n < 6 {
@@ -367,7 +371,10 @@ mod tests {
                 assert_eq!(*slot, None, "a CPU stage holds no device slot");
             }
         }
-        assert!(slots.iter().any(|(_, s)| *s == Some(1)), "the second GPU was used");
+        assert!(
+            slots.iter().any(|(_, s)| *s == Some(1)),
+            "the second GPU was used"
+        );
     }
 
     #[test]

@@ -87,12 +87,7 @@ pub struct BatchLoader {
 
 impl BatchLoader {
     /// Starts assembling steps `start..total` on `threads` threads.
-    pub fn start(
-        spec: LoaderSpec,
-        start: u64,
-        total: u64,
-        threads: usize,
-    ) -> anyhow::Result<Self> {
+    pub fn start(spec: LoaderSpec, start: u64, total: u64, threads: usize) -> anyhow::Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("dml-loader-{i}"))
@@ -140,8 +135,8 @@ fn assemble(spec: &LoaderSpec, step: u64) -> anyhow::Result<Loaded> {
         .ok_or_else(|| anyhow!("the plan has no step {step}"))?;
     let c = i64::from(spec.crop);
     let b = ids.len() as i64;
-    let mut images = Tensor::f_empty([b, 3, c, c], (Kind::Float, Device::Cpu))
-        .context("allocating a batch")?;
+    let mut images =
+        Tensor::f_empty([b, 3, c, c], (Kind::Float, Device::Cpu)).context("allocating a batch")?;
     if spec.device.is_cuda() {
         images = images
             .f_pin_memory(spec.device)
@@ -149,7 +144,10 @@ fn assemble(spec: &LoaderSpec, step: u64) -> anyhow::Result<Loaded> {
     }
     let n = ids.len() * 3 * spec.crop as usize * spec.crop as usize;
     if images.numel() != n || !images.is_contiguous() {
-        return Err(anyhow!("batch tensor of {} values, expected {n}", images.numel()));
+        return Err(anyhow!(
+            "batch tensor of {} values, expected {n}",
+            images.numel()
+        ));
     }
     // SAFETY: `images` is a fresh, contiguous f32 CPU tensor of exactly `n` elements that
     // nothing else references until this function returns it.

@@ -1,8 +1,8 @@
 //! The model stages: `decode` (every image resized once into a memory-mapped
 //! cache), `train` (P×K batches → `model.safetensors`, `train_log.parquet`,
 //! `loss.png`) and `embed` (the evaluation split → `embeddings.arrow`).
-use crate::loader::Batch;
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings, TrainSettings};
+use crate::loader::Batch;
 use crate::plots;
 use crate::train::{self, InputScaling, TrainConfig, Trainer};
 use anyhow::{anyhow, bail, Context};
@@ -408,7 +408,6 @@ impl Stage for TrainStage {
         Ok(())
     }
 }
-
 
 /// Per step: cache indices and labels. Images skipped by the decode stage are
 /// replaced by another decodable image of the same class (and counted).

@@ -212,10 +212,7 @@ fn the_default_policy_keeps_the_v1_draws() {
 #[test]
 fn flip_off_and_center_keep_the_other_draws() {
     let on = AugmentPolicy::default();
-    let off = AugmentPolicy {
-        flip: false,
-        ..on
-    };
+    let off = AugmentPolicy { flip: false, ..on };
     let center = AugmentPolicy {
         crop: TrainCrop::Center,
         ..on
@@ -246,18 +243,27 @@ fn random_resized_regions_respect_scale_ratio_and_bounds() {
         let a = train(5, 9, policy);
         let p = a.params(size, 224, slot);
         assert_eq!(p, a.params(size, 224, slot), "deterministic");
-        assert!(p.w >= 1 && p.h >= 1 && p.x + p.w <= size && p.y + p.h <= size, "{p:?}");
+        assert!(
+            p.w >= 1 && p.h >= 1 && p.x + p.w <= size && p.y + p.h <= size,
+            "{p:?}"
+        );
         let frac = f64::from(p.w * p.h) / area;
         let ratio = f64::from(p.w) / f64::from(p.h);
         // rounding w and h to whole pixels moves area and ratio a little past the bounds
         assert!(frac > 0.16 * 0.97 && frac <= 1.0, "area fraction {frac}");
-        assert!(ratio > 0.75 * 0.98 && ratio < 4.0 / 3.0 * 1.02, "ratio {ratio}");
+        assert!(
+            ratio > 0.75 * 0.98 && ratio < 4.0 / 3.0 * 1.02,
+            "ratio {ratio}"
+        );
         small += usize::from(frac < 0.3);
         wide += usize::from(ratio > 1.2);
         tall += usize::from(ratio < 0.8);
         flips += usize::from(p.flip);
     }
-    assert!(small > 100 && wide > 100 && tall > 100, "{small} {wide} {tall}");
+    assert!(
+        small > 100 && wide > 100 && tall > 100,
+        "{small} {wide} {tall}"
+    );
     assert!((800..1200).contains(&flips), "{flips}");
     // a ratio range the square image cannot meet at full size falls back to the centre
     let narrow = AugmentPolicy {
@@ -292,8 +298,15 @@ fn random_resized_crop_resizes_the_region() {
     assert!(out[0] < 40.0 && out[1] > 160.0, "{out:?}");
     assert_eq!(out[0], out[2]);
     let mut mirrored = vec![0f32; 3 * 2 * 2];
-    crop_into(&img, 8, 2, CropParams { flip: true, ..p }, &raw_table(), &mut mirrored)
-        .expect("crop");
+    crop_into(
+        &img,
+        8,
+        2,
+        CropParams { flip: true, ..p },
+        &raw_table(),
+        &mut mirrored,
+    )
+    .expect("crop");
     assert_eq!((mirrored[0], mirrored[1]), (out[1], out[0]));
     let outside = CropParams { x: 6, ..p };
     assert!(crop_into(&img, 8, 2, outside, &raw_table(), &mut out).is_err());
@@ -311,6 +324,10 @@ fn policies_with_bad_ranges_are_refused() {
         ratio: [0.0, 1.0],
         ..AugmentPolicy::default()
     };
-    assert!(bad.validate().unwrap_err().to_string().contains("random_resized_ratio"));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("random_resized_ratio"));
     assert!(AugmentPolicy::default().validate().is_ok());
 }

@@ -268,7 +268,11 @@ mod tests {
         let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
         let before = x.apply(&conv);
         to_channels_last(&vs);
-        assert!(vs.variables().values().filter(|v| v.dim() == 4).all(|v| is_channels_last(v)));
+        assert!(vs
+            .variables()
+            .values()
+            .filter(|v| v.dim() == 4)
+            .all(|v| is_channels_last(v)));
         assert!(is_channels_last(&conv.ws), "the module sees the new layout");
         let xc = channels_last(&x);
         assert!(is_channels_last(&xc) && xc.equal(&x));
@@ -296,7 +300,10 @@ mod tests {
                 let _inner = Autocast::bf16(Device::Cpu);
                 assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
             }
-            assert!(Autocast::cpu_enabled(), "an inner scope keeps the outer one");
+            assert!(
+                Autocast::cpu_enabled(),
+                "an inner scope keeps the outer one"
+            );
         }
         assert!(!Autocast::cpu_enabled());
         assert_eq!(a.matmul(&a).kind(), Kind::Float);

@@ -283,10 +283,7 @@ fn bf16_on_cpu_trains_under_autocast_and_follows_f32() {
         full[0].loss
     );
     assert!(bf.iter().all(|s| s.loss.is_finite()));
-    assert_ne!(
-        bf[0].loss, full[0].loss,
-        "autocast really computed in bf16"
-    );
+    assert_ne!(bf[0].loss, full[0].loss, "autocast really computed in bf16");
     // Weights, checkpoints and embeddings stay f32.
     assert!(t
         .var_store()
