@@ -272,7 +272,7 @@ mod tests {
             .variables()
             .values()
             .filter(|v| v.dim() == 4)
-            .all(|v| is_channels_last(v)));
+            .all(is_channels_last));
         assert!(is_channels_last(&conv.ws), "the module sees the new layout");
         let xc = channels_last(&x);
         assert!(is_channels_last(&xc) && xc.equal(&x));
