@@ -105,7 +105,7 @@ PY
   if [ -n "$cpu" ]; then extra=(--set train.device=cpu --set plan.steps=20); fi
   $dml run "${extra[@]}" > "$work/run.log" 2>&1 || { cat "$work/run.log" >&2; exit 1; }
   local report; report="$($dml path report)/report.md"
-  grep -m3 -i "r@1\|recall" "$report" || head -20 "$report"
+  grep -A2 "| run |" "$report" | grep -v -- "| --- |" || head -20 "$report"
   echo "gpu_check: done"
 }
 
