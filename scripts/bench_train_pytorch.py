@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
-"""Time CPU training steps in PyTorch, matching dml's `bench train` case for case.
+"""Time training steps in PyTorch eager, matching dml's train_step bench case for case.
 
     python scripts/bench_train_pytorch.py --model resnet18 --size 112 --batch 60 --threads 2
+    python scripts/bench_train_pytorch.py --model resnet18 --size 112 --precision bf16
+    python scripts/bench_train_pytorch.py --device cuda --model resnet50 --size 224 --batch 120 --precision bf16
+
+bf16 is torch.autocast(device_type, dtype=torch.bfloat16) around the forward pass, as
+dml's train.precision = "bf16". On CUDA the model and inputs are channels-last and
+cuDNN autotuning is on (dml's CUDA settings); steps are timed with synchronisation.
+Models: small_cnn, resnet18, resnet50 (torchvision), inception_v1 (torchvision's
+googlenet without auxiliary heads).
 
 Same work as dml's benchmark (`dml_stages::train::bench`): backbone (the 4-block
 small CNN or torchvision's resnet18) + fc1024 head (linear 1024 without bias, BN,
@@ -39,19 +47,27 @@ class SmallCnn(nn.Module):
 def backbone(name):
     if name == "small_cnn":
         return SmallCnn(), 256
-    if name == "resnet18":
+    if name in ("resnet18", "resnet50"):
         import torchvision
 
-        m = torchvision.models.resnet18(weights=None)
+        m = getattr(torchvision.models, name)(weights=None)
+        width = m.fc.in_features
         m.fc = nn.Identity()
-        return m, 512
+        return m, width
+    if name == "inception_v1":
+        import torchvision
+
+        m = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+        m.dropout = nn.Identity()
+        m.fc = nn.Identity()
+        return m, 1024
     raise SystemExit(f"unknown model {name}")
 
 
 def batch_hard(emb, labels, margin=1.0):
     d = torch.sqrt(((emb.unsqueeze(1) - emb.unsqueeze(0)) ** 2).sum(-1) + 1e-12)
     same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    eye = torch.eye(len(labels), dtype=torch.bool)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     pos = same & ~eye
     hardest_pos = (d * pos).amax(1)
     hardest_neg = d.masked_fill(same, float("inf")).amin(1)
@@ -60,29 +76,41 @@ def batch_hard(emb, labels, margin=1.0):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18"])
+    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50", "inception_v1"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     trunk, width = backbone(args.model)
     head = nn.Sequential(nn.Linear(width, 1024, bias=False), nn.BatchNorm1d(1024), nn.ReLU(inplace=True), nn.Linear(1024, 128))
-    model = nn.Sequential(trunk, head).train()
+    model = nn.Sequential(trunk, head).train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    images = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
-    labels = torch.arange(args.batch) // 4
+    images = (torch.rand(args.batch, 3, args.size, args.size) * 2 - 1).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = (torch.arange(args.batch) // 4).to(device)
+    bf16 = args.precision == "bf16"
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = batch_hard(model(images), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            emb = model(images)
+        loss = batch_hard(emb.float(), labels)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # synchronises on CUDA
 
     for _ in range(args.warmup):
         step()
@@ -94,6 +122,8 @@ def main(argv):
     secs = sum(times)
     print(json.dumps({
         "model": args.model,
+        "precision": args.precision,
+        "device": args.device,
         "size": args.size,
         "batch": args.batch,
         "threads": torch.get_num_threads(),

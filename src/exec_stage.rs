@@ -97,6 +97,8 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
         jobs: 1,
         provenance,
         check: None,
+        // One stage per job: it uses the first GPU Slurm gave the job.
+        device_slots: 1,
     };
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {}", n.id),

@@ -156,6 +156,9 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
     record.provenance = provenance();
     let opts = ExecOptions {
         jobs: args.jobs,
+        // One device stage per visible GPU at a time (`--jobs N` with N GPUs trains N
+        // sweep points at once); on the CPU device stages do not exist.
+        device_slots: dml_stages::train::torch_state::cuda_device_count().max(1),
         provenance: record.provenance.clone(),
         // The index checks are about evaluation: only when this run evaluates.
         check: graph

@@ -223,3 +223,104 @@ fn a_truncated_jpeg_is_named_at_index_and_can_be_skipped() {
         "{show}"
     );
 }
+
+#[test]
+fn augmentation_and_precision_settings_retrain_but_never_redecode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    ok(&store, &["run", cfg, "--until", "train"]);
+    let m = latest_manifest(&store, "tiny", "train");
+    assert!(
+        m["notes"]["mean_data_wait_s"].as_f64().unwrap() >= 0.0,
+        "{}",
+        m["notes"]
+    );
+    let status = |p: &[(String, String, String, String)], id: &str| {
+        let n = p.iter().find(|n| n.0 == id).unwrap();
+        (n.1.clone(), n.2.clone())
+    };
+    let until = ["--until", "train"];
+    let with = |set: &str| {
+        let mut a = vec![cfg];
+        a.extend_from_slice(&until);
+        a.extend_from_slice(&["--set", set]);
+        plan(&store, &a)
+    };
+    // Changing the flip retrains; the decode cache stays.
+    let p = with("image.flip=false");
+    assert_eq!(status(&p, "decode").0, "cached");
+    let (s, why) = status(&p, "train");
+    assert_eq!(s, "run");
+    assert!(why.contains("image.flip"), "{why}");
+    // Defaults written out, and ranges of a crop not in use, change nothing.
+    for unchanged in [
+        "image.flip=true",
+        "image.train_crop=\"random\"",
+        "image.random_resized_scale=[0.3, 1.0]",
+        "train.deterministic=false",
+    ] {
+        assert_eq!(status(&with(unchanged), "train").0, "cached", "{unchanged}");
+    }
+    for changed in [
+        "image.train_crop=\"random_resized\"",
+        "train.deterministic=true",
+    ] {
+        let p = with(changed);
+        assert_eq!(status(&p, "train").0, "run", "{changed}");
+        assert_eq!(status(&p, "decode").0, "cached", "{changed}");
+    }
+    let e = fails(
+        &store,
+        &[
+            "run",
+            cfg,
+            "--dry-run",
+            "--set",
+            "image.random_resized_scale=[0.5, 2.0]",
+        ],
+    );
+    assert!(e.contains("random_resized_scale"), "{e}");
+    // The random-resized crop without flips trains through the pipeline.
+    let out = run_json(
+        &store,
+        &[
+            cfg,
+            "--until",
+            "train",
+            "--set",
+            "image.train_crop=\"random_resized\"",
+            "--set",
+            "image.flip=false",
+        ],
+    );
+    assert_eq!(status_of(&out, "train"), "ran");
+    assert_eq!(status_of(&out, "decode"), "cached");
+}
+
+#[test]
+fn bf16_trains_on_a_cpu_with_bf16_and_is_refused_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "run",
+        cfg,
+        "--until",
+        "train",
+        "--set",
+        "train.precision=\"bf16\"",
+    ];
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if flags.contains("avx512_bf16") {
+        ok(&store, &args);
+        let m = latest_manifest(&store, "tiny", "train");
+        assert!(m["notes"]["final_loss"].as_f64().unwrap().is_finite());
+        assert_eq!(m["settings"]["train"]["precision"], "bf16");
+    } else {
+        let e = fails(&store, &args);
+        assert!(e.contains("avx512_bf16"), "{e}");
+    }
+}

@@ -68,7 +68,10 @@ mod raster;
 mod stable_rng;
 pub mod synthetic;
 
-pub use batch::{assemble_batch, crop_into, Augment, CropParams, InputScaling};
+pub use batch::{
+    assemble_batch, assemble_batch_into, crop_into, Augment, AugmentPolicy, CropParams,
+    InputScaling, TrainCrop,
+};
 pub use decode_cache::{DecodeCache, DecodeReport};
 pub use error::{DatasetError, Result};
 pub use fingerprint::{fingerprint, FileDigest, Fingerprint, FingerprintStats, StatCache};

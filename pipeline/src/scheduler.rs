@@ -1,5 +1,6 @@
 //! The scheduler: runs every node that is not cached, independent nodes in
-//! parallel up to `jobs`, device stages one at a time, each under its key lock.
+//! parallel up to `jobs`, device stages at most one per device slot (one per visible
+//! GPU) at a time, each under its key lock.
 use crate::error::error_chain;
 use crate::{Graph, PipelineError, Plan, PlannedNode, RunContext, Status};
 use dml_artifacts::{ArtifactStore, Lookup, Manifest};
@@ -14,6 +15,10 @@ use std::time::Instant;
 pub struct ExecOptions {
     /// Stages run at once (at least 1).
     pub jobs: usize,
+    /// Device stages run at once (at least 1): the number of visible GPUs. Each running
+    /// device stage holds one slot, whose index it reads from
+    /// [`RunContext::device_index`].
+    pub device_slots: usize,
     /// Provenance recorded in every manifest (versions, device…).
     pub provenance: BTreeMap<String, serde_json::Value>,
     /// Checked on each node's finished artifact (cached ones before anything
@@ -103,7 +108,8 @@ struct State {
     pending: Vec<usize>,
     done: Vec<bool>,
     running: usize,
-    device_busy: bool,
+    /// Per device slot: is it free?
+    device_free: Vec<bool>,
     failed: bool,
     outcomes: Vec<Outcome>,
 }
@@ -122,7 +128,7 @@ pub fn execute(
         pending: Vec::new(),
         done: vec![false; n],
         running: 0,
-        device_busy: false,
+        device_free: vec![true; opts.device_slots.max(1)],
         failed: false,
         outcomes: vec![Outcome::NotRun; n],
     };
@@ -160,17 +166,23 @@ pub fn execute(
                         if st.failed || (st.pending.is_empty()) {
                             break None;
                         }
+                        let free_slot = st.device_free.iter().position(|f| *f);
                         let ready = st.pending.iter().position(|&i| {
                             plan.nodes[i].input_nodes.iter().all(|(_, d)| st.done[*d])
-                                && !(plan.nodes[i].uses_device && st.device_busy)
+                                && !(plan.nodes[i].uses_device && free_slot.is_none())
                         });
                         if let Some(pos) = ready {
                             let i = st.pending.remove(pos);
                             st.running += 1;
-                            if plan.nodes[i].uses_device {
-                                st.device_busy = true;
+                            let slot = if plan.nodes[i].uses_device {
+                                free_slot
+                            } else {
+                                None
+                            };
+                            if let Some(d) = slot {
+                                st.device_free[d] = false;
                             }
-                            break Some(i);
+                            break Some((i, slot));
                         }
                         if st.running == 0 {
                             // Nothing runnable and nothing running: cannot happen in a DAG.
@@ -179,17 +191,17 @@ pub fn execute(
                         st = wake.wait(st).unwrap_or_else(|p| p.into_inner());
                     }
                 };
-                let Some(i) = next else {
+                let Some((i, slot)) = next else {
                     wake.notify_all();
                     return;
                 };
                 let node = &plan.nodes[i];
-                let result = build_node(graph, plan, i, store, opts, &progress, on_event)
+                let result = build_node(graph, plan, i, slot, store, opts, &progress, on_event)
                     .and_then(|outcome| opts.run_check(node, store).map(|()| outcome));
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 st.running -= 1;
-                if node.uses_device {
-                    st.device_busy = false;
+                if let Some(d) = slot {
+                    st.device_free[d] = true;
                 }
                 match result {
                     Ok(outcome) => {
@@ -223,7 +235,9 @@ pub fn execute(
 }
 
 /// Builds the one node `i` of `plan` in this process, under its key lock, its
-/// inputs already in the store (`dml exec-stage`: one Slurm job per stage).
+/// inputs already in the store (`dml exec-stage`: one Slurm job per stage). A
+/// device stage gets the first GPU the job was given (Slurm sets
+/// `CUDA_VISIBLE_DEVICES`).
 pub fn build_one(
     graph: &Graph,
     plan: &Plan,
@@ -233,13 +247,16 @@ pub fn build_one(
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Outcome, PipelineError> {
     let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    build_node(graph, plan, i, store, opts, &progress, on_event)
+    let slot = plan.nodes[i].uses_device.then_some(0);
+    build_node(graph, plan, i, slot, store, opts, &progress, on_event)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_node(
     graph: &Graph,
     plan: &Plan,
     i: usize,
+    device_slot: Option<usize>,
     store: &ArtifactStore,
     opts: &ExecOptions,
     progress: &MultiProgress,
@@ -275,6 +292,7 @@ fn build_node(
         store,
         notes: serde_json::Map::new(),
         progress,
+        device_index: device_slot,
     };
     graph.nodes()[i]
         .stage
@@ -310,4 +328,122 @@ fn build_node(
     })?;
     progress.suspend(|| on_event(Event::Finished(node, seconds)));
     Ok(Outcome::Ran(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BoxError, Stage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts how many device stages run at once and which slots they got.
+    #[derive(Default)]
+    struct Gauge {
+        now: AtomicUsize,
+        peak: AtomicUsize,
+        slots: Mutex<Vec<(usize, Option<usize>)>>,
+        held: Mutex<Vec<usize>>,
+    }
+
+    struct FakeDeviceStage {
+        n: u32,
+        device: bool,
+        gauge: Arc<Gauge>,
+    }
+
+    impl Stage for FakeDeviceStage {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn settings(&self) -> serde_json::Value {
+            serde_json::json!({ "fake": { "n": self.n } })
+        }
+        fn uses_device(&self) -> bool {
+            self.device
+        }
+        fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+            let g = &self.gauge;
+            let slot = ctx.device_index();
+            g.slots.lock().unwrap().push((self.n as usize, slot));
+            if let Some(d) = slot {
+                let mut held = g.held.lock().unwrap();
+                assert!(!held.contains(&d), "slot {d} handed out twice at once");
+                held.push(d);
+            }
+            if self.device {
+                let now = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+                g.peak.fetch_max(now, Ordering::SeqCst);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            if self.device {
+                g.now.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Some(d) = slot {
+                g.held.lock().unwrap().retain(|h| *h != d);
+            }
+            std::fs::write(ctx.out_dir().join("out.txt"), self.n.to_string())?;
+            Ok(())
+        }
+    }
+
+    /// Runs six independent device stages and two CPU ones with `jobs` workers and
+    /// `slots` device slots; returns the gauge.
+    fn run(jobs: usize, slots: usize) -> Arc<Gauge> {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path().join("store")).unwrap();
+        let gauge = Arc::new(Gauge::default());
+        let mut graph = Graph::new();
+        for n in 0..8 {
+            let stage = Arc::new(FakeDeviceStage {
+                n,
+                device: n < 6,
+                gauge: gauge.clone(),
+            });
+            graph.add(format!("fake{n}"), stage, &[]);
+        }
+        let plan = Plan::resolve(&graph, &store, None, false).unwrap();
+        let opts = ExecOptions {
+            jobs,
+            device_slots: slots,
+            provenance: BTreeMap::new(),
+        };
+        let (summary, result) = execute(&graph, &plan, &store, &opts, &|_| {});
+        result.unwrap();
+        assert_eq!(summary.ran(), 8);
+        gauge
+    }
+
+    #[test]
+    fn device_stages_overlap_up_to_the_slot_count_each_on_its_own_slot() {
+        let g = run(4, 2);
+        assert_eq!(
+            g.peak.load(Ordering::SeqCst),
+            2,
+            "two device stages ran at once"
+        );
+        let slots = g.slots.lock().unwrap().clone();
+        for (n, slot) in &slots {
+            if *n < 6 {
+                assert!(matches!(slot, Some(0) | Some(1)), "stage {n}: {slot:?}");
+            } else {
+                assert_eq!(*slot, None, "a CPU stage holds no device slot");
+            }
+        }
+        assert!(
+            slots.iter().any(|(_, s)| *s == Some(1)),
+            "the second GPU was used"
+        );
+    }
+
+    #[test]
+    fn one_device_slot_serialises_device_stages() {
+        let g = run(4, 1);
+        assert_eq!(g.peak.load(Ordering::SeqCst), 1);
+        let slots = g.slots.lock().unwrap().clone();
+        assert!(slots.iter().all(|(n, s)| *n >= 6 || *s == Some(0)));
+    }
 }

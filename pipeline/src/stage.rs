@@ -38,7 +38,8 @@ pub trait Stage: Send + Sync {
     fn resume_note(&self, _env: &PlanEnv<'_>, _key: &str) -> Option<String> {
         None
     }
-    /// True if the stage runs on the accelerator: two such stages never run at once.
+    /// True if the stage runs on the accelerator: it then holds one device slot while it
+    /// runs (at most one such stage per GPU) and reads it from [`RunContext::device_index`].
     fn uses_device(&self) -> bool {
         false
     }
@@ -61,6 +62,7 @@ pub struct RunContext<'a> {
     pub(crate) store: &'a ArtifactStore,
     pub(crate) notes: serde_json::Map<String, serde_json::Value>,
     pub(crate) progress: &'a MultiProgress,
+    pub(crate) device_index: Option<usize>,
 }
 
 impl<'a> RunContext<'a> {
@@ -96,6 +98,12 @@ impl<'a> RunContext<'a> {
     /// This artifact's key.
     pub fn key(&self) -> &str {
         self.key
+    }
+
+    /// The device slot the scheduler gave this stage (the GPU index to run on), for a stage
+    /// whose [`Stage::uses_device`] is true; `None` otherwise. Never part of the key.
+    pub fn device_index(&self) -> Option<usize> {
+        self.device_index
     }
 
     /// The node id (e.g. `train` or `train[loss=npairs]`).

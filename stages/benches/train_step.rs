@@ -1,10 +1,12 @@
 //! CPU training-step throughput of dml next to PyTorch-Python on the same libtorch and thread count.
 //!
-//! `cargo bench -p dml-stages --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--no-pytorch]`
+//! `cargo bench -p dml-stages --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--precision f32|bf16|both] [--no-pytorch]`
+//! (bf16 is CPU autocast; `both`, the default where the CPU has AVX512-BF16, prints the speed-up over f32)
 //! (needs `[[bench]] name = "train_step"`, `harness = false` in `stages/Cargo.toml`).
 
 use anyhow::{bail, Context, Result};
 use dml_stages::train::bench::{compare_with_pytorch, format_table, CompareOptions};
+use dml_stages::train::Precision;
 
 fn parse_args() -> Result<CompareOptions> {
     let mut opts = CompareOptions::default();
@@ -17,6 +19,14 @@ fn parse_args() -> Result<CompareOptions> {
             "--threads" => opts.threads = value("--threads")?.parse()?,
             "--batch" => opts.batch = value("--batch")?.parse()?,
             "--no-pytorch" => opts.python = None,
+            "--precision" => {
+                opts.precisions = match value("--precision")?.as_str() {
+                    "f32" => vec![Precision::F32],
+                    "bf16" => vec![Precision::Bf16],
+                    "both" => vec![Precision::F32, Precision::Bf16],
+                    other => bail!("--precision {other}: f32, bf16 or both"),
+                }
+            }
             // cargo passes --bench to harness-less bench targets.
             "--bench" => {}
             other => bail!("unknown argument {other}"),

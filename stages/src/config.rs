@@ -166,8 +166,18 @@ pub struct ClusterSettings {
 pub struct ImageSettings {
     /// Every image is resized once to `resize`×`resize` (aspect not kept, as the seed) into the decode cache.
     pub resize: u32,
-    /// The network sees `crop`×`crop`: a random crop + flip in training, the centre crop at test time.
+    /// The network sees `crop`×`crop`: a training crop (`train_crop`, + flip) in training,
+    /// the centre crop at test time.
     pub crop: u32,
+    /// Random horizontal flips in training (off for text, digits, logos). Train key only.
+    pub flip: bool,
+    /// `random` (a `crop`² window at a random offset, the seed's), `random_resized`
+    /// (torchvision's RandomResizedCrop, resized to `crop`²) or `center`. Train key only.
+    pub train_crop: dml_datasets::TrainCrop,
+    /// Area fraction range of a `random_resized` crop, `[min, max]` in (0, 1].
+    pub random_resized_scale: [f64; 2],
+    /// Aspect ratio (w/h) range of a `random_resized` crop, `[min, max]`.
+    pub random_resized_ratio: [f64; 2],
 }
 
 impl Default for ImageSettings {
@@ -175,6 +185,22 @@ impl Default for ImageSettings {
         ImageSettings {
             resize: 256,
             crop: 224,
+            flip: true,
+            train_crop: dml_datasets::TrainCrop::Random,
+            random_resized_scale: dml_datasets::batch::DEFAULT_SCALE,
+            random_resized_ratio: dml_datasets::batch::DEFAULT_RATIO,
+        }
+    }
+}
+
+impl ImageSettings {
+    /// The training augmentation these settings describe.
+    pub fn augment_policy(&self) -> dml_datasets::AugmentPolicy {
+        dml_datasets::AugmentPolicy {
+            crop: self.train_crop,
+            flip: self.flip,
+            scale: self.random_resized_scale,
+            ratio: self.random_resized_ratio,
         }
     }
 }
@@ -190,8 +216,11 @@ pub struct TrainSettings {
     pub loss: crate::train::Loss,
     /// Adam or SGD, learning rate, schedule, weight decay.
     pub optimizer: crate::train::OptimConfig,
-    /// `f32`, or `bf16` autocast on CUDA.
+    /// `f32`, or `bf16` autocast (CUDA, or a CPU with AVX512-BF16/AMX).
     pub precision: crate::train::Precision,
+    /// cuDNN's deterministic algorithms on CUDA instead of autotuned ones. Part of the
+    /// train key only when true.
+    pub deterministic: bool,
     /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Seed of the weight initialisation and of the augmentation.
@@ -207,6 +236,7 @@ impl Default for TrainSettings {
             loss: Default::default(),
             optimizer: Default::default(),
             precision: Default::default(),
+            deterministic: false,
             device: "auto".into(),
             seed: 0,
             checkpoint_every: 500,

@@ -4,6 +4,7 @@ pub mod dag;
 pub mod data_stages;
 pub mod eval_stages;
 pub mod evaluate;
+pub mod loader;
 pub mod model_stages;
 pub mod plots;
 pub mod preflight;

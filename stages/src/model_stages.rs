@@ -2,6 +2,7 @@
 //! cache), `train` (P×K batches → `model.safetensors`, `train_log.parquet`,
 //! `loss.png`) and `embed` (the evaluation split → `embeddings.arrow`).
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings, TrainSettings};
+use crate::loader::Batch;
 use crate::plots;
 use crate::train::{self, InputScaling, TrainConfig, Trainer};
 use anyhow::{anyhow, bail, Context};
@@ -11,7 +12,7 @@ use dml_pipeline::{BoxError, RunContext, Stage};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -111,6 +112,8 @@ impl Stage for DecodeStage {
 pub struct TrainStage {
     settings: TrainSettings,
     crop: u32,
+    /// Crop kind, flips and ranges (`[image]`; train key only).
+    augment: ds::AugmentPolicy,
     device: Device,
     /// Build the initialised network only (the untrained baseline).
     untrained: bool,
@@ -151,10 +154,16 @@ impl TrainStage {
                 image.resize
             );
         }
+        let augment = image.augment_policy();
+        augment.validate().context("invalid [image] augmentation")?;
         let device = train::resolve_device(&settings.device)?;
+        if settings.precision == train::Precision::Bf16 && !untrained {
+            train::torch_state::check_bf16(device, train::torch_state::cpu_has_bf16())?;
+        }
         Ok(Arc::new(TrainStage {
             settings: settings.clone(),
             crop: image.crop,
+            augment,
             device,
             untrained,
         }))
@@ -167,6 +176,7 @@ fn train_config(s: &TrainSettings) -> TrainConfig {
         loss: s.loss.clone(),
         optimizer: s.optimizer.clone(),
         precision: s.precision,
+        deterministic: s.deterministic,
     }
 }
 
@@ -181,6 +191,28 @@ struct LogRow {
     mean_pos_dist: f64,
     mean_neg_dist: f64,
     mean_norm: f64,
+    /// Seconds the step waited for its batch (0 when the loader was ahead).
+    #[serde(default)]
+    data_wait_s: f64,
+}
+
+/// The augmentation's part of the train key: only what differs from the default (so the
+/// keys of runs made before these settings existed stay valid), and the random-resized
+/// ranges only when that crop is used.
+fn augment_key(a: &ds::AugmentPolicy) -> serde_json::Map<String, serde_json::Value> {
+    let d = ds::AugmentPolicy::default();
+    let mut m = serde_json::Map::new();
+    if a.flip != d.flip {
+        m.insert("flip".into(), json!(a.flip));
+    }
+    if a.crop != d.crop {
+        m.insert("train_crop".into(), json!(a.crop));
+    }
+    if a.crop == ds::TrainCrop::RandomResized {
+        m.insert("random_resized_scale".into(), json!(a.scale));
+        m.insert("random_resized_ratio".into(), json!(a.ratio));
+    }
+    m
 }
 
 impl Stage for TrainStage {
@@ -197,14 +229,22 @@ impl Stage for TrainStage {
             // (only the resolved kind is).
             o.remove("checkpoint_every");
             o.insert("device".into(), json!(device_kind(self.device)));
+            if !self.settings.deterministic {
+                o.remove("deterministic");
+            }
             if self.untrained {
-                for k in ["loss", "optimizer", "precision"] {
+                for k in ["loss", "optimizer", "precision", "deterministic"] {
                     o.remove(k);
                 }
                 o.insert("untrained".into(), json!(true));
             }
         }
-        json!({ "train": t, "image": { "crop": self.crop } })
+        let mut image = serde_json::Map::new();
+        image.insert("crop".into(), json!(self.crop));
+        if !self.untrained {
+            image.extend(augment_key(&self.augment));
+        }
+        json!({ "train": t, "image": image })
     }
     fn uses_device(&self) -> bool {
         self.device.is_cuda()
@@ -216,17 +256,19 @@ impl Stage for TrainStage {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let cfg = train_config(&self.settings);
         let seed = self.settings.seed;
-        let mut trainer = Trainer::new(&cfg, self.device, seed)?;
+        // The kind was fixed when the key was computed; the scheduler's device slot says
+        // which GPU of that kind (N sweep points on N GPUs).
+        let device = if self.device.is_cuda() {
+            train::resolve_device_in_slot(&self.settings.device, ctx.device_index())?
+        } else {
+            self.device
+        };
+        let mut trainer = Trainer::new(&cfg, device, seed)?;
         let out = ctx.out_dir().to_path_buf();
         std::fs::write(out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
         if self.untrained {
             trainer.save_weights(&out.join("model.safetensors"))?;
             return Ok(());
-        }
-        if self.settings.precision == train::Precision::Bf16 && !self.device.is_cuda() {
-            tracing::warn!(
-                "train.precision = bf16 applies to CUDA only; training in f32 on the CPU"
-            );
         }
         let cache = Arc::new(ds::DecodeCache::open(ctx.input("decode")?)?);
         let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
@@ -258,31 +300,23 @@ impl Stage for TrainStage {
         }
         let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
 
-        // Batches are assembled on the rayon pool, one step ahead of the model.
-        let (tx, rx) = mpsc::sync_channel::<anyhow::Result<(u64, Vec<f32>, Vec<i64>)>>(2);
-        let crop = self.crop;
-        let scaling = to_ds_scaling(cfg.model.input_scaling());
-        let producer = {
-            let cache = cache.clone();
-            let batches = batches.clone();
-            std::thread::spawn(move || {
-                for step in start..total {
-                    let (ids, labels) = &batches[step as usize];
-                    let r = ds::assemble_batch(
-                        &cache,
-                        ids,
-                        crop,
-                        ds::Augment::Train { seed, step },
-                        scaling,
-                    )
-                    .map(|x| (step, x, labels.clone()))
-                    .map_err(anyhow::Error::from);
-                    if tx.send(r).is_err() {
-                        return;
-                    }
-                }
-            })
-        };
+        // Batches are assembled ahead of the model by the loader's threads.
+        let threads = crate::loader::default_threads(device);
+        let mut loader = crate::loader::BatchLoader::start(
+            crate::loader::LoaderSpec {
+                cache: cache.clone(),
+                batches: batches.clone(),
+                crop: self.crop,
+                seed,
+                policy: self.augment,
+                scaling: to_ds_scaling(cfg.model.input_scaling()),
+                device,
+            },
+            start,
+            total,
+            threads,
+        )?;
+        ctx.note("loader_threads", json!(threads));
         let bar = ctx.progress(
             total,
             "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
@@ -299,23 +333,33 @@ impl Stage for TrainStage {
         let every = u64::from(self.settings.checkpoint_every.max(1));
         let started = Instant::now();
         let mut images_done = 0usize;
-        for received in rx.iter() {
-            let (step, data, labels) = received?;
+        let mut waited = 0.0f64;
+        // Throughput after the first steps (allocator warm-up, cuDNN autotuning).
+        let warm_steps = ((total - start) / 5).min(5);
+        let mut steady_from: Option<(Instant, usize)> = None;
+        loop {
+            let wait_started = Instant::now();
+            let Some(received) = loader.next_batch() else {
+                break;
+            };
+            let loaded = received?;
+            let data_wait_s = wait_started.elapsed().as_secs_f64();
+            waited += data_wait_s;
+            let step = loaded.step;
+            let (images, labels_t) = loaded.to_device(device);
             if let Some(d) = step_delay {
                 std::thread::sleep(d);
             }
-            let b = labels.len() as i64;
-            let images = Tensor::from_slice(&data)
-                .view([b, 3, crop as i64, crop as i64])
-                .to_device(self.device);
-            let labels_t = Tensor::from_slice(&labels).to_device(self.device);
             let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
                 anyhow!(
                     "{e}; training stopped at step {step}; the last good checkpoint is kept in {}",
                     ckpt_dir.display()
                 )
             })?;
-            images_done += labels.len();
+            images_done += labels_t.size()[0] as usize;
+            if step + 1 - start == warm_steps {
+                steady_from = Some((Instant::now(), images_done));
+            }
             let seconds = elapsed_before + started.elapsed().as_secs_f64();
             log.push(LogRow {
                 step: step as u32,
@@ -326,6 +370,7 @@ impl Stage for TrainStage {
                 mean_pos_dist: stats.mean_pos_dist,
                 mean_neg_dist: stats.mean_neg_dist,
                 mean_norm: stats.mean_norm,
+                data_wait_s,
             });
             let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
@@ -349,7 +394,7 @@ impl Stage for TrainStage {
                 std::process::abort();
             }
         }
-        let _ = producer.join();
+        drop(loader);
         bar.finish_and_clear();
         trainer.save_weights(&out.join("model.safetensors"))?;
         write_log(&out.join("train_log.parquet"), &log)?;
@@ -366,6 +411,16 @@ impl Stage for TrainStage {
             json!(images_done as f64 / secs.max(1e-9)),
         );
         ctx.note("train_seconds", json!(elapsed_before + secs));
+        let steady = match steady_from {
+            Some((t, n)) if images_done > n => {
+                (images_done - n) as f64 / t.elapsed().as_secs_f64().max(1e-9)
+            }
+            _ => images_done as f64 / secs.max(1e-9),
+        };
+        ctx.note("steady_images_per_second", json!(steady));
+        let steps_run = total.saturating_sub(start).max(1) as f64;
+        ctx.note("mean_data_wait_s", json!(waited / steps_run));
+        ctx.note("data_wait_fraction", json!(waited / secs.max(1e-9)));
         if let Some(last) = log.last() {
             ctx.note("final_loss", json!(last.loss));
             ctx.note("final_active_fraction", json!(last.active_fraction));
@@ -374,9 +429,6 @@ impl Stage for TrainStage {
         Ok(())
     }
 }
-
-/// One step's decode-cache indices and labels.
-type Batch = (Vec<usize>, Vec<i64>);
 
 /// Per step: cache indices and labels. Images skipped by the decode stage are
 /// replaced by another decodable image of the same class (and counted).
@@ -436,6 +488,7 @@ fn write_log(path: &Path, log: &[LogRow]) -> Result<(), BoxError> {
         f("mean_pos_dist"),
         f("mean_neg_dist"),
         f("mean_norm"),
+        f("data_wait_s"),
     ]));
     let col = |g: fn(&LogRow) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
@@ -449,6 +502,7 @@ fn write_log(path: &Path, log: &[LogRow]) -> Result<(), BoxError> {
         col(|r| r.mean_pos_dist),
         col(|r| r.mean_neg_dist),
         col(|r| r.mean_norm),
+        col(|r| r.data_wait_s),
     ];
     tables::write_parquet(path, &RecordBatch::try_new(schema, cols)?)?;
     Ok(())
@@ -460,6 +514,8 @@ pub struct EmbedStage {
     crop: u32,
     splits: Vec<&'static str>,
     device: Device,
+    /// `train.device` as written (`auto` picks the scheduler's device slot).
+    device_spec: String,
 }
 
 impl EmbedStage {
@@ -480,6 +536,7 @@ impl EmbedStage {
             crop: image.crop,
             splits,
             device: train::resolve_device(device)?,
+            device_spec: device.to_string(),
         }))
     }
 }
@@ -504,11 +561,13 @@ impl Stage for EmbedStage {
         let train_dir = ctx.input("train")?.to_path_buf();
         let cfg: TrainConfig =
             serde_json::from_str(&std::fs::read_to_string(train_dir.join("model.json"))?)?;
-        let embedder = train::Embedder::load(
-            &cfg.model,
-            &train_dir.join("model.safetensors"),
-            self.device,
-        )?;
+        let device = if self.device.is_cuda() {
+            train::resolve_device_in_slot(&self.device_spec, ctx.device_index())?
+        } else {
+            self.device
+        };
+        let embedder =
+            train::Embedder::load(&cfg.model, &train_dir.join("model.safetensors"), device)?;
         let cache = ds::DecodeCache::open(ctx.input("decode")?)?;
         let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
         let rows: Vec<&tables::IndexRow> = index

@@ -1,7 +1,7 @@
 //! Decode-cache tests: build/open round trip, batches from it, determinism across thread counts, bad files.
 
 use super::*;
-use crate::batch::{assemble_batch, Augment, InputScaling};
+use crate::batch::{assemble_batch, Augment, AugmentPolicy, InputScaling};
 use crate::imaging::{load_resized, Rgb8Image};
 use crate::synthetic::{encode_jpeg, encode_png, render_scene};
 
@@ -103,7 +103,11 @@ fn train_batches_do_not_depend_on_thread_count() {
     DecodeCache::build(data.path(), &paths, 8, out.path(), false).expect("build");
     let cache = DecodeCache::open(out.path()).expect("open");
     let idx: Vec<usize> = (0..64).map(|i| i % 4).collect();
-    let aug = Augment::Train { seed: 11, step: 2 };
+    let aug = Augment::Train {
+        seed: 11,
+        step: 2,
+        policy: AugmentPolicy::default(),
+    };
     let run = |threads: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -120,7 +124,11 @@ fn train_batches_do_not_depend_on_thread_count() {
         &cache,
         &idx,
         5,
-        Augment::Train { seed: 11, step: 3 },
+        Augment::Train {
+            seed: 11,
+            step: 3,
+            policy: AugmentPolicy::default(),
+        },
         InputScaling::Inception,
     )
     .expect("batch");
@@ -132,7 +140,7 @@ fn train_batches_do_not_depend_on_thread_count() {
         let got = &one[slot * per..(slot + 1) * per];
         let p = aug.params(8, 5, slot as u64);
         let mut want = vec![0f32; per];
-        crate::batch::crop_into(cache.get(i), 8, 5, p, &table, &mut want);
+        crate::batch::crop_into(cache.get(i), 8, 5, p, &table, &mut want).expect("crop");
         assert_eq!(got, &want[..]);
     }
 }

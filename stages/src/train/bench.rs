@@ -30,6 +30,8 @@ pub struct TrainBench {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
+    /// f32, or bf16 autocast.
+    pub precision: Precision,
 }
 
 /// The cases the project compares with PyTorch (small CNN at 64 px, ResNet-18 at 112 px,
@@ -73,7 +75,8 @@ impl TrainBench {
                 weight_decay: 0.0,
                 beta_learning_rate: None,
             },
-            precision: Precision::F32,
+            precision: self.precision,
+            deterministic: false,
         }
     }
 
@@ -111,6 +114,10 @@ impl TrainBench {
     }
 }
 
+/// PyTorch's bf16 (CPU autocast) figure for ResNet-18 at 112 px, batch 60, 2 threads,
+/// measured once on a 2-core machine with AVX512-BF16 (images/s; 164–169 measured).
+pub const REFERENCE_PYTORCH_RESNET18_BF16: f64 = 164.0;
+
 /// How to run the side-by-side comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompareOptions {
@@ -126,6 +133,8 @@ pub struct CompareOptions {
     pub python: Option<String>,
     /// `scripts/bench_train_pytorch.py`.
     pub script: PathBuf,
+    /// The precisions to time (f32 and, where the CPU has it, bf16).
+    pub precisions: Vec<Precision>,
 }
 
 impl Default for CompareOptions {
@@ -140,6 +149,11 @@ impl Default for CompareOptions {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../scripts/bench_train_pytorch.py"
             )),
+            precisions: if super::torch_state::cpu_has_bf16() {
+                vec![Precision::F32, Precision::Bf16]
+            } else {
+                vec![Precision::F32]
+            },
         }
     }
 }
@@ -151,12 +165,14 @@ pub struct ComparisonRow {
     pub backbone: Backbone,
     /// Input size in pixels.
     pub image_size: i64,
+    /// f32 or bf16.
+    pub precision: Precision,
     /// dml's figures.
     pub dml: TrainBenchReport,
     /// PyTorch-Python's figures on the same libtorch and thread count, if run.
     pub pytorch: Option<TrainBenchReport>,
-    /// PyTorch's figure measured once on a 2-core machine (images/s).
-    pub reference_pytorch: f64,
+    /// PyTorch's figure measured once on a 2-core machine (images/s), where known.
+    pub reference_pytorch: Option<f64>,
 }
 
 fn run_pytorch(
@@ -164,6 +180,7 @@ fn run_pytorch(
     python: &str,
     backbone: Backbone,
     size: i64,
+    precision: Precision,
 ) -> Result<TrainBenchReport> {
     let fail = |reason: String| {
         TrainError::Config(format!("PyTorch bench {}: {reason}", opts.script.display()))
@@ -185,6 +202,13 @@ fn run_pytorch(
             &opts.steps.to_string(),
         ])
         .args(["--warmup", &opts.warmup.to_string()])
+        .args([
+            "--precision",
+            match precision {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+            },
+        ])
         .output()
         .map_err(|e| fail(format!("cannot run {python}: {e}")))?;
     if !out.status.success() {
@@ -197,30 +221,38 @@ fn run_pytorch(
 /// threads (this sets the process-wide thread count).
 pub fn compare_with_pytorch(opts: &CompareOptions) -> Result<Vec<ComparisonRow>> {
     tch::set_num_threads(opts.threads);
-    REFERENCE_CASES
-        .iter()
-        .map(|&(backbone, image_size, reference_pytorch)| {
+    let mut rows = Vec::new();
+    for &(backbone, image_size, reference_f32) in &REFERENCE_CASES {
+        for &precision in &opts.precisions {
             let bench = TrainBench {
                 backbone,
                 image_size,
                 batch: opts.batch,
                 warmup: opts.warmup,
                 steps: opts.steps,
+                precision,
             };
             let dml = bench.run()?;
             let pytorch = match &opts.python {
-                Some(python) => Some(run_pytorch(opts, python, backbone, image_size)?),
+                Some(python) => Some(run_pytorch(opts, python, backbone, image_size, precision)?),
                 None => None,
             };
-            Ok(ComparisonRow {
+            let reference_pytorch = match (precision, backbone) {
+                (Precision::F32, _) => Some(reference_f32),
+                (Precision::Bf16, Backbone::Resnet18) => Some(REFERENCE_PYTORCH_RESNET18_BF16),
+                (Precision::Bf16, _) => None,
+            };
+            rows.push(ComparisonRow {
                 backbone,
                 image_size,
+                precision,
                 dml,
                 pytorch,
                 reference_pytorch,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// The comparison as a text table (images/s; "best" is the fastest single step).
@@ -230,8 +262,16 @@ pub fn format_table(opts: &CompareOptions, rows: &[ComparisonRow]) -> String {
         opts.threads, opts.batch, opts.steps, opts.warmup
     );
     out += &format!(
-        "{:<12} {:>5} {:>10} {:>10} {:>12} {:>12} {:>14}\n",
-        "backbone", "px", "dml", "dml best", "PyTorch", "PyTorch best", "PyTorch (ref)"
+        "{:<12} {:>5} {:>5} {:>10} {:>10} {:>12} {:>12} {:>14} {:>12}\n",
+        "backbone",
+        "px",
+        "prec",
+        "dml",
+        "dml best",
+        "PyTorch",
+        "PyTorch best",
+        "PyTorch (ref)",
+        "dml vs f32"
     );
     for r in rows {
         let (py, py_best) = match r.pytorch {
@@ -241,15 +281,33 @@ pub fn format_table(opts: &CompareOptions, rows: &[ComparisonRow]) -> String {
             ),
             None => ("-".into(), "-".into()),
         };
+        let f32_rate = rows
+            .iter()
+            .find(|o| {
+                o.backbone == r.backbone
+                    && o.image_size == r.image_size
+                    && o.precision == Precision::F32
+            })
+            .map(|o| o.dml.images_per_sec);
+        let speedup = match f32_rate {
+            Some(f) if f > 0.0 => format!("{:.2}x", r.dml.images_per_sec / f),
+            _ => "-".into(),
+        };
         out += &format!(
-            "{:<12} {:>5} {:>10.1} {:>10.1} {:>12} {:>12} {:>14.1}\n",
+            "{:<12} {:>5} {:>5} {:>10.1} {:>10.1} {:>12} {:>12} {:>14} {:>12}\n",
             r.backbone.name(),
             r.image_size,
+            match r.precision {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+            },
             r.dml.images_per_sec,
             r.dml.best_images_per_sec,
             py,
             py_best,
             r.reference_pytorch
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.1}")),
+            speedup
         );
     }
     out

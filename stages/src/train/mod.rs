@@ -11,6 +11,7 @@ pub mod error;
 pub mod losses;
 pub mod model;
 pub mod optim;
+pub mod torch_state;
 pub mod trainer;
 
 pub use backbones::{input_scaling, Backbone, InputScaling};
@@ -18,4 +19,5 @@ pub use error::{Result, TrainError};
 pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};
 pub use optim::{Algorithm, LrSchedule, OptimConfig};
-pub use trainer::{resolve_device, Precision, StepStats, TrainConfig, Trainer};
+pub use torch_state::{resolve_device, resolve_device_in_slot};
+pub use trainer::{Precision, StepStats, TrainConfig, Trainer};

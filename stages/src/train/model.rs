@@ -255,7 +255,7 @@ impl Embedder {
         // generator; hold its lock so a concurrent Trainer::new (another stage of a
         // sweep run with --jobs > 1) keeps its seeded sequence.
         let net = {
-            let _rng = crate::train::trainer::lock_torch_rng();
+            let _rng = crate::train::torch_state::lock_torch_rng();
             EmbeddingNet::new(&vs.root(), &config)?
         };
         load_weights(&vs, weights)?;
@@ -291,7 +291,7 @@ impl Embedder {
 mod tests {
     use super::*;
     use crate::train::backbones::input_scaling;
-    use crate::train::trainer::lock_torch_rng;
+    use crate::train::torch_state::lock_torch_rng;
 
     fn names(vs: &nn::VarStore) -> Vec<String> {
         let mut n: Vec<String> = vs.variables().into_keys().collect();

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -13,6 +12,7 @@ use super::error::{Result, TrainError};
 use super::losses::{Loss, LossModule};
 use super::model::{build_model, EmbeddingNet, ModelConfig};
 use super::optim::{OptimConfig, Optimizer};
+use super::torch_state::{self, lock_torch_rng, Autocast};
 
 /// Numeric precision of the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -21,8 +21,9 @@ pub enum Precision {
     /// Everything in f32.
     #[default]
     F32,
-    /// bf16 autocast for the forward pass on CUDA (weights, loss and optimiser stay f32);
-    /// ignored on the CPU, with a log line.
+    /// bf16 autocast for the forward pass, on CUDA and on CPUs with native bf16
+    /// (AVX512-BF16/AMX; refused elsewhere): convolutions and matrix products in bf16, the
+    /// weights, the loss and the optimiser in f32.
     Bf16,
 }
 
@@ -42,6 +43,11 @@ pub struct TrainConfig {
     /// Forward-pass precision.
     #[serde(default)]
     pub precision: Precision,
+    /// On CUDA: cuDNN's deterministic algorithms instead of autotuned ones (slower; the CPU
+    /// is deterministic either way). Left out of the serialised form when false, so the
+    /// settings of existing runs and checkpoints read the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deterministic: bool,
 }
 
 impl TrainConfig {
@@ -70,72 +76,6 @@ pub struct StepStats {
     pub mean_norm: f64,
 }
 
-/// Resolves a device setting: `auto` (CUDA when available, else the CPU), `cpu`, `cuda` or
-/// `cuda:N`.
-pub fn resolve_device(spec: &str) -> Result<Device> {
-    let cuda = |i: usize| {
-        if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
-            Ok(Device::Cuda(i))
-        } else {
-            Err(TrainError::Config(format!(
-                "device `{spec}`: CUDA device {i} is not available"
-            )))
-        }
-    };
-    match spec {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ => Err(TrainError::Config(format!(
-                "unknown device `{spec}` (auto, cpu, cuda, cuda:N)"
-            ))),
-        },
-    }
-}
-
-/// Sets the autocast dtype for CUDA on this thread. tch 0.24 can switch autocast on but not
-/// choose its dtype (libtorch's default is f16), so the libtorch function is bound directly.
-mod autocast_dtype {
-    /// `c10::DeviceType::CUDA`.
-    pub(super) const CUDA: i8 = 1;
-    /// `c10::ScalarType::BFloat16`.
-    pub(super) const BFLOAT16: i8 = 15;
-
-    extern "C" {
-        // at::autocast::set_autocast_dtype(c10::DeviceType, c10::ScalarType); both enums are
-        // int8-backed, passed as integers under the SysV ABI.
-        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
-        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-        fn at_get_autocast_dtype(device_type: i8) -> i8;
-    }
-
-    pub(super) fn set(device_type: i8, dtype: i8) {
-        // SAFETY: both functions only read/write libtorch's thread-local autocast dtype table,
-        // indexed by a valid device type; they take and return plain int8 enums.
-        unsafe { at_set_autocast_dtype(device_type, dtype) }
-    }
-
-    pub(super) fn get(device_type: i8) -> i8 {
-        // SAFETY: see `set`.
-        unsafe { at_get_autocast_dtype(device_type) }
-    }
-}
-
-/// libtorch's default generator is process-wide, so seeding it and drawing initial weights
-/// happen under this lock: concurrent constructions (several trainers, parallel tests) cannot
-/// interleave their draws and break same-seed reproducibility.
-static TORCH_RNG: Mutex<()> = Mutex::new(());
-
-/// Holds the process-wide libtorch RNG for a seed-and-initialise sequence.
-pub(crate) fn lock_torch_rng() -> MutexGuard<'static, ()> {
-    TORCH_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 const CHECKPOINT_FORMAT: &str = "dml-train-checkpoint/1";
 const WEIGHTS_FORMAT: &str = "dml-embedding-weights/1";
 
@@ -150,6 +90,7 @@ pub struct Trainer {
     loss: LossModule,
     optimizer: Optimizer,
     autocast: bool,
+    channels_last: bool,
 }
 
 impl Trainer {
@@ -165,28 +106,30 @@ impl Trainer {
                 config.model.normalize
             );
         }
+        let autocast = config.precision == Precision::Bf16;
+        if autocast {
+            torch_state::check_bf16(device, torch_state::cpu_has_bf16())?;
+        }
         let vs = nn::VarStore::new(device);
         let (net, loss) = {
             let _rng = lock_torch_rng();
             tch::manual_seed(seed as i64);
             if device.is_cuda() {
                 tch::Cuda::manual_seed_all(seed);
-                tch::Cuda::cudnn_set_benchmark(false);
+                torch_state::set_cudnn_mode(config.deterministic);
             }
             (
                 build_model(&vs, &config.model)?,
                 LossModule::new(&config.loss, &(vs.root() / "loss"), seed)?,
             )
         };
+        let channels_last = device.is_cuda();
+        if channels_last {
+            // Tensor cores read NHWC: convolution weights and inputs in channels-last order
+            // save cuDNN a transpose per layer (same values, other strides).
+            torch_state::to_channels_last(&vs);
+        }
         let optimizer = Optimizer::new(&vs, &config.optimizer)?;
-        let autocast = match (config.precision, device.is_cuda()) {
-            (Precision::Bf16, true) => true,
-            (Precision::Bf16, false) => {
-                tracing::info!("bf16 autocast applies to CUDA only; training in f32 on {device:?}");
-                false
-            }
-            (Precision::F32, _) => false,
-        };
         Ok(Trainer {
             config: config.clone(),
             device,
@@ -196,6 +139,7 @@ impl Trainer {
             loss,
             optimizer,
             autocast,
+            channels_last,
         })
     }
 
@@ -239,7 +183,7 @@ impl Trainer {
                 labels.size()
             )));
         }
-        let images = images.to_device(self.device).to_kind(Kind::Float);
+        let images = self.prepare(images);
         let labels = labels.to_device(self.device);
         let lr = self.optimizer.learning_rate(step, total);
         self.optimizer.zero_grad();
@@ -271,8 +215,18 @@ impl Trainer {
     /// Embeds a batch in eval mode without gradients; `[N, D]` f32 on the trainer's device.
     pub fn embed(&self, images: &Tensor) -> Result<Tensor> {
         self.net.check_images(images)?;
-        let images = images.to_device(self.device).to_kind(Kind::Float);
+        let images = self.prepare(images);
         Ok(tch::no_grad(|| self.forward(&images, false)))
+    }
+
+    /// The batch on the trainer's device as f32, in channels-last order on CUDA.
+    fn prepare(&self, images: &Tensor) -> Tensor {
+        let images = images.to_device(self.device).to_kind(Kind::Float);
+        if self.channels_last {
+            torch_state::channels_last(&images)
+        } else {
+            images
+        }
     }
 
     /// The network's forward pass, under bf16 autocast when enabled, as f32.
@@ -280,10 +234,10 @@ impl Trainer {
         if !self.autocast {
             return self.net.forward_t(images, train);
         }
-        let previous = autocast_dtype::get(autocast_dtype::CUDA);
-        autocast_dtype::set(autocast_dtype::CUDA, autocast_dtype::BFLOAT16);
-        let out = tch::autocast(true, || self.net.forward_t(images, train));
-        autocast_dtype::set(autocast_dtype::CUDA, previous);
+        let out = {
+            let _bf16 = Autocast::bf16(self.device);
+            self.net.forward_t(images, train)
+        };
         out.to_kind(Kind::Float)
     }
 
