@@ -410,6 +410,7 @@ mod tests {
             jobs,
             device_slots: slots,
             provenance: BTreeMap::new(),
+            check: None,
         };
         let (summary, result) = execute(&graph, &plan, &store, &opts, &|_| {});
         result.unwrap();
