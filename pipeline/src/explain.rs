@@ -39,6 +39,9 @@ pub enum Reason {
     DataChanged,
     /// The artifact exists but does not match its manifest.
     FailedVerification(String),
+    /// The artifact exists, but an input it was built from failed verification
+    /// (roles): it may have been computed from the corrupt file, so it is rebuilt.
+    InputFailedVerification(Vec<String>),
     /// Same key as last time, but the artifact is gone (gc, or removed by hand).
     Removed,
     /// The key changed for a reason not visible in settings (e.g. the schema salt).
@@ -63,6 +66,11 @@ impl fmt::Display for Reason {
             }
             Reason::DataChanged => write!(f, "dataset files changed"),
             Reason::FailedVerification(why) => write!(f, "artifact failed verification: {why}"),
+            Reason::InputFailedVerification(roles) => write!(
+                f,
+                "input {} failed verification; rebuilding what was computed from it",
+                roles.join(", ")
+            ),
             Reason::Removed => write!(f, "artifact was removed from the store"),
             Reason::KeyChanged => write!(f, "key changed (a new schema salt)"),
         }
@@ -135,7 +143,22 @@ impl Plan {
                 &inputs,
                 fingerprint.as_deref(),
             );
-            let (status, reason) = match store.lookup(stage.name(), &key, verify)? {
+            // Inputs that failed verification, or were built from one that did.
+            let suspect_inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .filter(|(_, n)| {
+                    matches!(
+                        nodes[*n].reason,
+                        Reason::FailedVerification(_) | Reason::InputFailedVerification(_)
+                    )
+                })
+                .map(|(role, _)| role.clone())
+                .collect();
+            let (status, reason) = match crate::key::lookup(store, stage.name(), &key, verify)? {
+                Lookup::Hit(_) if !suspect_inputs.is_empty() => {
+                    (Status::Run, Reason::InputFailedVerification(suspect_inputs))
+                }
                 Lookup::Hit(_) => (Status::Cached, Reason::Cached),
                 Lookup::Corrupt(why) => (Status::Run, Reason::FailedVerification(why)),
                 Lookup::Missing => (
