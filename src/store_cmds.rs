@@ -284,8 +284,7 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
     }
     for link in &dangling {
         if !dry_run {
-            std::fs::remove_file(link)
-                .with_context(|| format!("removing {}", link.display()))?;
+            std::fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
         }
         report("dangling link", link);
     }

@@ -12,7 +12,10 @@ const UNTIL_PLAN: [&str; 2] = ["--until", "plan"];
 /// The tiny training experiment without the untrained baseline, so that a fault
 /// hook naming the `train` stage hits the trained network's node.
 fn train_config(dir: &Path) -> PathBuf {
-    write_config(dir, &format!("{TINY_TRAIN}\n[report]\nuntrained_baseline = false\n"))
+    write_config(
+        dir,
+        &format!("{TINY_TRAIN}\n[report]\nuntrained_baseline = false\n"),
+    )
 }
 
 fn with<'a>(cfg: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -124,9 +127,11 @@ fn verify_rebuilds_a_corrupt_artifact_and_what_was_computed_from_it() {
     // The rebuilt index is the original one, byte for byte.
     let rebuilt = latest_manifest(&store, "tiny", "index");
     assert_eq!(file_hash(&rebuilt, "index.parquet"), good);
-    assert!(run_json(&store, &with(cfg, &["--until", "plan", "--verify"]))
-        .iter()
-        .all(|(_, s)| s == "cached"));
+    assert!(
+        run_json(&store, &with(cfg, &["--until", "plan", "--verify"]))
+            .iter()
+            .all(|(_, s)| s == "cached")
+    );
     // The corrupt copy (and the plan built from it) wait in quarantine for gc.
     assert_eq!(entries(&store.join("quarantine")).len(), 2);
     let gc = ok(&store, &["gc"]);
@@ -151,7 +156,9 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
             let flipped = if h.starts_with('0') { "1" } else { "0" };
             m["files"][0]["blake3"] = format!("{flipped}{}", &h[1..]).into();
         }),
-        ("a setting edited", |m| m["settings"]["plan"]["seed"] = 7.into()),
+        ("a setting edited", |m| {
+            m["settings"]["plan"]["seed"] = 7.into()
+        }),
         ("an input edited", |m| {
             m["inputs"]["index"] = "0123456789abcdef0123456789abcdef".into()
         }),
@@ -166,7 +173,10 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
         let p = plan(&store, &with(cfg, &UNTIL_PLAN));
         let node = p.iter().find(|n| n.0 == "plan").unwrap();
         assert_eq!(node.1, "run", "{what}: {node:?}");
-        assert!(node.2.contains("its digest does not match"), "{what}: {node:?}");
+        assert!(
+            node.2.contains("its digest does not match"),
+            "{what}: {node:?}"
+        );
         std::fs::write(&manifest_path, &original).unwrap();
     }
     // A manifest from before digests is accepted as long as its settings and
@@ -185,9 +195,11 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
     // A real run repairs it.
     let out = run_json(&store, &with(cfg, &UNTIL_PLAN));
     assert_eq!(status_of(&out, "plan"), "ran");
-    assert!(run_json(&store, &with(cfg, &["--until", "plan", "--verify"]))
-        .iter()
-        .all(|(_, s)| s == "cached"));
+    assert!(
+        run_json(&store, &with(cfg, &["--until", "plan", "--verify"]))
+            .iter()
+            .all(|(_, s)| s == "cached")
+    );
 }
 
 #[test]
@@ -215,7 +227,17 @@ fn gc_keeps_what_latest_links_reach_and_latest_holds_only_the_last_run() {
     // reaches tiny's plan, and gc must keep it.
     run_json(
         &store,
-        &with(single, &["--until", "plan", "--set", "name=\"other\"", "--set", "plan.seed=5"]),
+        &with(
+            single,
+            &[
+                "--until",
+                "plan",
+                "--set",
+                "name=\"other\"",
+                "--set",
+                "plan.seed=5",
+            ],
+        ),
     );
     let gc = ok(&store, &["gc", "--keep-runs", "1"]);
     assert!(gc.contains("removed plan"), "{gc}");
@@ -225,9 +247,16 @@ fn gc_keeps_what_latest_links_reach_and_latest_holds_only_the_last_run() {
     );
     let ls = ok(&store, &["ls"]);
     // tiny's plan (steps 11) and other's plan (seed 5); the two sweep plans went.
-    assert_eq!(ls.lines().filter(|l| l.starts_with("plan")).count(), 2, "{ls}");
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("plan")).count(),
+        2,
+        "{ls}"
+    );
     let path = ok(&store, &["path", "plan", "--name", "tiny"]);
-    assert!(Path::new(path.trim()).join("plan.parquet").exists(), "{path}");
+    assert!(
+        Path::new(path.trim()).join("plan.parquet").exists(),
+        "{path}"
+    );
 }
 
 #[test]
@@ -253,7 +282,10 @@ fn gc_never_removes_what_a_live_run_reaches() {
     while entries(&store.join("objects/decode")).is_empty()
         || entries(&store.join("cache/checkpoints")).is_empty()
     {
-        assert!(std::time::Instant::now() < deadline, "the run never got to train");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got to train"
+        );
         assert!(child.try_wait().unwrap().is_none(), "the run ended early");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -412,7 +444,11 @@ fn a_full_disk_during_decode_is_an_error_naming_the_stage_and_the_bytes() {
         "{err}"
     );
     // Nothing half-written is left to fill the disk.
-    assert!(entries(&store.join("tmp")).is_empty(), "{:?}", entries(&store.join("tmp")));
+    assert!(
+        entries(&store.join("tmp")).is_empty(),
+        "{:?}",
+        entries(&store.join("tmp"))
+    );
     assert!(entries(&store.join("objects/decode")).is_empty());
 }
 
@@ -423,9 +459,17 @@ fn a_checkpoint_is_published_as_one_unit_and_outlives_the_train_commit() {
     let cfg = cfg.to_str().unwrap();
     let straight = tmp.path().join("straight");
     ok(&straight, &["run", cfg, "--until", "train"]);
-    let weights = |store: &Path| file_hash(&latest_manifest(store, "tiny", "train"), "model.safetensors");
+    let weights = |store: &Path| {
+        file_hash(
+            &latest_manifest(store, "tiny", "train"),
+            "model.safetensors",
+        )
+    };
     let log_rows = |store: &Path| {
-        let key = latest_manifest(store, "tiny", "train")["key"].as_str().unwrap().to_string();
+        let key = latest_manifest(store, "tiny", "train")["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let show = ok(store, &["show", &key, "--rows", "0"]);
         assert!(show.contains("train_log.parquet (8 rows)"), "{show}");
     };
@@ -446,7 +490,10 @@ fn a_checkpoint_is_published_as_one_unit_and_outlives_the_train_commit() {
     killed(&store, "DML_FAULT_ABORT_IN_CHECKPOINT", "6");
     let out = run_json(&store, &[cfg, "--until", "train"]);
     assert_eq!(status_of(&out, "train"), "ran");
-    assert_eq!(latest_manifest(&store, "tiny", "train")["notes"]["resumed_from_step"], 4);
+    assert_eq!(
+        latest_manifest(&store, "tiny", "train")["notes"]["resumed_from_step"],
+        4
+    );
     log_rows(&store);
     assert_eq!(weights(&store), weights(&straight));
 
@@ -455,7 +502,10 @@ fn a_checkpoint_is_published_as_one_unit_and_outlives_the_train_commit() {
     let store = tmp.path().join("before-commit");
     killed(&store, "DML_FAULT_ABORT_BEFORE_COMMIT", "train");
     run_json(&store, &[cfg, "--until", "train"]);
-    assert_eq!(latest_manifest(&store, "tiny", "train")["notes"]["resumed_from_step"], 6);
+    assert_eq!(
+        latest_manifest(&store, "tiny", "train")["notes"]["resumed_from_step"],
+        6
+    );
     log_rows(&store);
     assert_eq!(weights(&store), weights(&straight));
     assert!(entries(&store.join("cache/checkpoints")).is_empty());
@@ -483,7 +533,10 @@ fn safetensors_all_finite(path: &Path) -> bool {
             return true;
         }
         let off = &t["data_offsets"];
-        let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        let (a, b) = (
+            off[0].as_u64().unwrap() as usize,
+            off[1].as_u64().unwrap() as usize,
+        );
         match t["dtype"].as_str().unwrap() {
             "F32" => data[a..b]
                 .chunks_exact(4)
@@ -506,7 +559,8 @@ fn a_diverging_run_never_keeps_a_non_finite_checkpoint_and_says_what_to_change()
             .replace("checkpoint_every = 2", "checkpoint_every = 1"),
     );
     let cfg = cfg.to_str().unwrap();
-    for lr in ["3e6", "1e12"] {
+    // 1e12: the loss stays finite but the embeddings overflow; 1e20: a NaN loss.
+    for lr in ["1e12", "1e20"] {
         let set = format!("train.optimizer.learning_rate={lr}");
         for attempt in 0..2 {
             let e = fails(&store, &["run", cfg, "--until", "embed", "--set", &set]);
@@ -514,8 +568,14 @@ fn a_diverging_run_never_keeps_a_non_finite_checkpoint_and_says_what_to_change()
                 e.contains("lower train.optimizer.learning_rate") && e.contains("diverged"),
                 "lr {lr}, attempt {attempt}: {e}"
             );
-            assert!(entries(&store.join("objects/train")).is_empty(), "lr {lr}: {e}");
-            assert!(entries(&store.join("objects/embed")).is_empty(), "lr {lr}: {e}");
+            assert!(
+                entries(&store.join("objects/train")).is_empty(),
+                "lr {lr}: {e}"
+            );
+            assert!(
+                entries(&store.join("objects/embed")).is_empty(),
+                "lr {lr}: {e}"
+            );
             for key in entries(&store.join("cache/checkpoints")) {
                 let dir = store.join("cache/checkpoints").join(key);
                 for step in entries(&dir) {
@@ -564,7 +624,10 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
         .status()
         .unwrap();
     assert!(remount.success());
-    assert!(std::fs::write(ro.join("probe"), b"").is_err(), "the bind mount is writable");
+    assert!(
+        std::fs::write(ro.join("probe"), b"").is_err(),
+        "the bind mount is writable"
+    );
     // A dataset file touched without change: the stat cache wants an update it
     // cannot write, and the plan must still come out.
     let img = data.join("class_00/img_0.png");
@@ -573,7 +636,11 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
     std::fs::write(&img, &bytes).unwrap();
 
     let ls = ok(&ro, &["ls"]);
-    assert_eq!(ls.lines().filter(|l| l.starts_with("plan")).count(), 1, "{ls}");
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("plan")).count(),
+        1,
+        "{ls}"
+    );
     let show = ok(&ro, &["show", "plan"]);
     assert!(show.contains("plan.parquet"), "{show}");
     let path = ok(&ro, &["path", "plan"]);

@@ -146,12 +146,10 @@ impl ArtifactStore {
             return Ok(Lookup::Corrupt("its manifest.json is missing".into()));
         }
         let manifest = match Manifest::read_checked(&manifest_path) {
-            Ok((_, DigestCheck::Mismatch)) => {
-                return Ok(Lookup::Corrupt(
-                    "its manifest.json was changed after it was written (its digest does not match)"
-                        .into(),
-                ))
-            }
+            Ok((_, DigestCheck::Mismatch)) => return Ok(Lookup::Corrupt(
+                "its manifest.json was changed after it was written (its digest does not match)"
+                    .into(),
+            )),
             Ok((m, DigestCheck::Absent)) => {
                 let recomputed = key_of(&m);
                 if recomputed != key {
@@ -282,7 +280,9 @@ impl ArtifactStore {
             let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
             // Held while removing, so no build of that key starts meanwhile.
             let held = match (stage, key) {
-                (Some(stage), Some(key)) => KeyLock::try_acquire(&self.lock_path(stage, key))?.map(Some),
+                (Some(stage), Some(key)) => {
+                    KeyLock::try_acquire(&self.lock_path(stage, key))?.map(Some)
+                }
                 _ => Some(None),
             };
             if let Some(_lock) = held {
@@ -580,7 +580,10 @@ mod tests {
             store.lookup("s", "k1", false).unwrap(),
             Lookup::Missing
         ));
-        assert_eq!(store.collect_quarantine(false).unwrap(), vec![aside.clone()]);
+        assert_eq!(
+            store.collect_quarantine(false).unwrap(),
+            vec![aside.clone()]
+        );
         assert!(!aside.exists());
     }
 

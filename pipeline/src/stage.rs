@@ -103,8 +103,7 @@ impl<'a> RunContext<'a> {
     /// The engine removes it once the artifact is committed, never before.
     pub fn key_cache_dir(&mut self, name: &str) -> Result<PathBuf, BoxError> {
         let dir = self.store.cache_dir(name)?.join(self.key);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("creating `{}`: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating `{}`: {e}", dir.display()))?;
         if !self.key_dirs.contains(&dir) {
             self.key_dirs.push(dir.clone());
         }

@@ -233,7 +233,8 @@ impl Stage for TrainStage {
         let mut log: Vec<LogRow> = Vec::new();
         let mut start = 0u64;
         if let Some((step, dir)) = checkpoints.latest() {
-            let start_over = || format!("resuming from {} (delete it to start over)", dir.display());
+            let start_over =
+                || format!("resuming from {} (delete it to start over)", dir.display());
             trainer
                 .load(&dir.join(resume::STATE_FILE))
                 .with_context(start_over)?;
@@ -254,7 +255,10 @@ impl Stage for TrainStage {
         let lr = cfg.optimizer.learning_rate;
         let lower_lr = format!("lower train.optimizer.learning_rate (now {lr:e}) and rerun");
         let kept = |checkpoints: &Checkpoints| match checkpoints.latest() {
-            Some((step, dir)) => format!("the last good checkpoint (step {step}) is kept in {}", dir.display()),
+            Some((step, dir)) => format!(
+                "the last good checkpoint (step {step}) is kept in {}",
+                dir.display()
+            ),
             None => "no checkpoint was kept".to_string(),
         };
         let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
@@ -305,7 +309,9 @@ impl Stage for TrainStage {
             let labels_t = Tensor::from_slice(&labels).to_device(self.device);
             let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
                 let hint = match e {
-                    train::TrainError::NonFiniteLoss { .. } => format!("; {lower_lr}"),
+                    train::TrainError::NonFiniteLoss { .. } => {
+                        format!("; training diverged; {lower_lr}")
+                    }
                     _ => String::new(),
                 };
                 anyhow!(

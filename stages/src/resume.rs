@@ -89,7 +89,10 @@ impl Checkpoints {
                 std::fs::remove_file(&path)
             };
             if let Err(e) = removed {
-                tracing::warn!("could not remove the old checkpoint {}: {e}", path.display());
+                tracing::warn!(
+                    "could not remove the old checkpoint {}: {e}",
+                    path.display()
+                );
             }
         }
         Ok(target)

@@ -117,7 +117,9 @@ pub fn all_finite(t: &Tensor) -> bool {
 }
 
 /// The first tensor (by name) holding NaN or infinite values, if any.
-fn first_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Option<String> {
+fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+) -> Option<String> {
     let mut bad: Vec<&String> = tensors
         .into_iter()
         .filter(|(_, t)| !all_finite(t))
