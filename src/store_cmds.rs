@@ -158,9 +158,12 @@ fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// (stage, key) pairs.
+type StageKeys = BTreeSet<(String, String)>;
+
 /// (stage, key) of every artifact a `latest/<run>/<node>` link points to; links
 /// whose artifact is gone are listed in `dangling`.
-fn latest_links(store: &ArtifactStore) -> Result<(BTreeSet<(String, String)>, Vec<PathBuf>)> {
+fn latest_links(store: &ArtifactStore) -> Result<(StageKeys, Vec<PathBuf>)> {
     let mut reached = BTreeSet::new();
     let mut dangling = Vec::new();
     let latest = store.root().join("latest");
@@ -201,7 +204,7 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
         eprintln!("waiting for runs that are resolving their plans to register")
     })?;
     let records = RunRecord::list(&store)?;
-    let mut alive: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut alive: StageKeys = BTreeSet::new();
     for path in records.iter().rev().take(keep_runs) {
         let r = RunRecord::load(path)?;
         alive.extend(r.nodes.into_iter().map(|n| (n.stage, n.key)));
