@@ -31,7 +31,7 @@ fn resolve(store: &ArtifactStore, what: &str) -> Result<PathBuf> {
 }
 
 pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_read_only(store_dir)?;
     let (pa, pb) = (resolve(&store, a)?, resolve(&store, b)?);
     let ra = RunRecord::load(&pa).with_context(|| format!("reading {}", pa.display()))?;
     let rb = RunRecord::load(&pb).with_context(|| format!("reading {}", pb.display()))?;

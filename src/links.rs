@@ -21,15 +21,19 @@ pub fn node_dir_name(id: &str) -> String {
     s
 }
 
-/// Points `latest/<name>/<node>` at every artifact of the record that exists.
+/// Points `latest/<name>/<node>` at every artifact of the record that exists, and
+/// removes every other link there: sweep points of an earlier run of that name
+/// that are not in this one, and nodes this run did not produce.
 pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
     let dir = store.root().join("latest").join(file_safe(&record.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut current = std::collections::BTreeSet::new();
     for node in &record.nodes {
         let object = store.object_dir(&node.stage, &node.key);
         if !object.join("manifest.json").exists() {
             continue;
         }
+        current.insert(std::ffi::OsString::from(node_dir_name(&node.id)));
         let link = dir.join(node_dir_name(&node.id));
         let target = Path::new("../../objects").join(&node.stage).join(&node.key);
         let tmp = dir.join(format!(
@@ -42,12 +46,25 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
             .with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &link).with_context(|| format!("linking {}", link.display()))?;
     }
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        // Dot files are links being written by a concurrent run; only links are ours.
+        if name.to_string_lossy().starts_with('.')
+            || current.contains(&name)
+            || !entry.path().is_symlink()
+        {
+            continue;
+        }
+        std::fs::remove_file(entry.path())
+            .with_context(|| format!("removing the stale link {}", entry.path().display()))?;
+    }
     Ok(dir)
 }
 
 /// `dml path STAGE [--name RUN]`: the artifact directory the last run used.
 pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_read_only(store_dir)?;
     let record = match name {
         Some(n) => RunRecord::latest(&store, n)?
             .with_context(|| format!("no run named `{n}` in {}", store_dir.display()))?,

@@ -43,7 +43,8 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rows: usize,
     },
-    /// Remove artifacts that none of the last N runs reached, and stale temporary files.
+    /// Remove artifacts that no recent run, `latest/` link or running `dml run` reaches,
+    /// and what interrupted runs left (temporary dirs, old checkpoints, quarantined artifacts).
     Gc {
         /// How many recent run records to keep alive.
         #[arg(long, default_value_t = 10)]

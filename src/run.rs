@@ -74,7 +74,12 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         }
         None => config::load(args.config.as_deref(), args.preset.as_deref(), &sets)?,
     };
-    let store = ArtifactStore::open(store_dir)?;
+    // A dry run only looks, so a read-only store can be planned against.
+    let store = if args.dry_run {
+        ArtifactStore::open_read_only(store_dir)?
+    } else {
+        ArtifactStore::open(store_dir)?
+    };
     let name = loaded
         .experiments
         .first()
@@ -106,6 +111,11 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         graph = graph.prune_to(|n| n.stage.name() == until);
     }
     let previous = RunRecord::latest(&store, &name)?;
+    // gc waits while this run resolves its plan and registers the keys it reaches.
+    let fence = match args.dry_run {
+        true => None,
+        false => Some(store.hold_off_gc(|| eprintln!("  waiting for `dml gc` to finish"))?),
+    };
     let plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
     if args.dry_run {
         if args.json {
@@ -125,6 +135,20 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             }
         }
         return Ok(());
+    }
+    let _live = store.register_live_run(
+        plan.nodes
+            .iter()
+            .map(|n| (n.stage.as_str(), n.key.as_str())),
+    )?;
+    drop(fence);
+    // Builds killed earlier leave temporary directories; those whose key lock is free are stale.
+    match store.stale_tmp(false) {
+        Ok(stale) if !stale.is_empty() => {
+            tracing::info!("removed {} stale temporary directories", stale.len())
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("stale temporary directories were not removed: {e}"),
     }
     let executor = loaded
         .experiments

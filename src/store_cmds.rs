@@ -1,9 +1,10 @@
 //! `dml ls`, `dml show`, `dml gc`: looking into and tidying the store.
-use anyhow::{bail, Result};
-use dml_artifacts::{tables, ArtifactStore, ObjectInfo};
+use anyhow::{bail, Context, Result};
+use dml_artifacts::{tables, ArtifactStore, KeyLock, ObjectInfo};
 use dml_pipeline::{flatten_settings, RunRecord};
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -30,7 +31,7 @@ fn finished(o: &ObjectInfo) -> String {
 }
 
 pub fn ls(store_dir: &Path) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_read_only(store_dir)?;
     let objects = store.list()?;
     if objects.is_empty() {
         println!("the store `{}` holds no artifacts yet", store_dir.display());
@@ -81,7 +82,7 @@ fn resolve<'a>(objects: &'a [ObjectInfo], what: &str) -> Result<&'a ObjectInfo> 
 }
 
 pub fn show(store_dir: &Path, what: &str, rows: usize) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_read_only(store_dir)?;
     let objects = store.list()?;
     let o = resolve(&objects, what)?;
     println!("{} {}", o.stage, o.key);
@@ -184,14 +185,86 @@ fn abbreviate_lists(batch: &arrow::array::RecordBatch) -> Result<arrow::array::R
     )?)
 }
 
+/// Temporary files of interrupted writes (`.NAME.tmp…` dot files) in `dir` that
+/// nothing has touched for a minute: every writer renames them within milliseconds.
+fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let cutoff = SystemTime::now() - Duration::from_secs(60);
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with('.') && name.contains(".tmp")
+        })
+        .filter(|e| {
+            e.path()
+                .symlink_metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff)
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// (stage, key) pairs.
+type StageKeys = BTreeSet<(String, String)>;
+
+/// (stage, key) of every artifact a `latest/<run>/<node>` link points to; links
+/// whose artifact is gone are listed in `dangling`.
+fn latest_links(store: &ArtifactStore) -> Result<(StageKeys, Vec<PathBuf>)> {
+    let mut reached = BTreeSet::new();
+    let mut dangling = Vec::new();
+    let latest = store.root().join("latest");
+    let Ok(runs) = std::fs::read_dir(&latest) else {
+        return Ok((reached, dangling));
+    };
+    for run in runs.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+        let links = std::fs::read_dir(run.path())
+            .with_context(|| format!("listing {}", run.path().display()))?;
+        for link in links.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let Ok(target) = std::fs::read_link(&link) else {
+                continue;
+            };
+            let mut parts = target.iter().rev();
+            let (key, stage) = (parts.next(), parts.next());
+            if let (Some(key), Some(stage)) = (key, stage) {
+                let (stage, key) = (stage.to_string_lossy(), key.to_string_lossy());
+                if store.object_dir(&stage, &key).exists() {
+                    reached.insert((stage.into_owned(), key.into_owned()));
+                    continue;
+                }
+            }
+            if !link.exists() {
+                dangling.push(link);
+            }
+        }
+    }
+    Ok((reached, dangling))
+}
+
+/// Removes artifacts that none of the last `keep_runs` runs, no `latest/` link and
+/// no live run reaches, and what interrupted runs leave behind.
 pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
     let store = ArtifactStore::open(store_dir)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    // Runs resolving their plans finish registering first; runs starting now wait.
+    let _fence = store.fence_out_runs(|| {
+        eprintln!("waiting for runs that are resolving their plans to register")
+    })?;
     let records = RunRecord::list(&store)?;
-    let mut alive: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut alive: StageKeys = BTreeSet::new();
     for path in records.iter().rev().take(keep_runs) {
         let r = RunRecord::load(path)?;
         alive.extend(r.nodes.into_iter().map(|n| (n.stage, n.key)));
     }
+    let live = store.live_runs(dry_run)?;
+    alive.extend(live.keys.iter().cloned());
+    let (linked, dangling) = latest_links(&store)?;
+    alive.extend(linked);
     let mut freed = 0u64;
     let mut removed = 0usize;
     for o in store.list()? {
@@ -199,32 +272,96 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
             continue;
         }
         let size = o.manifest.as_ref().map(|m| m.total_bytes()).unwrap_or(0);
-        println!(
-            "{} {:<10} {} ({})",
-            if dry_run { "would remove" } else { "removed" },
-            o.stage,
-            o.key,
-            human(size)
-        );
+        println!("{verb} {:<10} {} ({})", o.stage, o.key, human(size));
         if !dry_run {
             store.remove_object(&o.stage, &o.key)?;
         }
         freed += size;
         removed += 1;
     }
-    let stale = store.stale_tmp(dry_run)?;
-    for t in &stale {
-        println!(
-            "{} stale temporary {}",
-            if dry_run { "would remove" } else { "removed" },
-            t.display()
-        );
+    let mut leftovers = 0usize;
+    let mut report = |what: &str, path: &Path| {
+        println!("{verb} {what} {}", path.display());
+        leftovers += 1;
+    };
+    for t in store.stale_tmp(dry_run)? {
+        report("stale temporary", &t);
+    }
+    for q in store.collect_quarantine(dry_run)? {
+        report("quarantined artifact", &q);
+    }
+    // Resumable checkpoints: kept while a kept, live or linked run still needs them
+    // (its artifact is not committed yet) and while a build of the key may run.
+    let mut key_locks: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for lock in std::fs::read_dir(store.root().join("locks"))?.filter_map(|e| e.ok()) {
+        let name = lock.file_name().to_string_lossy().into_owned();
+        if let Some(key) = name
+            .strip_suffix(".lock")
+            .and_then(|n| n.rsplit_once('-'))
+            .map(|(_, k)| k.to_string())
+        {
+            key_locks.entry(key).or_default().push(lock.path());
+        }
+    }
+    let checkpoints = store.root().join("cache").join("checkpoints");
+    if let Ok(entries) = std::fs::read_dir(&checkpoints) {
+        for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let key = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let needed = alive.iter().any(|(stage, k)| {
+                k == &key && !store.object_dir(stage, k).join("manifest.json").exists()
+            });
+            if needed {
+                continue;
+            }
+            let mut held = Vec::new();
+            let mut busy = false;
+            for path in key_locks.get(&key).into_iter().flatten() {
+                match KeyLock::try_acquire(path)? {
+                    Some(lock) => held.push(lock),
+                    None => busy = true,
+                }
+            }
+            if busy {
+                continue;
+            }
+            if !dry_run {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            report("checkpoints of a finished or abandoned train", &dir);
+        }
+    }
+    for stale in &live.stale {
+        report("registration of a run that is gone", stale);
+    }
+    for link in &dangling {
+        if !dry_run {
+            std::fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        report("dangling link", link);
+    }
+    let mut temp_files = stale_temp_files(&store.runs_dir());
+    temp_files.extend(stale_temp_files(&store.root().join("cache").join("stat")));
+    if let Ok(runs) = std::fs::read_dir(store.root().join("latest")) {
+        for run in runs.filter_map(|e| e.ok()) {
+            temp_files.extend(stale_temp_files(&run.path()));
+        }
+    }
+    for f in temp_files {
+        if !dry_run {
+            std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+        }
+        report("stale temporary file", &f);
     }
     println!(
-        "{} {removed} artifacts ({}) and {} temporary directories; kept what the last {keep_runs} runs reached",
+        "{} {removed} artifacts ({}) and {leftovers} leftovers; kept what the last {keep_runs} runs, \
+         the latest/ links and {} live run(s) reach",
         if dry_run { "would free" } else { "freed" },
         human(freed),
-        stale.len()
+        live.runs
     );
     Ok(())
 }

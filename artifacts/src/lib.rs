@@ -8,18 +8,24 @@
 //! runs/<timestamp>-<name>.json  run records
 //! locks/<stage>-<key>.lock      one OS file lock per key being built
 //! cache/                         caches that are not artifacts (dataset stat cache, checkpoints)
+//! quarantine/<stage>-<key>-<rand>/ artifacts that failed verification, moved aside; removed by gc
+//! runs/live/<pid>-<rand>.json   the keys each running `dml run` resolved, locked while it runs
 //! ```
 //!
 //! This crate knows nothing about stages: it stores directories under names.
 #![deny(missing_docs)]
 
+mod canonical;
 mod error;
+mod live;
 mod lock;
 mod manifest;
 mod store;
 pub mod tables;
 
+pub use canonical::canonical_json;
 pub use error::StoreError;
+pub use live::{GcFence, LiveRun, LiveRuns};
 pub use lock::KeyLock;
-pub use manifest::{FileEntry, Manifest};
+pub use manifest::{DigestCheck, FileEntry, Manifest};
 pub use store::{ArtifactStore, Lookup, ObjectInfo, Staging};

@@ -1,5 +1,5 @@
 //! The store: lookup with verification, staging directories, atomic commit, listing.
-use crate::{FileEntry, KeyLock, Manifest, StoreError};
+use crate::{DigestCheck, FileEntry, KeyLock, Manifest, StoreError};
 use rand::Rng;
 use rayon::prelude::*;
 use std::fs;
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    read_only: bool,
 }
 
 /// The result of looking a key up.
@@ -56,7 +57,42 @@ impl ArtifactStore {
             cause,
         })?;
         let _ = fs::remove_file(&probe);
-        Ok(ArtifactStore { root })
+        Ok(ArtifactStore {
+            root,
+            read_only: false,
+        })
+    }
+
+    /// Opens a store for looking only (`ls`, `show`, `path`, `run --dry-run`): nothing
+    /// is created or written, so a read-only or absent store can be browsed. Locks
+    /// and staging are refused; caches may be read and are written only if possible.
+    pub fn open_read_only(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        if root.exists() && !root.is_dir() {
+            return Err(StoreError::NotWritable {
+                cause: std::io::Error::other("it is not a directory"),
+                path: root,
+            });
+        }
+        Ok(ArtifactStore {
+            root,
+            read_only: true,
+        })
+    }
+
+    /// True when opened with [`ArtifactStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn refuse_if_read_only(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::NotWritable {
+                path: self.root.clone(),
+                cause: std::io::Error::other("it was opened read-only"),
+            });
+        }
+        Ok(())
     }
 
     /// The store root.
@@ -74,16 +110,33 @@ impl ArtifactStore {
         self.root.join("runs")
     }
 
-    /// A cache directory that is not an artifact (created if needed).
+    /// A cache directory that is not an artifact (created if needed; in a read-only
+    /// store, created only if possible: writes into it may then fail).
     pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
         let dir = self.root.join("cache").join(name);
-        fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
-        Ok(dir)
+        match fs::create_dir_all(&dir) {
+            Ok(()) => Ok(dir),
+            Err(_) if self.read_only => Ok(dir),
+            Err(e) => Err(StoreError::io("create", &dir)(e)),
+        }
     }
 
     /// Looks up an artifact; with `verify`, every file is re-hashed, otherwise only
-    /// files whose size or mtime differ from the manifest are.
+    /// files whose size or mtime differ from the manifest are. The manifest must
+    /// match its own digest; one without a digest (written before digests) is accepted.
     pub fn lookup(&self, stage: &str, key: &str, verify: bool) -> Result<Lookup, StoreError> {
+        self.lookup_with(stage, key, verify, &|m: &Manifest| m.key.clone())
+    }
+
+    /// [`ArtifactStore::lookup`], where a manifest without a digest must also give
+    /// back its key through `key_of` (the key recomputed from its settings and inputs).
+    pub fn lookup_with(
+        &self,
+        stage: &str,
+        key: &str,
+        verify: bool,
+        key_of: &dyn Fn(&Manifest) -> String,
+    ) -> Result<Lookup, StoreError> {
         let dir = self.object_dir(stage, key);
         if !dir.exists() {
             return Ok(Lookup::Missing);
@@ -92,8 +145,21 @@ impl ArtifactStore {
         if !manifest_path.exists() {
             return Ok(Lookup::Corrupt("its manifest.json is missing".into()));
         }
-        let manifest = match Manifest::read(&manifest_path) {
-            Ok(m) => m,
+        let manifest = match Manifest::read_checked(&manifest_path) {
+            Ok((_, DigestCheck::Mismatch)) => return Ok(Lookup::Corrupt(
+                "its manifest.json was changed after it was written (its digest does not match)"
+                    .into(),
+            )),
+            Ok((m, DigestCheck::Absent)) => {
+                let recomputed = key_of(&m);
+                if recomputed != key {
+                    return Ok(Lookup::Corrupt(format!(
+                        "its manifest's settings and inputs give the key {recomputed}, not {key}"
+                    )));
+                }
+                m
+            }
+            Ok((m, DigestCheck::Valid)) => m,
             Err(e) => return Ok(Lookup::Corrupt(e.to_string())),
         };
         if manifest.key != key || manifest.stage != stage {
@@ -119,15 +185,17 @@ impl ArtifactStore {
         key: &str,
         on_wait: impl FnOnce(),
     ) -> Result<KeyLock, StoreError> {
+        self.refuse_if_read_only()?;
         KeyLock::acquire(&self.lock_path(stage, key), on_wait)
     }
 
-    fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
+    pub(crate) fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
         self.root.join("locks").join(format!("{stage}-{key}.lock"))
     }
 
     /// Starts writing an artifact in a fresh temporary directory of this store.
     pub fn begin(&self, stage: &str, key: &str) -> Result<Staging, StoreError> {
+        self.refuse_if_read_only()?;
         let tag: u64 = rand::thread_rng().gen();
         let dir = self
             .root
@@ -150,6 +218,34 @@ impl ArtifactStore {
             fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
         }
         Ok(())
+    }
+
+    /// Moves an artifact that failed verification out of `objects/` into
+    /// `quarantine/` (one rename, so no reader sees it half-removed), where it can be
+    /// looked at until `dml gc` removes it. Returns where it went, if it existed.
+    pub fn quarantine(&self, stage: &str, key: &str) -> Result<Option<PathBuf>, StoreError> {
+        self.refuse_if_read_only()?;
+        let dir = self.object_dir(stage, key);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let aside = self.root.join("quarantine");
+        fs::create_dir_all(&aside).map_err(StoreError::io("create", &aside))?;
+        let tag: u64 = rand::thread_rng().gen();
+        let target = aside.join(format!("{stage}-{key}-{tag:016x}"));
+        fs::rename(&dir, &target).map_err(StoreError::io("move aside", &dir))?;
+        Ok(Some(target))
+    }
+
+    /// Artifacts moved aside by [`ArtifactStore::quarantine`]; removed unless `dry_run`.
+    pub fn collect_quarantine(&self, dry_run: bool) -> Result<Vec<PathBuf>, StoreError> {
+        let found = read_dir_sorted(&self.root.join("quarantine"))?;
+        if !dry_run {
+            for dir in &found {
+                remove_path(dir)?;
+            }
+        }
+        Ok(found)
     }
 
     /// Lists every artifact in the store, sorted by stage then key.
@@ -182,24 +278,36 @@ impl ArtifactStore {
             let name = file_name(&dir);
             let mut parts = name.rsplitn(3, '-');
             let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
-            let free = match (stage, key) {
+            // Held while removing, so no build of that key starts meanwhile.
+            let held = match (stage, key) {
                 (Some(stage), Some(key)) => {
-                    KeyLock::try_acquire(&self.lock_path(stage, key))?.is_some()
+                    KeyLock::try_acquire(&self.lock_path(stage, key))?.map(Some)
                 }
-                _ => true,
+                _ => Some(None),
             };
-            if free {
+            if let Some(_lock) = held {
                 if !dry_run {
-                    if dir.is_dir() {
-                        fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
-                    } else {
-                        fs::remove_file(&dir).map_err(StoreError::io("remove", &dir))?;
-                    }
+                    remove_path(&dir)?;
                 }
                 stale.push(dir);
             }
         }
         Ok(stale)
+    }
+}
+
+/// Removes a file or a directory tree; one already gone is not an error.
+pub(crate) fn remove_path(path: &Path) -> Result<(), StoreError> {
+    let result = if path.is_dir() && !path.is_symlink() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StoreError::io("remove", path)(e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -272,8 +380,9 @@ impl Staging {
         manifest.stage = self.stage.clone();
         manifest.key = self.key.clone();
         let manifest_path = self.dir.join("manifest.json");
-        let text =
-            serde_json::to_string_pretty(&manifest).map_err(|e| StoreError::BadManifest {
+        let text = manifest
+            .to_json_with_digest()
+            .map_err(|e| StoreError::BadManifest {
                 path: manifest_path.clone(),
                 message: e.to_string(),
             })?;
@@ -348,7 +457,7 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), S
     Ok(())
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
@@ -360,7 +469,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(entries)
 }
 
-fn file_name(p: &Path) -> String {
+pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -425,6 +534,72 @@ mod tests {
             store.lookup("s", "k1", false).unwrap(),
             Lookup::Corrupt(_)
         ));
+    }
+
+    #[test]
+    fn a_manifest_checks_its_own_digest_and_an_old_one_its_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        let staging = store.begin("s", "k1").unwrap();
+        fs::write(staging.dir().join("a.bin"), b"hello").unwrap();
+        let mut m = manifest();
+        // A float whose shortest form is 17 digits: the digest must not depend on
+        // parsing and printing it again.
+        m.notes = serde_json::json!({"x": 0.1 + 0.2, "y": 1.0 / 3.0});
+        staging.commit(m).unwrap();
+        let path = store.object_dir("s", "k1").join("manifest.json");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(matches!(
+            store.lookup("s", "k1", true).unwrap(),
+            Lookup::Hit(_)
+        ));
+        // Any edit, even one that keeps the JSON valid and the same size.
+        fs::write(&path, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        match store.lookup("s", "k1", false).unwrap() {
+            Lookup::Corrupt(why) => assert!(why.contains("digest"), "{why}"),
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        // Without a digest (an older dml), the key recomputed from it decides.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("digest");
+        fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        let same = |m: &Manifest| m.key.clone();
+        let other = |_: &Manifest| "another".to_string();
+        assert!(matches!(
+            store.lookup_with("s", "k1", false, &same).unwrap(),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            store.lookup_with("s", "k1", false, &other).unwrap(),
+            Lookup::Corrupt(_)
+        ));
+        // Quarantine moves it out of objects/ in one rename.
+        let aside = store.quarantine("s", "k1").unwrap().unwrap();
+        assert!(aside.join("a.bin").exists());
+        assert!(matches!(
+            store.lookup("s", "k1", false).unwrap(),
+            Lookup::Missing
+        ));
+        assert_eq!(
+            store.collect_quarantine(false).unwrap(),
+            vec![aside.clone()]
+        );
+        assert!(!aside.exists());
+    }
+
+    #[test]
+    fn a_read_only_store_looks_but_never_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("absent");
+        let store = ArtifactStore::open_read_only(&root).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(matches!(
+            store.lookup("s", "k", false).unwrap(),
+            Lookup::Missing
+        ));
+        assert!(store.begin("s", "k").is_err());
+        assert!(store.lock("s", "k", || {}).is_err());
+        assert!(!root.exists());
     }
 
     #[test]

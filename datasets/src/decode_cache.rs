@@ -10,6 +10,8 @@
 //! [`DecodeCache::build`] decodes in parallel (rayon) straight into a memory map of a
 //! temporary file, renames it to `images.u8` when complete and writes `index.json` last
 //! (also via rename), so a folder with an `index.json` always holds a complete cache.
+//! The file's blocks are reserved before it is mapped: writing through a map into a
+//! file the disk cannot hold would kill the process with SIGBUS instead of an error.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +70,61 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     run().map_err(|e| DatasetError::io("writing", path, e))
 }
 
+/// Sizes `file` to `len` bytes with every block allocated on disk, so that
+/// writing through a memory map cannot fail later; a full disk is a
+/// [`DatasetError::DiskFull`] naming the bytes needed.
+pub fn reserve(file: &std::fs::File, path: &Path, len: u64) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    if len > 0 {
+        use std::os::fd::AsRawFd;
+        let Ok(off_len) = libc::off_t::try_from(len) else {
+            return Err(DatasetError::io(
+                "reserving",
+                path,
+                std::io::Error::other(format!("{len} bytes is too large a file")),
+            ));
+        };
+        // SAFETY: a valid open descriptor; posix_fallocate only allocates blocks.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
+        match rc {
+            0 => return Ok(()),
+            libc::ENOSPC | libc::EFBIG => {
+                return Err(DatasetError::DiskFull {
+                    path: path.to_path_buf(),
+                    needed: len,
+                    available: available_bytes(file),
+                })
+            }
+            // The file system cannot reserve: fall back to a sparse file.
+            libc::EOPNOTSUPP | libc::EINVAL => {
+                tracing::warn!(
+                    "{}: the file system cannot reserve space; a full disk will end the process",
+                    path.display()
+                );
+            }
+            e => {
+                return Err(DatasetError::io(
+                    "reserving",
+                    path,
+                    std::io::Error::from_raw_os_error(e),
+                ))
+            }
+        }
+    }
+    file.set_len(len)
+        .map_err(|e| DatasetError::io("sizing", path, e))
+}
+
+/// Free bytes on the disk holding `file`, if the OS says.
+#[cfg(target_os = "linux")]
+fn available_bytes(file: &std::fs::File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a properly sized out-parameter.
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 impl DecodeCache {
     /// Decodes `rel_paths` (relative to `root`), resizes each to `size`×`size` and writes
     /// the cache into `out_dir` (created if needed). With `skip_bad`, an image that cannot
@@ -107,13 +164,11 @@ impl DecodeCache {
             .truncate(true)
             .open(&partial)
             .map_err(|e| DatasetError::io("creating", &partial, e))?;
-        file.set_len(total as u64)
-            .map_err(|e| DatasetError::io("sizing", &partial, e))?;
-
         let cleanup = |e: DatasetError| {
             let _ = std::fs::remove_file(&partial);
             e
         };
+        reserve(&file, &partial, total as u64).map_err(cleanup)?;
         let mut failures: Vec<(usize, String)> = Vec::new();
         if total > 0 {
             // SAFETY: the file was just created by us and is not shared; nothing else

@@ -25,6 +25,17 @@ pub enum DatasetError {
         path: PathBuf,
     },
 
+    /// Not enough free disk space to reserve a memory-mapped output.
+    #[error("not enough disk space for `{}`: it needs {needed} bytes ({}){}; free some space or put the store on a larger disk (--store DIR or DML_STORE)", path.display(), human_bytes(*needed), available.map(|a| format!(" and the disk has {a} bytes ({}) free", human_bytes(a))).unwrap_or_default())]
+    DiskFull {
+        /// The file being reserved.
+        path: PathBuf,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes free on its disk, if known.
+        available: Option<u64>,
+    },
+
     /// An I/O operation failed.
     #[error("{action} `{}`: {source}", path.display())]
     Io {
@@ -160,3 +171,15 @@ impl DatasetError {
 
 /// The crate's result type.
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}

@@ -38,6 +38,12 @@ pub enum Reason {
         /// What did not match.
         why: String,
     },
+    /// The artifact exists, but an input it was built from failed verification:
+    /// it may have been computed from the corrupt file, so it is rebuilt.
+    InputFailedVerification {
+        /// The inputs' node ids.
+        inputs: Vec<String>,
+    },
     /// Same key as last time, and it was built then, but the artifact is gone
     /// (gc, or removed by hand).
     Removed,
@@ -120,6 +126,11 @@ impl fmt::Display for Reason {
             Reason::FailedVerification { why } => {
                 write!(f, "artifact failed verification: {why}")
             }
+            Reason::InputFailedVerification { inputs } => write!(
+                f,
+                "input {} failed verification; rebuilding what was computed from it",
+                inputs.join(", ")
+            ),
             Reason::Removed => write!(f, "artifact was removed from the store"),
             Reason::BuiltElsewhere => {
                 write!(f, "built by another dml run while this one waited for it")
@@ -249,7 +260,25 @@ impl Plan {
                 .iter()
                 .map(|(role, n)| (role.clone(), nodes[*n].id.clone()))
                 .collect();
-            let (status, reason) = match store.lookup(stage.name(), &key, verify)? {
+            // Inputs that failed verification, or were built from one that did.
+            let suspect_inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .filter(|(_, n)| {
+                    matches!(
+                        nodes[*n].reason,
+                        Reason::FailedVerification { .. } | Reason::InputFailedVerification { .. }
+                    )
+                })
+                .map(|(_, n)| nodes[*n].id.clone())
+                .collect();
+            let (status, reason) = match crate::key::lookup(store, stage.name(), &key, verify)? {
+                Lookup::Hit(_) if !suspect_inputs.is_empty() => (
+                    Status::Run,
+                    Reason::InputFailedVerification {
+                        inputs: suspect_inputs,
+                    },
+                ),
                 Lookup::Hit(_) => (Status::Cached, Reason::Cached),
                 Lookup::Corrupt(why) => (Status::Run, Reason::FailedVerification { why }),
                 Lookup::Missing => {

@@ -5,49 +5,7 @@ use std::collections::BTreeMap;
 /// Bumped to invalidate every artifact at once (a change of the canonical form).
 pub const SCHEMA_SALT: &str = "dml-key-v1";
 
-/// Canonical JSON: object keys sorted at every level, no whitespace, numbers as
-/// serde_json prints them (integers exactly, floats in shortest round-trip form).
-/// Independent of whether serde_json preserves insertion order.
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::Number(n) => {
-            // Floats that hold an integral value print as `1.0`, integers as `1`:
-            // the typed settings decide which, so `lr = 1` and `lr = 1.0` agree.
-            out.push_str(&n.to_string());
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
+pub use dml_artifacts::canonical_json;
 
 /// The key of one stage: 32 hex digits of blake3.
 pub fn stage_key(
@@ -67,6 +25,28 @@ pub fn stage_key(
     });
     let hash = blake3::hash(canonical_json(&doc).as_bytes());
     hash.to_hex()[..32].to_string()
+}
+
+/// The key a manifest's own settings, inputs, version and fingerprint give.
+pub fn manifest_key(m: &dml_artifacts::Manifest) -> String {
+    stage_key(
+        &m.stage,
+        m.version,
+        &m.settings,
+        &m.inputs,
+        m.fingerprint.as_deref(),
+    )
+}
+
+/// Looks a key up; a manifest without its own digest (written by an older dml)
+/// must give back its key from its settings and inputs.
+pub(crate) fn lookup(
+    store: &dml_artifacts::ArtifactStore,
+    stage: &str,
+    key: &str,
+    verify: bool,
+) -> Result<dml_artifacts::Lookup, dml_artifacts::StoreError> {
+    store.lookup_with(stage, key, verify, &manifest_key)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ mod stage;
 pub use error::PipelineError;
 pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Reason, Status};
 pub use graph::{Graph, NodeId};
-pub use key::{canonical_json, stage_key, SCHEMA_SALT};
+pub use key::{canonical_json, manifest_key, stage_key, SCHEMA_SALT};
 pub use record::{file_safe, RecordNode, RunRecord};
 pub use scheduler::{
     build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,

@@ -2,7 +2,7 @@
 //! parallel up to `jobs`, device stages at most one per device slot (one per visible
 //! GPU) at a time, each under its key lock.
 use crate::error::error_chain;
-use crate::{Graph, PipelineError, Plan, PlannedNode, RunContext, Status};
+use crate::{Graph, PipelineError, Plan, PlannedNode, Reason, RunContext, Status};
 use dml_artifacts::{ArtifactStore, Lookup, Manifest};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use std::collections::BTreeMap;
@@ -266,13 +266,27 @@ fn build_node(
     let _lock = store.lock(&node.stage, &node.key, || {
         progress.suspend(|| on_event(Event::Waiting(node)))
     })?;
-    match store.lookup(&node.stage, &node.key, false)? {
-        Lookup::Hit(_) => {
+    // Under the lock, look again: another run may have built (or repaired) it.
+    // An artifact that failed verification while planning is re-hashed in full,
+    // so corruption that keeps size and mtime is not taken for a fresh build.
+    let failed_verification = matches!(node.reason, Reason::FailedVerification { .. });
+    let suspect = matches!(node.reason, Reason::InputFailedVerification { .. });
+    let aside = match crate::key::lookup(store, &node.stage, &node.key, failed_verification)? {
+        Lookup::Hit(_) if !suspect => {
             progress.suspend(|| on_event(Event::BuiltElsewhere(node)));
             return Ok(Outcome::BuiltElsewhere);
         }
-        Lookup::Corrupt(_) => store.remove_object(&node.stage, &node.key)?,
-        Lookup::Missing => {}
+        Lookup::Hit(_) | Lookup::Corrupt(_) => store.quarantine(&node.stage, &node.key)?,
+        Lookup::Missing => None,
+    };
+    if let Some(aside) = aside {
+        progress.suspend(|| {
+            tracing::warn!(
+                "{}: moved the old artifact aside to {} (`dml gc` removes it); rebuilding",
+                node.id,
+                aside.display()
+            )
+        });
     }
     let mut inputs = BTreeMap::new();
     for (role, d) in &node.input_nodes {
@@ -293,6 +307,7 @@ fn build_node(
         notes: serde_json::Map::new(),
         progress,
         device_index: device_slot,
+        key_dirs: Vec::new(),
     };
     graph.nodes()[i]
         .stage
@@ -314,6 +329,7 @@ fn build_node(
         serde_json::json!(chrono::Utc::now().to_rfc3339()),
     );
     let notes = std::mem::take(&mut ctx.notes);
+    let key_dirs = std::mem::take(&mut ctx.key_dirs);
     drop(ctx);
     staging.commit(Manifest {
         stage: node.stage.clone(),
@@ -326,6 +342,17 @@ fn build_node(
         notes: serde_json::Value::Object(notes),
         provenance,
     })?;
+    // Test hook: die between the commit and the removal of the stage's per-key
+    // caches (checkpoints), to prove a rerun neither rebuilds nor loses anything.
+    if std::env::var("DML_FAULT_ABORT_AFTER_COMMIT").is_ok_and(|s| s == node.stage) {
+        std::process::abort();
+    }
+    // Only now that the artifact is committed are its resumable states useless.
+    for dir in key_dirs {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("{}: could not remove {}: {e}", node.id, dir.display());
+        }
+    }
     progress.suspend(|| on_event(Event::Finished(node, seconds)));
     Ok(Outcome::Ran(seconds))
 }

@@ -63,6 +63,8 @@ pub struct RunContext<'a> {
     pub(crate) notes: serde_json::Map<String, serde_json::Value>,
     pub(crate) progress: &'a MultiProgress,
     pub(crate) device_index: Option<usize>,
+    /// Per-key cache directories handed out, removed once the artifact is committed.
+    pub(crate) key_dirs: Vec<PathBuf>,
 }
 
 impl<'a> RunContext<'a> {
@@ -114,6 +116,18 @@ impl<'a> RunContext<'a> {
     /// A cache directory outside the objects (checkpoints, stat caches).
     pub fn cache_dir(&self, name: &str) -> Result<PathBuf, BoxError> {
         Ok(self.store.cache_dir(name)?)
+    }
+
+    /// A cache directory for this key only, `cache/<name>/<key>/` (created if needed),
+    /// for state that outlives a failed or killed attempt (resumable checkpoints).
+    /// The engine removes it once the artifact is committed, never before.
+    pub fn key_cache_dir(&mut self, name: &str) -> Result<PathBuf, BoxError> {
+        let dir = self.store.cache_dir(name)?.join(self.key);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating `{}`: {e}", dir.display()))?;
+        if !self.key_dirs.contains(&dir) {
+            self.key_dirs.push(dir.clone());
+        }
+        Ok(dir)
     }
 
     /// Records a note in the manifest (not part of the key).

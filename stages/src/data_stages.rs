@@ -142,7 +142,15 @@ impl Stage for IndexStage {
             .join(format!("{cache_name}.bin"));
         let mut cache = ds::StatCache::load(&cache_path)?;
         let fp = ds::fingerprint(&root, &files, &mut cache)?;
-        cache.save(&cache_path)?;
+        // Only a speed-up: a store that cannot be written (browsed read-only with
+        // `run --dry-run`) re-hashes changed files next time instead of failing.
+        if let Err(e) = cache.save(&cache_path) {
+            if env.store.is_read_only() {
+                tracing::debug!("the dataset stat cache was not saved: {e}");
+            } else {
+                tracing::warn!("the dataset stat cache was not saved ({e}); unchanged files will be re-hashed next time");
+            }
+        }
         let hash = fp.hash.clone();
         *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Some((listing, fp));
         Ok(Some(hash))

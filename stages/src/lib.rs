@@ -9,6 +9,7 @@ pub mod model_stages;
 pub mod plots;
 pub mod preflight;
 pub mod report;
+mod resume;
 pub mod train;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).

@@ -4,6 +4,7 @@
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings, TrainSettings};
 use crate::loader::Batch;
 use crate::plots;
+use crate::resume::{self, Checkpoints};
 use crate::train::{self, InputScaling, TrainConfig, Trainer};
 use anyhow::{anyhow, bail, Context};
 use dml_artifacts::tables::{self, Embeddings};
@@ -250,8 +251,14 @@ impl Stage for TrainStage {
         self.device.is_cuda()
     }
     fn resume_note(&self, env: &dml_pipeline::PlanEnv<'_>, key: &str) -> Option<String> {
+        // Read only: planning never creates the checkpoint directory.
         let dir = env.store.root().join("cache").join("checkpoints").join(key);
-        checkpoint_step(&dir).map(|step| format!("resumes from the checkpoint at step {step}"))
+        if !dir.is_dir() {
+            return None;
+        }
+        Checkpoints::new(dir)
+            .latest()
+            .map(|(step, _)| format!("resumes from the checkpoint at step {step}"))
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let cfg = train_config(&self.settings);
@@ -281,23 +288,40 @@ impl Stage for TrainStage {
         let total = steps.len() as u64;
         let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
 
-        // Resumable checkpoints live outside the store, per key.
-        let ckpt_dir = ctx.cache_dir("checkpoints")?.join(ctx.key());
-        std::fs::create_dir_all(&ckpt_dir)?;
-        let ckpt = ckpt_dir.join("checkpoint.safetensors");
-        let ckpt_log = ckpt_dir.join("log.json");
+        // Resumable checkpoints live outside the store, per key; the engine
+        // removes them once this artifact is committed.
+        let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
         let mut log: Vec<LogRow> = Vec::new();
         let mut start = 0u64;
-        if ckpt.exists() && ckpt_log.exists() {
+        if let Some((step, dir)) = checkpoints.latest() {
+            let start_over =
+                || format!("resuming from {} (delete it to start over)", dir.display());
             trainer
-                .load(&ckpt)
-                .with_context(|| format!("resuming from {}", ckpt.display()))?;
-            log = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
+                .load(&dir.join(resume::STATE_FILE))
+                .with_context(start_over)?;
+            log = serde_json::from_str(&std::fs::read_to_string(dir.join(resume::LOG_FILE))?)
+                .with_context(start_over)?;
             start = trainer.updates();
-            log.truncate(start as usize);
+            if start != step || log.len() as u64 != start {
+                return Err(anyhow!(
+                    "{}: {} log rows and {start} updates in checkpoint step-{step}",
+                    start_over(),
+                    log.len()
+                )
+                .into());
+            }
             tracing::info!("resuming {} from step {start}", ctx.node());
             ctx.note("resumed_from_step", json!(start));
         }
+        let lr = cfg.optimizer.learning_rate;
+        let lower_lr = format!("lower train.optimizer.learning_rate (now {lr:e}) and rerun");
+        let kept = |checkpoints: &Checkpoints| match checkpoints.latest() {
+            Some((step, dir)) => format!(
+                "the last good checkpoint (step {step}) is kept in {}",
+                dir.display()
+            ),
+            None => "no checkpoint was kept".to_string(),
+        };
         let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
 
         // Batches are assembled ahead of the model by the loader's threads.
@@ -333,6 +357,7 @@ impl Stage for TrainStage {
         let every = u64::from(self.settings.checkpoint_every.max(1));
         let started = Instant::now();
         let mut images_done = 0usize;
+        let mut last_images: Option<Tensor> = None;
         let mut waited = 0.0f64;
         // Throughput after the first steps (allocator warm-up, cuDNN autotuning).
         let warm_steps = ((total - start) / 5).min(5);
@@ -351,12 +376,29 @@ impl Stage for TrainStage {
                 std::thread::sleep(d);
             }
             let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
+                let hint = match e {
+                    train::TrainError::NonFiniteLoss { .. } => {
+                        format!("; training diverged; {lower_lr}")
+                    }
+                    _ => String::new(),
+                };
                 anyhow!(
-                    "{e}; training stopped at step {step}; the last good checkpoint is kept in {}",
-                    ckpt_dir.display()
+                    "{e}; training stopped at step {step}; {}{hint}",
+                    kept(&checkpoints)
                 )
             })?;
+            if !stats.mean_norm.is_finite() {
+                return Err(anyhow!(
+                    "the embeddings are no longer finite at step {step} (mean norm {}, loss {}); \
+                     training diverged; {}; {lower_lr}",
+                    stats.mean_norm,
+                    stats.loss,
+                    kept(&checkpoints)
+                )
+                .into());
+            }
             images_done += labels_t.size()[0] as usize;
+            last_images = Some(images);
             if step + 1 - start == warm_steps {
                 steady_from = Some((Instant::now(), images_done));
             }
@@ -383,11 +425,22 @@ impl Stage for TrainStage {
             bar.inc(1);
             let done = step + 1;
             if done % every == 0 && done < total {
-                let tmp = ckpt_dir.join("checkpoint.safetensors.tmp");
-                trainer.save(&tmp)?;
-                std::fs::write(ckpt_dir.join("log.json.tmp"), serde_json::to_string(&log)?)?;
-                std::fs::rename(&tmp, &ckpt)?;
-                std::fs::rename(ckpt_dir.join("log.json.tmp"), &ckpt_log)?;
+                // Weights, optimiser state and log as one unit; never a non-finite one.
+                checkpoints
+                    .publish(done, |dir| {
+                        trainer.save(&dir.join(resume::STATE_FILE)).map_err(|e| {
+                            let hint = match e {
+                                train::TrainError::NonFiniteTensor { .. } => {
+                                    format!("; training diverged; {lower_lr}")
+                                }
+                                _ => String::new(),
+                            };
+                            anyhow!("checkpoint after step {done}: {e}{hint}")
+                        })?;
+                        std::fs::write(dir.join(resume::LOG_FILE), serde_json::to_string(&log)?)?;
+                        Ok(())
+                    })
+                    .map_err(|e| anyhow!("{e}; {}", kept(&checkpoints)))?;
             }
             if abort_at == Some(done) {
                 // Test hook: an interruption right after a checkpoint.
@@ -396,7 +449,27 @@ impl Stage for TrainStage {
         }
         drop(loader);
         bar.finish_and_clear();
-        trainer.save_weights(&out.join("model.safetensors"))?;
+        // A network whose loss stayed finite can still embed to infinity (batch-norm
+        // statistics or weights that overflowed): check before anything is committed.
+        if let Some(images) = &last_images {
+            let e = trainer.embed(images)?;
+            if !train::all_finite(&e) {
+                return Err(anyhow!(
+                    "the trained network's embeddings of the last batch are not finite \
+                     (evaluation mode); training diverged; {}; {lower_lr}",
+                    kept(&checkpoints)
+                )
+                .into());
+            }
+        }
+        trainer
+            .save_weights(&out.join("model.safetensors"))
+            .map_err(|e| match e {
+                train::TrainError::NonFiniteTensor { .. } => {
+                    anyhow!("{e}: training diverged; {}; {lower_lr}", kept(&checkpoints))
+                }
+                e => anyhow!(e),
+            })?;
         write_log(&out.join("train_log.parquet"), &log)?;
         let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
         plots::loss_curve(
@@ -425,7 +498,6 @@ impl Stage for TrainStage {
             ctx.note("final_loss", json!(last.loss));
             ctx.note("final_active_fraction", json!(last.active_fraction));
         }
-        let _ = std::fs::remove_dir_all(&ckpt_dir);
         Ok(())
     }
 }
@@ -608,6 +680,17 @@ impl Stage for EmbedStage {
         }
         bar.finish_and_clear();
         let dim = values.len() / rows.len();
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            let row = rows[bad / dim.max(1)];
+            return Err(anyhow!(
+                "the embedding of image {} (`{}`) is not finite: the trained network overflows; \
+                 lower train.optimizer.learning_rate (now {:e}) and rerun",
+                row.image_id,
+                row.path,
+                cfg.optimizer.learning_rate
+            )
+            .into());
+        }
         let emb = Embeddings {
             image_id: rows.iter().map(|r| r.image_id).collect(),
             class_id: rows.iter().map(|r| r.class_id).collect(),
@@ -620,15 +703,4 @@ impl Stage for EmbedStage {
         ctx.note("dim", json!(dim));
         Ok(())
     }
-}
-
-/// The step an interrupted training run resumes from: the steps its checkpoint's
-/// log holds (None without a complete checkpoint).
-fn checkpoint_step(dir: &Path) -> Option<usize> {
-    if !dir.join("checkpoint.safetensors").is_file() {
-        return None;
-    }
-    let log: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("log.json")).ok()?).ok()?;
-    Some(log.len()).filter(|&n| n > 0)
 }

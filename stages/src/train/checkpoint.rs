@@ -1,4 +1,5 @@
 //! Writing and reading named tensors plus string metadata as safetensors files, atomically (temp file in the same directory, fsync, rename).
+//! A tensor holding NaN or infinite values is never written, nor accepted when read.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -107,12 +108,40 @@ fn canonical_metadata(mut bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// Writes `tensors` and `metadata` to `path` atomically.
+/// True when every element of a floating-point tensor is finite (other kinds: true).
+pub fn all_finite(t: &Tensor) -> bool {
+    if !t.is_floating_point() || t.numel() == 0 {
+        return true;
+    }
+    tch::no_grad(|| t.isfinite().all().int64_value(&[]) != 0)
+}
+
+/// The first tensor (by name) holding NaN or infinite values, if any.
+fn first_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+) -> Option<String> {
+    let mut bad: Vec<&String> = tensors
+        .into_iter()
+        .filter(|(_, t)| !all_finite(t))
+        .map(|(n, _)| n)
+        .collect();
+    bad.sort();
+    bad.first().map(|n| n.to_string())
+}
+
+/// Writes `tensors` and `metadata` to `path` atomically; refuses (writing nothing)
+/// if a tensor is not finite.
 pub(crate) fn write(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
+    if let Some(tensor) = first_non_finite(tensors.iter().map(|(n, t)| (n, t))) {
+        return Err(TrainError::NonFiniteTensor {
+            path: path.to_path_buf(),
+            tensor,
+        });
+    }
     let host = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), to_host(n, t)?)))
@@ -169,6 +198,12 @@ pub(crate) fn read(path: &Path) -> Result<Contents> {
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)
             .map_err(TrainError::torch(format!("reading `{name}`")))?;
         tensors.insert(name, t);
+    }
+    if let Some(tensor) = first_non_finite(tensors.iter()) {
+        return Err(TrainError::NonFiniteTensor {
+            path: path.to_path_buf(),
+            tensor,
+        });
     }
     Ok(Contents {
         tensors,

@@ -44,6 +44,14 @@ pub enum TrainError {
         /// The shape in the file.
         found: Vec<i64>,
     },
+    /// A tensor about to be written, or just read, holds NaN or infinite values.
+    #[error("{path}: tensor `{tensor}` holds NaN or infinite values")]
+    NonFiniteTensor {
+        /// The weights or checkpoint file.
+        path: PathBuf,
+        /// The first such tensor.
+        tensor: String,
+    },
     /// A checkpoint that cannot be resumed from.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

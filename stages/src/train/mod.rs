@@ -15,6 +15,7 @@ pub mod torch_state;
 pub mod trainer;
 
 pub use backbones::{input_scaling, Backbone, InputScaling};
+pub use checkpoint::all_finite;
 pub use error::{Result, TrainError};
 pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};
