@@ -22,6 +22,8 @@ pub struct Loaded {
     pub raw: Value,
     /// The experiments (one without a sweep).
     pub experiments: Vec<Resolved>,
+    /// `[store]`: the remote cache (not part of any experiment or key).
+    pub store: dml_remote::RemoteSettings,
 }
 
 /// Loads `file` (or `preset`, or the default synthetic preset), applies overrides.
@@ -56,11 +58,13 @@ pub fn load(
 
 /// Validates and expands an already merged configuration (a run record's).
 pub fn resolve(root: Value) -> Result<Loaded> {
-    validate_keys(&root)?;
-    let experiments = expand(&root)?;
+    let (store, experiment_root) = crate::remote_cmds::split_store_table(&root)?;
+    validate_keys(&experiment_root)?;
+    let experiments = expand(&experiment_root)?;
     Ok(Loaded {
         raw: root,
         experiments,
+        store,
     })
 }
 

@@ -2,7 +2,9 @@
 use crate::config;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status};
+use dml_pipeline::{
+    execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,7 +43,7 @@ pub struct RunArgs {
     pub from_record: Option<PathBuf>,
 }
 
-pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
+pub fn run(store_dir: &Path, remote_args: &crate::remote_cmds::RemoteArgs, args: RunArgs) -> Result<()> {
     let mut sets = args.sets.clone();
     if args.skip_bad_images {
         sets.push("index.skip_bad_images=true".into());
@@ -84,8 +86,13 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         }
         graph = graph.prune_to(|n| n.stage.name() == until);
     }
+    let stage_names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
+    let remote = crate::remote_cmds::open(remote_args, &loaded.store, Some(&stage_names))?;
     let previous = RunRecord::latest(&store, &name)?;
-    let plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
+    let mut plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
+    if let Some(r) = &remote {
+        crate::remote_cmds::mark_plan(&mut plan, r);
+    }
     if args.dry_run {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
@@ -94,6 +101,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
                 let status = match node.status {
                     Status::Cached => "cached",
                     Status::Run => "run",
+                    Status::Remote => "remote",
                 };
                 println!(
                     "{status:<7} {:<32} {}  {}",
@@ -113,6 +121,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
     let opts = ExecOptions {
         jobs: args.jobs,
         provenance: record.provenance.clone(),
+        remote: crate::remote_cmds::shared(&remote),
     };
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {:<32} {}", n.id, &n.key[..12]),
@@ -126,6 +135,14 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         }
         Event::Finished(n, s) => eprintln!("  done    {:<32} {:.1}s", n.id, s),
         Event::Failed(n, msg) => eprintln!("  FAILED  {:<32} {msg}", n.id),
+        Event::Fetched(n, s) => eprintln!("  fetched {:<32} {}  from the remote cache, {s:.1}s", n.id, &n.key[..12]),
+        Event::Uploaded(n, UploadOutcome::Uploaded { files, bytes }) => {
+            eprintln!("  pushed  {:<32} {files} files, {bytes} bytes to the remote cache", n.id)
+        }
+        Event::Uploaded(n, UploadOutcome::AlreadyThere) => {
+            eprintln!("  pushed  {:<32} already on the remote cache", n.id)
+        }
+        Event::RemoteWarning(n, msg) => eprintln!("  warning {:<32} {msg}", n.id),
     };
     let (summary, result) = execute(&graph, &plan, &store, &opts, &print);
     for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
@@ -133,6 +150,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             Outcome::Cached => ("cached", 0.0),
             Outcome::Ran(s) => ("ran", *s),
             Outcome::BuiltElsewhere => ("cached", 0.0),
+            Outcome::Fetched(s) => ("fetched", *s),
             Outcome::Failed(_) => ("failed", 0.0),
             Outcome::NotRun => ("not_run", 0.0),
         };
@@ -145,6 +163,9 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         Err(e) => e.to_string(),
     };
     let record_path = record.save(&store)?;
+    if let Some(r) = &remote {
+        crate::remote_cmds::after_run(r, &record_path);
+    }
     crate::links::update(&store, &record)?;
     if args.json {
         let nodes: Vec<serde_json::Value> = record
@@ -175,10 +196,20 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         }
     }
     let ran = summary.ran();
+    let fetched = summary
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Fetched(_)))
+        .count();
+    let fetched_text = if fetched > 0 {
+        format!(" {fetched} fetched,")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{} stages: {ran} ran, {} cached, {:.1}s (record: {})",
+        "{} stages: {ran} ran,{fetched_text} {} cached, {:.1}s (record: {})",
         plan.nodes.len(),
-        plan.nodes.len() - ran,
+        plan.nodes.len() - ran - fetched,
         record.seconds,
         record_path.display()
     );

@@ -15,6 +15,9 @@ pub enum Status {
     Cached,
     /// The stage will run.
     Run,
+    /// Missing here, found on the remote cache: it will be fetched (or built
+    /// if the fetch fails).
+    Remote,
 }
 
 /// Why a node is cached or must run.

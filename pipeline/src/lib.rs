@@ -11,6 +11,7 @@ mod explain;
 mod graph;
 mod key;
 mod record;
+mod remote;
 mod scheduler;
 mod stage;
 
@@ -19,5 +20,6 @@ pub use explain::{flatten_settings, Plan, PlannedNode, Reason, Status};
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, stage_key, SCHEMA_SALT};
 pub use record::{file_safe, RecordNode, RunRecord};
+pub use remote::{FetchOutcome, RemoteCache, RemoteError, SharedRemote, UploadOutcome};
 pub use scheduler::{execute, Event, ExecOptions, ExecSummary, Outcome};
 pub use stage::{BoxError, PlanEnv, RunContext, Stage};

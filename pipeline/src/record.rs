@@ -24,7 +24,7 @@ pub struct RecordNode {
     /// Dataset fingerprint.
     #[serde(default)]
     pub fingerprint: Option<String>,
-    /// `cached`, `ran`, `failed` or `not_run`.
+    /// `cached`, `ran`, `fetched` (from the remote cache), `failed` or `not_run`.
     pub status: String,
     /// The reason, as shown by `explain`.
     pub reason: String,
@@ -73,7 +73,7 @@ impl RunRecord {
                     fingerprint: n.fingerprint.clone(),
                     status: match n.status {
                         crate::Status::Cached => "cached".into(),
-                        crate::Status::Run => "not_run".into(),
+                        crate::Status::Run | crate::Status::Remote => "not_run".into(),
                     },
                     reason: n.reason.to_string(),
                     seconds: 0.0,
