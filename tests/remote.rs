@@ -244,14 +244,15 @@ fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remo
     ));
     assert_eq!(manifests.trim(), "1");
 
-    // `dml pull` into an empty store takes the run record from the remote too.
+    // `dml pull` into an empty store takes the newest run record (the raced
+    // run's, shared by `dml run`) from the remote too; then nothing is left to build.
     let pulled = moto.ok(&store("h"), &["pull", "--run", "tiny"]);
     assert!(
         String::from_utf8_lossy(&pulled.stdout).contains("fetched"),
         "{}",
         String::from_utf8_lossy(&pulled.stdout)
     );
-    let h = run_json(&store("h"), &[&cfg]);
+    let h = run_json(&store("h"), &[&cfg, raced[0], raced[1]]);
     assert!(h.iter().all(|(_, s)| s == "cached"), "{h:?}");
     let pushed = moto.ok(&store("a"), &["push"]);
     assert!(String::from_utf8_lossy(&pushed.stdout).contains("already on"));
