@@ -3,9 +3,7 @@
 //! `dml remote ls`.
 use anyhow::{bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Lookup};
-use dml_pipeline::{
-    FetchOutcome, Plan, RemoteCache, RunRecord, SharedRemote, UploadOutcome,
-};
+use dml_pipeline::{FetchOutcome, Plan, RemoteCache, RunRecord, SharedRemote, UploadOutcome};
 use dml_remote::{RemoteSettings, S3Remote};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use std::collections::BTreeSet;
@@ -17,7 +15,12 @@ use std::sync::Arc;
 pub struct RemoteArgs {
     /// A remote cache shared with a team, `s3://bucket/prefix` (overrides
     /// `[store] remote`); credentials and endpoint come from the AWS_* variables.
-    #[arg(long, global = true, env = "DML_REMOTE", value_name = "s3://BUCKET/PREFIX")]
+    #[arg(
+        long,
+        global = true,
+        env = "DML_REMOTE",
+        value_name = "s3://BUCKET/PREFIX"
+    )]
     pub remote: Option<String>,
     /// Use no remote cache in this command, whatever the config or DML_REMOTE say.
     #[arg(long, global = true)]
@@ -77,8 +80,9 @@ pub fn open(
             }
         }
     }
-    let remote = S3Remote::open(url, settings)
-        .with_context(|| format!("remote cache `{url}` (from --remote, DML_REMOTE or [store] remote)"))?;
+    let remote = S3Remote::open(url, settings).with_context(|| {
+        format!("remote cache `{url}` (from --remote, DML_REMOTE or [store] remote)")
+    })?;
     Ok(Some(Arc::new(remote)))
 }
 
@@ -133,7 +137,10 @@ fn record_settings(record: &RunRecord) -> RemoteSettings {
 }
 
 /// The local record of run `name` (the most recent run without a name).
-fn local_record(store: &ArtifactStore, name: Option<&str>) -> Result<Option<(std::path::PathBuf, RunRecord)>> {
+fn local_record(
+    store: &ArtifactStore,
+    name: Option<&str>,
+) -> Result<Option<(std::path::PathBuf, RunRecord)>> {
     let mut paths = RunRecord::list(store)?;
     paths.reverse();
     for p in paths {
@@ -184,7 +191,10 @@ pub fn push(store_dir: &Path, args: &RemoteArgs, run: Option<&str>) -> Result<()
             continue;
         }
         if !matches!(store.lookup(&node.stage, &node.key, false)?, Lookup::Hit(_)) {
-            println!("missing {:<32} {short}  not in the local store (gc'd or never built)", node.id);
+            println!(
+                "missing {:<32} {short}  not in the local store (gc'd or never built)",
+                node.id
+            );
             continue;
         }
         let dir = store.object_dir(&node.stage, &node.key);
@@ -192,7 +202,11 @@ pub fn push(store_dir: &Path, args: &RemoteArgs, run: Option<&str>) -> Result<()
             Ok(UploadOutcome::Uploaded { files, bytes: b }) => {
                 sent += 1;
                 bytes += b;
-                println!("pushed  {:<32} {short}  {files} files, {}", node.id, human(b));
+                println!(
+                    "pushed  {:<32} {short}  {files} files, {}",
+                    node.id,
+                    human(b)
+                );
             }
             Ok(UploadOutcome::AlreadyThere) => {
                 there += 1;
@@ -233,8 +247,7 @@ pub fn pull(store_dir: &Path, args: &RemoteArgs, run: Option<&str>) -> Result<()
             let record: RunRecord = serde_json::from_slice(&bytes)
                 .with_context(|| format!("the remote run record `{file}` is not valid"))?;
             let path = store.runs_dir().join(&file);
-            std::fs::write(&path, &bytes)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             record
         }
     };
@@ -254,7 +267,10 @@ pub fn pull(store_dir: &Path, args: &RemoteArgs, run: Option<&str>) -> Result<()
         }
         if !remote.shares(&node.stage) {
             missing += 1;
-            println!("skipped {:<32} {short}  (store.remote_skip; `dml run` rebuilds it)", node.id);
+            println!(
+                "skipped {:<32} {short}  (store.remote_skip; `dml run` rebuilds it)",
+                node.id
+            );
             continue;
         }
         let _lock = store.lock(&node.stage, &node.key, || {
@@ -303,7 +319,13 @@ pub fn ls(args: &RemoteArgs) -> Result<()> {
     }
     println!("{:<10} {:<34} {:>10}  uploaded", "stage", "key", "size");
     for o in &objects {
-        println!("{:<10} {:<34} {:>10}  {}", o.stage, o.key, human(o.bytes), o.uploaded);
+        println!(
+            "{:<10} {:<34} {:>10}  {}",
+            o.stage,
+            o.key,
+            human(o.bytes),
+            o.uploaded
+        );
     }
     Ok(())
 }

@@ -2,9 +2,7 @@
 use crate::config;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{
-    execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome,
-};
+use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,7 +41,11 @@ pub struct RunArgs {
     pub from_record: Option<PathBuf>,
 }
 
-pub fn run(store_dir: &Path, remote_args: &crate::remote_cmds::RemoteArgs, args: RunArgs) -> Result<()> {
+pub fn run(
+    store_dir: &Path,
+    remote_args: &crate::remote_cmds::RemoteArgs,
+    args: RunArgs,
+) -> Result<()> {
     let mut sets = args.sets.clone();
     if args.skip_bad_images {
         sets.push("index.skip_bad_images=true".into());
@@ -135,9 +137,16 @@ pub fn run(store_dir: &Path, remote_args: &crate::remote_cmds::RemoteArgs, args:
         }
         Event::Finished(n, s) => eprintln!("  done    {:<32} {:.1}s", n.id, s),
         Event::Failed(n, msg) => eprintln!("  FAILED  {:<32} {msg}", n.id),
-        Event::Fetched(n, s) => eprintln!("  fetched {:<32} {}  from the remote cache, {s:.1}s", n.id, &n.key[..12]),
+        Event::Fetched(n, s) => eprintln!(
+            "  fetched {:<32} {}  from the remote cache, {s:.1}s",
+            n.id,
+            &n.key[..12]
+        ),
         Event::Uploaded(n, UploadOutcome::Uploaded { files, bytes }) => {
-            eprintln!("  pushed  {:<32} {files} files, {bytes} bytes to the remote cache", n.id)
+            eprintln!(
+                "  pushed  {:<32} {files} files, {bytes} bytes to the remote cache",
+                n.id
+            )
         }
         Event::Uploaded(n, UploadOutcome::AlreadyThere) => {
             eprintln!("  pushed  {:<32} already on the remote cache", n.id)

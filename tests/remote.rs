@@ -152,8 +152,7 @@ fn config(dir: &Path) -> String {
 }
 
 #[test]
-fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remote_is_a_warning(
-) {
+fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remote_is_a_warning() {
     let Some(mut moto) = Moto::start() else {
         return;
     };
@@ -171,7 +170,8 @@ fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remo
     let nodes = statuses(&a);
     assert!(nodes.iter().all(|(_, s)| s == "ran"), "{nodes:?}");
     assert!(stderr(&a).contains("to the remote cache"), "{}", stderr(&a));
-    let listed = String::from_utf8_lossy(&moto.ok(&store("a"), &["remote", "ls"]).stdout).into_owned();
+    let listed =
+        String::from_utf8_lossy(&moto.ok(&store("a"), &["remote", "ls"]).stdout).into_owned();
     for (id, _) in &nodes {
         let stage = id.split([':', '[']).next().unwrap();
         assert!(listed.contains(stage), "{stage} not in:\n{listed}");
@@ -212,7 +212,12 @@ fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remo
     assert_eq!(embeddings(&store("a")), embeddings(&store("c")));
     // C replaced the refused object: the next store fetches embed again.
     let d = moto.ok(&store("d"), &["run", &cfg, "--json", "--until", "embed"]);
-    assert_eq!(status_of(&statuses(&d), "embed"), "fetched", "{}", stderr(&d));
+    assert_eq!(
+        status_of(&statuses(&d), "embed"),
+        "fetched",
+        "{}",
+        stderr(&d)
+    );
 
     // Two stores uploading the same keys at once leave one valid object per key.
     let raced = ["--set", "plan.seed=7"];
@@ -263,7 +268,10 @@ fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remo
     let i = moto.ok(&store("i"), &["run", &cfg, "--json"]);
     assert!(statuses(&i).iter().all(|(_, s)| s == "ran"));
     let err = stderr(&i);
-    assert!(err.contains("warning") && err.contains("not usable"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("not usable"),
+        "{err}"
+    );
     assert_eq!(
         err.matches("not usable").count(),
         1,

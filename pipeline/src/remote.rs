@@ -197,7 +197,13 @@ impl Uploads {
     }
 
     /// Queues the upload of a node this process just built (if its stage is shared).
-    pub(crate) fn push(&self, remote: Option<&SharedRemote>, i: usize, node: &PlannedNode, store: &ArtifactStore) {
+    pub(crate) fn push(
+        &self,
+        remote: Option<&SharedRemote>,
+        i: usize,
+        node: &PlannedNode,
+        store: &ArtifactStore,
+    ) {
         if remote.is_some_and(|r| !r.shares(&node.stage)) {
             return;
         }

@@ -220,7 +220,9 @@ fn build_node(
         Lookup::Missing => {}
     }
     let warn = |msg: &str| progress.suspend(|| on_event(Event::RemoteWarning(node, msg)));
-    if let Some(fetched) = crate::remote::try_fetch(opts.remote.as_ref(), node, store, progress, &warn) {
+    if let Some(fetched) =
+        crate::remote::try_fetch(opts.remote.as_ref(), node, store, progress, &warn)
+    {
         if let Outcome::Fetched(s) = fetched {
             progress.suspend(|| on_event(Event::Fetched(node, s)));
         }

@@ -8,8 +8,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectStore, PutMode,
-    PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectStore, PutMode, PutOptions,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -533,7 +533,10 @@ impl S3Remote {
         Ok(manifests
             .into_iter()
             .map(|((stage, key), uploaded)| RemoteObject {
-                bytes: sizes.get(&(stage.clone(), key.clone())).copied().unwrap_or(0),
+                bytes: sizes
+                    .get(&(stage.clone(), key.clone()))
+                    .copied()
+                    .unwrap_or(0),
                 stage,
                 key,
                 uploaded,
@@ -553,7 +556,10 @@ impl S3Remote {
 
     /// The newest run record named `name` on the remote (any name when `None`):
     /// its file name and bytes.
-    pub fn latest_record(&self, name: Option<&str>) -> Result<Option<(String, Vec<u8>)>, RemoteError> {
+    pub fn latest_record(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Option<(String, Vec<u8>)>, RemoteError> {
         self.check_online()?;
         let root = self.path("runs");
         let metas = self
@@ -563,7 +569,11 @@ impl S3Remote {
         let suffix = name.map(|n| format!("-{}.json", dml_pipeline::file_safe(n)));
         let newest = metas
             .into_iter()
-            .filter_map(|m| m.location.filename().map(|f| (f.to_string(), m.location.clone())))
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .map(|f| (f.to_string(), m.location.clone()))
+            })
             .filter(|(f, _)| match &suffix {
                 Some(s) => f.ends_with(s.as_str()),
                 None => f.ends_with(".json"),
@@ -671,12 +681,20 @@ fn check_manifest(stage: &str, key: &str, m: &Manifest) -> Result<(), String> {
             || f.path.starts_with('/')
             || f.path.contains('\\')
             || f.path == "manifest.json"
-            || f.path.split('/').any(|p| p.is_empty() || p == "." || p == "..");
+            || f.path
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..");
         if bad {
-            return Err(format!("its manifest lists a file outside the artifact: `{}`", f.path));
+            return Err(format!(
+                "its manifest lists a file outside the artifact: `{}`",
+                f.path
+            ));
         }
         if f.blake3.len() != 64 || !f.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("its file `{}` has no valid blake3 in the manifest", f.path));
+            return Err(format!(
+                "its file `{}` has no valid blake3 in the manifest",
+                f.path
+            ));
         }
     }
     Ok(())

@@ -38,7 +38,10 @@ impl RemoteSettings {
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [
             ("store.remote_timeout", self.remote_timeout),
-            ("store.remote_transfer_timeout", self.remote_transfer_timeout),
+            (
+                "store.remote_transfer_timeout",
+                self.remote_transfer_timeout,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(format!(
