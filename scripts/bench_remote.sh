@@ -2,7 +2,7 @@
 # Benchmark (not a test): the default synthetic run built in one store, then
 # fetched into an empty one from a shared remote cache (moto's S3 server on
 # 127.0.0.1, started and stopped here). Prints both wall times.
-#   scripts/bench_remote.sh [DIR]
+#   scripts/bench_remote.sh [DIR [--set plan.steps=40 …]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/bootstrap.sh)"
@@ -10,6 +10,7 @@ scripts/python-extras.sh
 cargo build --release --bin dml >&2
 dml="$CARGO_TARGET_DIR/release/dml"
 dir="${1:-$(mktemp -d)}"
+shift || true
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
 moto=$!
@@ -25,9 +26,9 @@ python3 -c "import boto3; boto3.client('s3', endpoint_url='$AWS_ENDPOINT_URL').c
 printf 'preset = "synthetic"\n[store]\nremote_skip = []\n' >"$dir/bench.toml"
 rm -rf "$dir/a" "$dir/b"
 t0=$(date +%s.%N)
-"$dml" --store "$dir/a" run "$dir/bench.toml" >/dev/null
+"$dml" --store "$dir/a" run "$dir/bench.toml" "$@" >/dev/null
 t1=$(date +%s.%N)
-"$dml" --store "$dir/b" run "$dir/bench.toml" >/dev/null
+"$dml" --store "$dir/b" run "$dir/bench.toml" "$@" >/dev/null
 t2=$(date +%s.%N)
 cmp "$dir/a/latest/synthetic/embed/embeddings.arrow" "$dir/b/latest/synthetic/embed/embeddings.arrow"
 bytes=$(du -sb "$dir/b/objects" | cut -f1)
