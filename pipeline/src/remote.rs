@@ -169,9 +169,12 @@ pub(crate) fn try_fetch(
 /// Uploads built artifacts on a background thread, so the next stages need
 /// not wait for the network; [`Uploads::finish`] waits for the last one.
 pub(crate) struct Uploads {
-    tx: Mutex<Option<mpsc::Sender<(usize, String, String, PathBuf)>>>,
+    tx: Mutex<Option<mpsc::Sender<UploadJob>>>,
     handle: Option<std::thread::JoinHandle<Vec<UploadReport>>>,
 }
+
+/// One queued upload: plan index, stage, key, artifact directory.
+type UploadJob = (usize, String, String, PathBuf);
 
 /// One upload's result, by plan index.
 pub(crate) type UploadReport = (usize, Result<UploadOutcome, RemoteError>);
@@ -181,7 +184,7 @@ impl Uploads {
     pub(crate) fn start(remote: Option<&SharedRemote>, progress: &MultiProgress) -> Option<Self> {
         let remote = remote.filter(|r| r.accepts_uploads())?.clone();
         let progress = progress.clone();
-        let (tx, rx) = mpsc::channel::<(usize, String, String, PathBuf)>();
+        let (tx, rx) = mpsc::channel::<UploadJob>();
         let handle = std::thread::spawn(move || {
             let mut reports = Vec::new();
             for (i, stage, key, dir) in rx {
