@@ -369,12 +369,13 @@ fn a_sweep_runs_as_slurm_jobs() {
         .as_str()
         .unwrap()
         .to_string();
-    let checkpoint = shared
-        .join("cache/checkpoints")
-        .join(&train_key)
-        .join("checkpoint.safetensors");
+    // A checkpoint is a `step-N/` directory, renamed into place when complete.
+    let checkpoints = shared.join("cache/checkpoints").join(&train_key);
     wait_for(90, "the train job's first checkpoint", || {
-        checkpoint.exists()
+        std::fs::read_dir(&checkpoints).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
     });
     assert_eq!(by_id(&status_of_run(), "train")["status"], "running");
     let out = cluster

@@ -144,6 +144,7 @@ fn diff_and_rebuild_from_a_record() {
         let mut v: Vec<_> = std::fs::read_dir(store.join("runs"))
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
         v.sort();
         v
