@@ -22,6 +22,8 @@ pub struct Loaded {
     pub raw: Value,
     /// The experiments (one without a sweep).
     pub experiments: Vec<Resolved>,
+    /// `[store]`: the remote cache (not part of any experiment or key).
+    pub store: dml_remote::RemoteSettings,
 }
 
 /// Loads `file` (or `preset`, or the default synthetic preset), applies overrides.
@@ -83,14 +85,16 @@ pub fn resolve(root: Value) -> Result<Loaded> {
 
 fn resolve_with(mut root: Value, source: Option<&ConfigSource>, sets: &[String]) -> Result<Loaded> {
     normalize_shorthands(&mut root);
-    validate_keys(&root)?;
-    let experiments = expand(&root).map_err(|e| match e.downcast::<TypeError>() {
+    let (store, experiment_root) = crate::remote_cmds::split_store_table(&root)?;
+    validate_keys(&experiment_root)?;
+    let experiments = expand(&experiment_root).map_err(|e| match e.downcast::<TypeError>() {
         Ok(te) => anyhow!(te.located(source, sets)),
         Err(e) => e,
     })?;
     Ok(Loaded {
         raw: root,
         experiments,
+        store,
     })
 }
 

@@ -99,6 +99,8 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
         check: None,
         // One stage per job: it uses the first GPU Slurm gave the job.
         device_slots: 1,
+        // A Slurm job builds what it was given; the submitting run shares the cache.
+        remote: None,
     };
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {}", n.id),
@@ -112,6 +114,8 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
         }
         Event::Finished(n, s) => eprintln!("  done    {} {s:.1}s", n.id),
         Event::Failed(n, msg) => eprintln!("  FAILED  {} {msg}", n.id),
+        // A Slurm job runs without a remote cache (`remote: None`): none of these happen.
+        Event::Fetched(..) | Event::Uploaded(..) | Event::RemoteWarning(..) => {}
     };
     build_one(&graph, &plan, i, &store, &opts, &print)
         .with_context(|| format!("building `{}` (job {job})", node.id))?;

@@ -6,6 +6,7 @@ mod exec_stage;
 mod interrupt;
 mod links;
 mod presets;
+mod remote_cmds;
 mod run;
 mod slurm;
 mod store_cmds;
@@ -25,6 +26,8 @@ struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    remote: remote_cmds::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +92,23 @@ enum Command {
     /// Build one stage of a submitted run in this process (what each Slurm job runs).
     #[command(hide = true)]
     ExecStage(exec_stage::ExecStageArgs),
+    /// Upload a run's artifacts and its record to the remote cache.
+    Push {
+        /// The run name (default: the most recent run).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Download a run's artifacts from the remote cache (its record too, if not here).
+    Pull {
+        /// The run name (default: the most recent run here, else on the remote).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Look into the remote cache.
+    Remote {
+        #[command(subcommand)]
+        command: remote_cmds::RemoteCommand,
+    },
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -137,7 +157,12 @@ fn init_tracing(verbose: u8) {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(&cli.store, args),
+        Command::Run(args) => run::run(&cli.store, &cli.remote, args),
+        Command::Push { run } => remote_cmds::push(&cli.store, &cli.remote, run.as_deref()),
+        Command::Pull { run } => remote_cmds::pull(&cli.store, &cli.remote, run.as_deref()),
+        Command::Remote { command } => match command {
+            remote_cmds::RemoteCommand::Ls => remote_cmds::ls(&cli.remote),
+        },
         Command::Eval(args) => eval_cmd::eval(args),
         Command::Path { stage, name } => links::path(&cli.store, &stage, name.as_deref()),
         Command::Diff { a, b } => diff::diff(&cli.store, &a, &b),

@@ -3,7 +3,7 @@ use crate::config;
 use crate::interrupt;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status};
+use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome};
 use dml_stages::config::ExecutorKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,11 @@ pub enum ExecutorArg {
     Slurm,
 }
 
-pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
+pub fn run(
+    store_dir: &Path,
+    remote_args: &crate::remote_cmds::RemoteArgs,
+    args: RunArgs,
+) -> Result<()> {
     let mut sets = args.sets.clone();
     if args.skip_bad_images {
         sets.push("index.skip_bad_images=true".into());
@@ -110,13 +114,18 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         }
         graph = graph.prune_to(|n| n.stage.name() == until);
     }
+    let stage_names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
+    let remote = crate::remote_cmds::open(remote_args, &loaded.store, Some(&stage_names))?;
     let previous = RunRecord::latest(&store, &name)?;
     // gc waits while this run resolves its plan and registers the keys it reaches.
     let fence = match args.dry_run {
         true => None,
         false => Some(store.hold_off_gc(|| eprintln!("  waiting for `dml gc` to finish"))?),
     };
-    let plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
+    let mut plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
+    if let Some(r) = &remote {
+        crate::remote_cmds::mark_plan(&mut plan, r);
+    }
     if args.dry_run {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
@@ -125,6 +134,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
                 let status = match node.status {
                     Status::Cached => "cached",
                     Status::Run => "run",
+                    Status::Remote => "remote",
                 };
                 println!(
                     "{status:<7} {:<32} {}  {}",
@@ -190,6 +200,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             .iter()
             .any(|n| n.stage.name() == "retrieve")
             .then(|| index_check(experiments, users)),
+        remote: crate::remote_cmds::shared(&remote),
     };
     let running = interrupt::Running::install(store.root());
     let print = |e: Event<'_>| match e {
@@ -220,6 +231,21 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             running.finished(&n.id);
             eprintln!("  FAILED  {:<32} {msg}", n.id)
         }
+        Event::Fetched(n, s) => eprintln!(
+            "  fetched {:<32} {}  from the remote cache, {s:.1}s",
+            n.id,
+            &n.key[..12]
+        ),
+        Event::Uploaded(n, UploadOutcome::Uploaded { files, bytes }) => {
+            eprintln!(
+                "  pushed  {:<32} {files} files, {bytes} bytes to the remote cache",
+                n.id
+            )
+        }
+        Event::Uploaded(n, UploadOutcome::AlreadyThere) => {
+            eprintln!("  pushed  {:<32} already on the remote cache", n.id)
+        }
+        Event::RemoteWarning(n, msg) => eprintln!("  warning {:<32} {msg}", n.id),
     };
     let (summary, result) = execute(&graph, &plan, &store, &opts, &print);
     for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
@@ -232,6 +258,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
                 node.why = Some(why);
                 ("cached", 0.0)
             }
+            Outcome::Fetched(s) => ("fetched", *s),
             Outcome::Failed(_) => ("failed", 0.0),
             Outcome::NotRun => ("not_run", 0.0),
         };
@@ -244,6 +271,9 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         Err(e) => e.to_string(),
     };
     let record_path = record.save(&store)?;
+    if let Some(r) = &remote {
+        crate::remote_cmds::after_run(r, &record_path);
+    }
     crate::links::update(&store, &record)?;
     if args.json {
         let nodes: Vec<serde_json::Value> = record
@@ -270,10 +300,20 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
         print_reports(&store, &plan);
     }
     let ran = summary.ran();
+    let fetched = summary
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Fetched(_)))
+        .count();
+    let fetched_text = if fetched > 0 {
+        format!(" {fetched} fetched,")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "{} stages: {ran} ran, {} cached, {:.1}s (record: {})",
+        "{} stages: {ran} ran,{fetched_text} {} cached, {:.1}s (record: {})",
         plan.nodes.len(),
-        plan.nodes.len() - ran,
+        plan.nodes.len() - ran - fetched,
         record.seconds,
         record_path.display()
     );

@@ -15,6 +15,9 @@ pub enum Status {
     Cached,
     /// The stage will run.
     Run,
+    /// Missing here, found on the remote cache: it will be fetched (or built
+    /// if the fetch fails).
+    Remote,
 }
 
 /// Why a node is cached or must run: one typed reason, rendered to a sentence
@@ -305,7 +308,7 @@ impl Plan {
             };
             let resume = match status {
                 Status::Run => stage.resume_note(&env, &key),
-                Status::Cached => None,
+                Status::Cached | Status::Remote => None,
             };
             nodes.push(PlannedNode {
                 id: node.id.clone(),

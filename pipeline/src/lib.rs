@@ -11,6 +11,7 @@ mod explain;
 mod graph;
 mod key;
 mod record;
+mod remote;
 mod scheduler;
 mod stage;
 
@@ -19,6 +20,7 @@ pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Re
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, manifest_key, stage_key, SCHEMA_SALT};
 pub use record::{file_safe, RecordNode, RunRecord};
+pub use remote::{FetchOutcome, RemoteCache, RemoteError, SharedRemote, UploadOutcome};
 pub use scheduler::{
     build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,
 };

@@ -27,7 +27,7 @@ pub struct RecordNode {
     /// Dataset fingerprint.
     #[serde(default)]
     pub fingerprint: Option<String>,
-    /// `cached`, `ran`, `failed` or `not_run`.
+    /// `cached`, `ran`, `fetched` (from the remote cache), `failed` or `not_run`.
     pub status: String,
     /// The reason, as shown by `explain`.
     pub reason: String,
@@ -83,7 +83,7 @@ impl RunRecord {
                     fingerprint: n.fingerprint.clone(),
                     status: match n.status {
                         crate::Status::Cached => "cached".into(),
-                        crate::Status::Run => "not_run".into(),
+                        crate::Status::Run | crate::Status::Remote => "not_run".into(),
                     },
                     reason: n.explanation(),
                     why: Some(n.reason.clone()),

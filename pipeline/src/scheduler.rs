@@ -24,6 +24,8 @@ pub struct ExecOptions {
     /// Checked on each node's finished artifact (cached ones before anything
     /// starts, built ones before any dependant starts).
     pub check: Option<NodeCheck>,
+    /// A shared cache to fetch from before building and upload to after.
+    pub remote: Option<crate::SharedRemote>,
 }
 
 /// A check of settings against a finished artifact (`Err` says what to change).
@@ -70,6 +72,12 @@ pub enum Event<'a> {
     Finished(&'a PlannedNode, f64),
     /// Failed.
     Failed(&'a PlannedNode, &'a str),
+    /// Fetched from the remote cache in so many seconds.
+    Fetched(&'a PlannedNode, f64),
+    /// Uploaded to the remote cache (or found there already).
+    Uploaded(&'a PlannedNode, &'a crate::UploadOutcome),
+    /// The remote cache could not help with this node; it is built or kept locally.
+    RemoteWarning(&'a PlannedNode, &'a str),
 }
 
 /// What happened to each node.
@@ -81,6 +89,8 @@ pub enum Outcome {
     Ran(f64),
     /// Built by another process meanwhile.
     BuiltElsewhere,
+    /// Fetched from the remote cache, in seconds.
+    Fetched(f64),
     /// Failed.
     Failed(String),
     /// Not started because something else failed.
@@ -139,7 +149,7 @@ pub fn execute(
                 state.outcomes[i] = Outcome::Cached;
                 progress.suspend(|| on_event(Event::Cached(node)));
             }
-            Status::Run => state.pending.push(i),
+            Status::Run | Status::Remote => state.pending.push(i),
         }
     }
     // Settings that do not fit a cached artifact stop the run before anything starts.
@@ -157,6 +167,7 @@ pub fn execute(
     let wake = Condvar::new();
     let first_error: Mutex<Option<PipelineError>> = Mutex::new(None);
     let workers = opts.jobs.max(1).min(n.max(1));
+    let uploads = crate::remote::Uploads::start(opts.remote.as_ref(), &progress);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -205,6 +216,9 @@ pub fn execute(
                 }
                 match result {
                     Ok(outcome) => {
+                        if let (Some(u), Outcome::Ran(_)) = (&uploads, &outcome) {
+                            u.push(opts.remote.as_ref(), i, node, store);
+                        }
                         st.done[i] = true;
                         st.outcomes[i] = outcome;
                     }
@@ -224,6 +238,13 @@ pub fn execute(
             });
         }
     });
+    for (i, report) in uploads.map(|u| u.finish()).unwrap_or_default() {
+        match report {
+            Ok(done) => on_event(Event::Uploaded(&plan.nodes[i], &done)),
+            Err(crate::RemoteError::Offline { .. }) => {}
+            Err(e) => on_event(Event::RemoteWarning(&plan.nodes[i], &e.to_string())),
+        }
+    }
     let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
     let summary = ExecSummary {
         outcomes: state.outcomes,
@@ -287,6 +308,15 @@ fn build_node(
                 aside.display()
             )
         });
+    }
+    let warn = |msg: &str| progress.suspend(|| on_event(Event::RemoteWarning(node, msg)));
+    if let Some(fetched) =
+        crate::remote::try_fetch(opts.remote.as_ref(), node, store, progress, &warn)
+    {
+        if let Outcome::Fetched(s) = fetched {
+            progress.suspend(|| on_event(Event::Fetched(node, s)));
+        }
+        return Ok(fetched);
     }
     let mut inputs = BTreeMap::new();
     for (role, d) in &node.input_nodes {
@@ -438,6 +468,7 @@ mod tests {
             device_slots: slots,
             provenance: BTreeMap::new(),
             check: None,
+            remote: None,
         };
         let (summary, result) = execute(&graph, &plan, &store, &opts, &|_| {});
         result.unwrap();

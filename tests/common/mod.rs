@@ -5,7 +5,9 @@ use std::process::{Command, Output};
 
 pub fn dml() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dml"));
-    c.env_remove("DML_STORE").env_remove("RUST_LOG");
+    c.env_remove("DML_STORE")
+        .env_remove("DML_REMOTE")
+        .env_remove("RUST_LOG");
     c
 }
 

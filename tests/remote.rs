@@ -1,0 +1,282 @@
+//! The shared remote cache against a real S3 server: moto's, started on
+//! 127.0.0.1 for the test (scripts/python-extras.sh installs `moto[server]`).
+//! Without moto the tests say so and pass, except under CI, where they fail.
+mod common;
+use common::*;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BUCKET: &str = "dml-test";
+
+/// A moto S3 server on a free loopback port, killed when dropped (also on a
+/// failed assertion, which unwinds through the drop).
+struct Moto {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts moto and creates the bucket; `None` (after a message) when moto
+    /// is not installed and this is not CI.
+    fn start() -> Option<Moto> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!(
+                    "moto_server cannot be started ({e}); scripts/python-extras.sh installs it (pip install \"moto[server]\")"
+                );
+                if std::env::var_os("CI").is_some() {
+                    panic!("{msg}");
+                }
+                eprintln!("SKIPPED: {msg}");
+                return None;
+            }
+        };
+        let moto = Moto {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on 127.0.0.1:{port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto.python(&format!("s3.create_bucket(Bucket={BUCKET:?})"));
+        Some(moto)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs boto3 code against the server with `s3` bound to a client.
+    fn python(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n{code}\n",
+            self.endpoint()
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "boto3 call failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `dml --store STORE ARGS…` with this server as the remote.
+    fn dml(&self, store: &Path, args: &[&str]) -> Command {
+        let mut c = dml();
+        c.env("DML_REMOTE", format!("s3://{BUCKET}/team"))
+            .env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .arg("--store")
+            .arg(store)
+            .args(args);
+        c
+    }
+
+    fn ok(&self, store: &Path, args: &[&str]) -> Output {
+        let out = self.dml(store, args).output().expect("dml runs");
+        assert!(
+            out.status.success(),
+            "dml {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `(id, status)` of each node of `dml run --json` output.
+fn statuses(out: &Output) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn embeddings(store: &Path) -> Vec<u8> {
+    let p: PathBuf = store.join("latest/tiny/embed/embeddings.arrow");
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The tiny training run, sharing every stage (the decode cache included).
+fn config(dir: &Path) -> String {
+    let text = format!("{TINY_TRAIN}\n[store]\nremote_skip = []\n");
+    write_config(dir, &text).to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remote_is_a_warning() {
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let store = |n: &str| tmp.path().join(n);
+
+    // Store A builds and uploads; large files go up in parts (threshold lowered).
+    let a = moto
+        .dml(&store("a"), &["run", &cfg, "--json"])
+        .env("DML_REMOTE_MULTIPART_AT", "4096")
+        .output()
+        .unwrap();
+    assert!(a.status.success(), "{}", stderr(&a));
+    let nodes = statuses(&a);
+    assert!(nodes.iter().all(|(_, s)| s == "ran"), "{nodes:?}");
+    assert!(stderr(&a).contains("to the remote cache"), "{}", stderr(&a));
+    let listed =
+        String::from_utf8_lossy(&moto.ok(&store("a"), &["remote", "ls"]).stdout).into_owned();
+    for (id, _) in &nodes {
+        let stage = id.split([':', '[']).next().unwrap();
+        assert!(listed.contains(stage), "{stage} not in:\n{listed}");
+    }
+
+    // An empty store B with the same remote: every stage is `remote`, nothing builds.
+    let dry = moto.ok(&store("b"), &["run", &cfg, "--dry-run", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    for n in plan.as_array().unwrap() {
+        assert_eq!(n["status"], "remote", "{n}");
+    }
+    let b = moto.ok(&store("b"), &["run", &cfg, "--json"]);
+    let fetched = statuses(&b);
+    assert!(fetched.iter().all(|(_, s)| s == "fetched"), "{fetched:?}");
+    assert_eq!(embeddings(&store("a")), embeddings(&store("b")));
+    // Fetched artifacts are whole artifacts: a verifying rerun finds them all cached.
+    let again = moto.ok(&store("b"), &["run", &cfg, "--json", "--verify"]);
+    assert!(statuses(&again).iter().all(|(_, s)| s == "cached"));
+
+    // Corrupt embed's embeddings on the server: refused, named, rebuilt, same bytes.
+    let embed_manifest = latest_manifest(&store("a"), "tiny", "embed");
+    let key = embed_manifest["key"].as_str().unwrap().to_string();
+    let hash = file_hash(&embed_manifest, "embeddings.arrow");
+    let object = format!("team/objects/embed/{key}/{hash}/embeddings.arrow");
+    moto.python(&format!(
+        "body = s3.get_object(Bucket={BUCKET:?}, Key={object:?})['Body'].read()\n\
+         s3.put_object(Bucket={BUCKET:?}, Key={object:?}, Body=bytes([body[0] ^ 0xff]) + body[1:])"
+    ));
+    let c = moto.ok(&store("c"), &["run", &cfg, "--json"]);
+    let c_nodes = statuses(&c);
+    assert_eq!(status_of(&c_nodes, "embed"), "ran", "{c_nodes:?}");
+    assert_eq!(status_of(&c_nodes, "train"), "fetched", "{c_nodes:?}");
+    let err = stderr(&c);
+    assert!(
+        err.contains("refused") && err.contains(&key) && err.contains("embeddings.arrow"),
+        "{err}"
+    );
+    assert_eq!(embeddings(&store("a")), embeddings(&store("c")));
+    // C replaced the refused object: the next store fetches embed again.
+    let d = moto.ok(&store("d"), &["run", &cfg, "--json", "--until", "embed"]);
+    assert_eq!(
+        status_of(&statuses(&d), "embed"),
+        "fetched",
+        "{}",
+        stderr(&d)
+    );
+
+    // Two stores uploading the same keys at once leave one valid object per key.
+    let raced = ["--set", "plan.seed=7"];
+    let start = |s: &str| {
+        moto.dml(&store(s), &["run", &cfg, "--json", raced[0], raced[1]])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (e, f) = (start("e"), start("f"));
+    for out in [e.wait_with_output().unwrap(), f.wait_with_output().unwrap()] {
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let g = moto.ok(&store("g"), &["run", &cfg, "--json", raced[0], raced[1]]);
+    let g_nodes = statuses(&g);
+    assert!(
+        g_nodes.iter().all(|(_, s)| s == "fetched"),
+        "{g_nodes:?}\n{}",
+        stderr(&g)
+    );
+    let plan_key = latest_manifest(&store("g"), "tiny", "plan")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifests = moto.python(&format!(
+        "r = s3.list_objects_v2(Bucket={BUCKET:?}, Prefix='team/objects/plan/{plan_key}/')\n\
+         print(sum(1 for o in r['Contents'] if o['Key'].endswith('/manifest.json')))"
+    ));
+    assert_eq!(manifests.trim(), "1");
+
+    // `dml pull` into an empty store takes the newest run record (the raced
+    // run's, shared by `dml run`) from the remote too; then nothing is left to build.
+    let pulled = moto.ok(&store("h"), &["pull", "--run", "tiny"]);
+    assert!(
+        String::from_utf8_lossy(&pulled.stdout).contains("fetched"),
+        "{}",
+        String::from_utf8_lossy(&pulled.stdout)
+    );
+    let h = run_json(&store("h"), &[&cfg, raced[0], raced[1]]);
+    assert!(h.iter().all(|(_, s)| s == "cached"), "{h:?}");
+    let pushed = moto.ok(&store("a"), &["push"]);
+    assert!(String::from_utf8_lossy(&pushed.stdout).contains("already on"));
+
+    // The server is gone: a warning, a local build, a successful run.
+    moto.stop();
+    let started = Instant::now();
+    let i = moto.ok(&store("i"), &["run", &cfg, "--json"]);
+    assert!(statuses(&i).iter().all(|(_, s)| s == "ran"));
+    let err = stderr(&i);
+    assert!(
+        err.contains("warning") && err.contains("not usable"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("not usable").count(),
+        1,
+        "one warning, not one per stage:\n{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(embeddings(&store("a")), embeddings(&store("i")));
+}
