@@ -26,6 +26,20 @@ pub struct Loaded {
     pub store: dml_remote::RemoteSettings,
 }
 
+impl Loaded {
+    /// The experiments as the DAG builder takes them.
+    pub fn dag_experiments(&self) -> Vec<dml_stages::dag::Experiment> {
+        self.experiments
+            .iter()
+            .map(|e| dml_stages::dag::Experiment {
+                name: e.name.clone(),
+                point: e.point.clone(),
+                config: e.config.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Loads `file` (or `preset`, or the default synthetic preset), applies overrides.
 pub fn load(
     file: Option<&std::path::Path>,

@@ -40,15 +40,7 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
         )
     })?;
     let loaded = config::resolve(raw)?;
-    let experiments: Vec<dml_stages::dag::Experiment> = loaded
-        .experiments
-        .iter()
-        .map(|e| dml_stages::dag::Experiment {
-            name: e.name.clone(),
-            point: e.point.clone(),
-            config: e.config.clone(),
-        })
-        .collect();
+    let experiments = loaded.dag_experiments();
     let graph = dml_stages::dag::build(&experiments)?.prune_to(|n| n.id == args.node);
     let Some(i) = graph.nodes().iter().position(|n| n.id == args.node) else {
         bail!(

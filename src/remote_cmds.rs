@@ -1,6 +1,7 @@
 //! The shared remote cache from the command line: `--remote` / `DML_REMOTE` /
 //! `[store]`, the remote step of `dml run`, and `dml push`, `dml pull`,
 //! `dml remote ls`.
+use crate::store_cmds::human;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Lookup};
 use dml_pipeline::{FetchOutcome, Plan, RemoteCache, RunRecord, SharedRemote, UploadOutcome};
@@ -150,21 +151,6 @@ fn local_record(
         }
     }
     Ok(None)
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// `dml push [--run NAME]`: uploads a run's artifacts and its record.

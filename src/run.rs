@@ -89,15 +89,7 @@ pub fn run(
         .first()
         .map(|e| e.config.name.clone())
         .unwrap_or_else(|| "run".into());
-    let experiments: Vec<dml_stages::dag::Experiment> = loaded
-        .experiments
-        .iter()
-        .map(|e| dml_stages::dag::Experiment {
-            name: e.name.clone(),
-            point: e.point.clone(),
-            config: e.config.clone(),
-        })
-        .collect();
+    let experiments = loaded.dag_experiments();
     let dag = dml_stages::dag::build_dag(&experiments)?;
     let users = dag.users;
     let mut graph = dag.graph;

@@ -15,7 +15,7 @@ mod remote;
 mod scheduler;
 mod stage;
 
-pub use error::PipelineError;
+pub use error::{error_chain, PipelineError};
 pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Reason, Status};
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, manifest_key, stage_key, SCHEMA_SALT};

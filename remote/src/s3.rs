@@ -2,7 +2,7 @@
 //! timeouts, verification of everything downloaded, and conditional manifests.
 use crate::{parse_s3_url, OpenError, RemoteSettings};
 use dml_artifacts::{ArtifactStore, FileEntry, Manifest, StoreError};
-use dml_pipeline::{stage_key, FetchOutcome, RemoteCache, RemoteError, UploadOutcome};
+use dml_pipeline::{error_chain, stage_key, FetchOutcome, RemoteCache, RemoteError, UploadOutcome};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -711,20 +711,6 @@ fn transfer_bar(progress: &MultiProgress, total: u64, prefix: &str) -> ProgressB
     let bar = progress.add(bar);
     bar.set_prefix(prefix.to_string());
     bar
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
