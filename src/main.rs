@@ -3,8 +3,10 @@ mod config;
 mod diff;
 mod eval_cmd;
 mod links;
+mod outcome;
 mod presets;
 mod run;
+mod runs_cmd;
 mod store_cmds;
 
 use anyhow::Result;
@@ -59,12 +61,36 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Compare two run records: the settings that differ and the stages each invalidated.
+    /// Compare two run records: the settings that differ, the metric changes, and the stages
+    /// each difference invalidated.
     Diff {
-        /// A run record (path, or file name prefix under runs/).
+        /// A run record: a run name (its newest record), a path, or a file name prefix under runs/.
         a: String,
         /// The other run record.
         b: String,
+    },
+    /// List the run records, newest first: name, time, sweep point, status, R@1, MAP@R, NMI,
+    /// training seconds.
+    Runs {
+        /// Only the records of this run name.
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// As JSON, with each point's artifact directories.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One combined report (table and plots) over several runs, from their existing artifacts
+    /// only: nothing is trained or evaluated again.
+    Report {
+        /// Run names (their newest records), record paths or file name prefixes under runs/.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Where to write it (default: `<store>/reports/<names joined by +>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the built-in presets.
     Presets {
@@ -104,6 +130,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_cmd::eval(args),
         Command::Path { stage, name } => links::path(&cli.store, &stage, name.as_deref()),
         Command::Diff { a, b } => diff::diff(&cli.store, &a, &b),
+        Command::Runs { name, limit, json } => {
+            runs_cmd::runs(&cli.store, name.as_deref(), limit, json)
+        }
+        Command::Report { runs, out } => runs_cmd::report(&cli.store, &runs, out),
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

@@ -24,7 +24,8 @@ pub struct RunArgs {
     /// Only say what would run and why.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the plan (with --dry-run) or the outcome as JSON.
+    /// Print the plan (with --dry-run, an array of nodes) or the outcome as JSON: an object
+    /// with the record, `nodes` and `points` (each point's artifact directories and metrics).
     #[arg(long)]
     pub json: bool,
     /// Stages to run at once (GPU stages never share the device).
@@ -152,7 +153,17 @@ pub fn run(store_dir: &Path, args: RunArgs) -> Result<()> {
             .iter()
             .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        // The outcome of each point: artifact directories and headline metrics.
+        let points = crate::outcome::points(&store, &record);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "record": record_path,
+                "outcome": record.outcome,
+                "nodes": nodes,
+                "points": points,
+            }))?
+        );
     }
     result.with_context(|| {
         format!(

@@ -246,7 +246,8 @@ fn two_concurrent_runs_both_finish_with_the_same_result() {
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     let parse = |o: &std::process::Output| -> Vec<(String, String, String)> {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v.as_array()
+        v["nodes"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|n| {

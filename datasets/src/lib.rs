@@ -61,6 +61,7 @@ pub mod batch;
 pub mod decode_cache;
 pub mod error;
 pub mod fingerprint;
+pub mod holdout;
 pub mod imaging;
 pub mod listing;
 pub mod plan;
@@ -71,6 +72,7 @@ pub mod synthetic;
 pub use batch::{assemble_batch, crop_into, Augment, CropParams, InputScaling};
 pub use decode_cache::{DecodeCache, DecodeReport};
 pub use error::{DatasetError, Result};
+pub use holdout::holdout_classes;
 pub use fingerprint::{fingerprint, FileDigest, Fingerprint, FingerprintStats, StatCache};
 pub use imaging::{decode, image_dims, load_resized, load_resized_into, resize_rgb, Rgb8Image};
 pub use listing::{

@@ -8,6 +8,7 @@ pub mod model_stages;
 pub mod plots;
 pub mod report;
 pub mod train;
+pub mod validation;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).
 pub const LIBTORCH_VERSION: &str = "2.11.0";

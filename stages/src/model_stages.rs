@@ -4,12 +4,13 @@
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings, TrainSettings};
 use crate::plots;
 use crate::train::{self, InputScaling, TrainConfig, Trainer};
+use crate::validation::{ValidationPlan, Validator};
 use anyhow::{anyhow, bail, Context};
-use dml_artifacts::tables::{self, Embeddings};
+use dml_artifacts::tables::{self, Embeddings, TrainLogRow};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -105,6 +106,8 @@ pub struct TrainStage {
     device: Device,
     /// Build the initialised network only (the untrained baseline).
     untrained: bool,
+    /// `[train.validation]`, resolved (`None` when off).
+    validation: Option<ValidationPlan>,
 }
 
 /// `cpu` or `cuda`: the device kind is part of the train key (outputs differ).
@@ -117,12 +120,14 @@ fn device_kind(d: Device) -> &'static str {
 }
 
 impl TrainStage {
-    /// Validates the settings against the plan's layout and resolves the device.
+    /// Validates the settings against the plan's layout and resolves the device;
+    /// `validation` is [`ValidationPlan::resolve`]'s (never for the untrained baseline).
     pub fn new(
         settings: &TrainSettings,
         image: &ImageSettings,
         plan_k: u32,
         untrained: bool,
+        validation: Option<ValidationPlan>,
     ) -> anyhow::Result<Arc<Self>> {
         let cfg = train_config(settings);
         cfg.validate().context("invalid [train] settings")?;
@@ -148,6 +153,7 @@ impl TrainStage {
             crop: image.crop,
             device,
             untrained,
+            validation: validation.filter(|_| !untrained),
         }))
     }
 }
@@ -159,19 +165,6 @@ fn train_config(s: &TrainSettings) -> TrainConfig {
         optimizer: s.optimizer.clone(),
         precision: s.precision,
     }
-}
-
-/// One row of `train_log.parquet`.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct LogRow {
-    step: u32,
-    loss: f64,
-    lr: f64,
-    seconds: f64,
-    active_fraction: f64,
-    mean_pos_dist: f64,
-    mean_neg_dist: f64,
-    mean_norm: f64,
 }
 
 impl Stage for TrainStage {
@@ -188,6 +181,11 @@ impl Stage for TrainStage {
             // (only the resolved kind is).
             o.remove("checkpoint_every");
             o.insert("device".into(), json!(device_kind(self.device)));
+            // Off (the default) leaves the key as it was before validation existed.
+            o.remove("validation");
+            if let Some(v) = &self.validation {
+                o.insert("validation".into(), json!(v));
+            }
             if self.untrained {
                 for k in ["loss", "optimizer", "precision"] {
                     o.remove(k);
@@ -225,13 +223,25 @@ impl Stage for TrainStage {
             });
         let total = steps.len() as u64;
         let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
+        let crop = self.crop;
+        let scaling = to_ds_scaling(cfg.model.input_scaling());
+        let mut validator = match &self.validation {
+            Some(v) => {
+                let planned: BTreeSet<u32> = plan.iter().map(|r| r.class_id).collect();
+                let validator = Validator::new(v, &index, &planned, cache.clone(), crop, scaling)?;
+                ctx.note("validation_images", json!(validator.images()));
+                ctx.note("validation_classes", json!(validator.classes()));
+                Some(validator)
+            }
+            None => None,
+        };
 
         // Resumable checkpoints live outside the store, per key.
         let ckpt_dir = ctx.cache_dir("checkpoints")?.join(ctx.key());
         std::fs::create_dir_all(&ckpt_dir)?;
         let ckpt = ckpt_dir.join("checkpoint.safetensors");
         let ckpt_log = ckpt_dir.join("log.json");
-        let mut log: Vec<LogRow> = Vec::new();
+        let mut log: Vec<TrainLogRow> = Vec::new();
         let mut start = 0u64;
         if ckpt.exists() && ckpt_log.exists() {
             trainer
@@ -240,6 +250,9 @@ impl Stage for TrainStage {
             log = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
             start = trainer.updates();
             log.truncate(start as usize);
+            if let Some(v) = validator.as_mut() {
+                v.resume(&log, &ckpt)?;
+            }
             tracing::info!("resuming {} from step {start}", ctx.node());
             ctx.note("resumed_from_step", json!(start));
         }
@@ -247,8 +260,6 @@ impl Stage for TrainStage {
 
         // Batches are assembled on the rayon pool, one step ahead of the model.
         let (tx, rx) = mpsc::sync_channel::<anyhow::Result<(u64, Vec<f32>, Vec<i64>)>>(2);
-        let crop = self.crop;
-        let scaling = to_ds_scaling(cfg.model.input_scaling());
         let producer = {
             let cache = cache.clone();
             let batches = batches.clone();
@@ -296,7 +307,7 @@ impl Stage for TrainStage {
             })?;
             images_done += labels.len();
             let seconds = elapsed_before + started.elapsed().as_secs_f64();
-            log.push(LogRow {
+            let mut row = TrainLogRow {
                 step: step as u32,
                 loss: stats.loss,
                 lr: stats.lr,
@@ -305,20 +316,35 @@ impl Stage for TrainStage {
                 mean_pos_dist: stats.mean_pos_dist,
                 mean_neg_dist: stats.mean_neg_dist,
                 mean_norm: stats.mean_norm,
-            });
+                val_recall_at_1: None,
+                val_map_at_r: None,
+            };
+            let done = step + 1;
+            if let Some(v) = validator.as_mut().filter(|v| v.due(done, total)) {
+                let score = v.evaluate(&trainer, step as u32)?;
+                row.val_recall_at_1 = Some(score.recall_at_1);
+                row.val_map_at_r = Some(score.map_at_r);
+            }
+            log.push(row);
             let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%",
+                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
                 stats.loss,
                 stats.lr,
                 ips,
-                100.0 * stats.active_fraction
+                100.0 * stats.active_fraction,
+                validator.as_ref().map(|v| v.progress()).unwrap_or_default()
             ));
             bar.inc(1);
-            let done = step + 1;
             if done % every == 0 && done < total {
                 let tmp = ckpt_dir.join("checkpoint.safetensors.tmp");
-                trainer.save(&tmp)?;
+                match &validator {
+                    Some(v) => {
+                        let (tensors, meta) = v.checkpoint_extras();
+                        trainer.save_with(&tmp, tensors, meta)?
+                    }
+                    None => trainer.save(&tmp)?,
+                }
                 std::fs::write(ckpt_dir.join("log.json.tmp"), serde_json::to_string(&log)?)?;
                 std::fs::rename(&tmp, &ckpt)?;
                 std::fs::rename(ckpt_dir.join("log.json.tmp"), &ckpt_log)?;
@@ -330,14 +356,53 @@ impl Stage for TrainStage {
         }
         let _ = producer.join();
         bar.finish_and_clear();
+        let kept = match validator.as_ref() {
+            Some(v) => {
+                v.write_embeddings(&out.join("validation.arrow"))?;
+                Some(v.finish(&mut trainer)?)
+            }
+            None => None,
+        };
         trainer.save_weights(&out.join("model.safetensors"))?;
-        write_log(&out.join("train_log.parquet"), &log)?;
-        let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
-        plots::loss_curve(
-            &out.join("loss.png"),
-            &format!("{} — {}", ctx.node(), cfg.loss.name()),
-            &curve,
+        if let Some(k) = &kept {
+            // model.json: the settings, and which weights these are.
+            let mut model = serde_json::to_value(&cfg)?;
+            if let Some(o) = model.as_object_mut() {
+                o.insert("validation".into(), json!(k));
+            }
+            std::fs::write(
+                out.join("model.json"),
+                serde_json::to_string_pretty(&model)?,
+            )?;
+        }
+        tables::write_parquet(
+            &out.join("train_log.parquet"),
+            &tables::train_log_to_batch(&log),
         )?;
+        let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+        let title = format!("{} — {}", ctx.node(), cfg.loss.name());
+        match (&self.validation, &kept) {
+            (Some(v), Some(k)) => {
+                let val: Vec<(f64, f64, f64)> = log
+                    .iter()
+                    .filter_map(|r| {
+                        Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?))
+                    })
+                    .collect();
+                plots::training_curves(
+                    &out.join("loss.png"),
+                    &title,
+                    &curve,
+                    &plots::ValidationCurve {
+                        label: v.on.label(),
+                        points: &val,
+                        kept_step: (v.keep == crate::validation::Keep::Best)
+                            .then_some(f64::from(k.score.step)),
+                    },
+                )?;
+            }
+            _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
+        }
         let secs = started.elapsed().as_secs_f64();
         ctx.note("steps", json!(total));
         ctx.note(
@@ -348,6 +413,15 @@ impl Stage for TrainStage {
         if let Some(last) = log.last() {
             ctx.note("final_loss", json!(last.loss));
             ctx.note("final_active_fraction", json!(last.active_fraction));
+        }
+        if let (Some(v), Some(k)) = (validator.as_ref(), kept) {
+            ctx.note("validation_on", json!(k.on));
+            ctx.note("validation_keep", json!(k.keep));
+            ctx.note("kept_step", json!(k.score.step));
+            ctx.note("val_recall_at_1", json!(k.score.recall_at_1));
+            ctx.note("val_map_at_r", json!(k.score.map_at_r));
+            ctx.note("validation_evaluations", json!(v.evaluations()));
+            ctx.note("validation_seconds", json!(v.seconds()));
         }
         let _ = std::fs::remove_dir_all(&ckpt_dir);
         Ok(())
@@ -402,37 +476,6 @@ fn substitute_skipped(
     Ok(Arc::new(out))
 }
 
-fn write_log(path: &Path, log: &[LogRow]) -> Result<(), BoxError> {
-    use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
-    use arrow::datatypes::{DataType, Field, Schema};
-    let f = |name: &str| Field::new(name, DataType::Float64, false);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("step", DataType::UInt32, false),
-        f("loss"),
-        f("lr"),
-        f("seconds"),
-        f("active_fraction"),
-        f("mean_pos_dist"),
-        f("mean_neg_dist"),
-        f("mean_norm"),
-    ]));
-    let col = |g: fn(&LogRow) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
-    };
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(log.iter().map(|r| r.step))),
-        col(|r| r.loss),
-        col(|r| r.lr),
-        col(|r| r.seconds),
-        col(|r| r.active_fraction),
-        col(|r| r.mean_pos_dist),
-        col(|r| r.mean_neg_dist),
-        col(|r| r.mean_norm),
-    ];
-    tables::write_parquet(path, &RecordBatch::try_new(schema, cols)?)?;
-    Ok(())
-}
-
 /// Embeds the evaluation split(s) with the trained network.
 pub struct EmbedStage {
     settings: EmbedSettings,
@@ -481,8 +524,7 @@ impl Stage for EmbedStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let train_dir = ctx.input("train")?.to_path_buf();
-        let cfg: TrainConfig =
-            serde_json::from_str(&std::fs::read_to_string(train_dir.join("model.json"))?)?;
+        let cfg = read_model_json(&train_dir.join("model.json"))?;
         let embedder = train::Embedder::load(
             &cfg.model,
             &train_dir.join("model.safetensors"),
@@ -507,25 +549,16 @@ impl Stage for EmbedStage {
             rows.len() as u64,
             "{prefix:>10} [{bar:30}] {pos}/{len} images ({eta})",
         );
-        let mut values = Vec::with_capacity(rows.len() * cfg.model.embedding_dim as usize);
-        for chunk in rows.chunks(bs) {
-            let ids: Vec<usize> = chunk.iter().map(|r| r.image_id as usize).collect();
-            let data = ds::assemble_batch(&cache, &ids, self.crop, ds::Augment::Test, scaling)?;
-            let x = Tensor::from_slice(&data).view([
-                ids.len() as i64,
-                3,
-                self.crop as i64,
-                self.crop as i64,
-            ]);
-            let e = embedder
-                .embed(&x)?
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous();
-            let flat: Vec<f32> = Vec::<f32>::try_from(e.view([-1]))?;
-            values.extend_from_slice(&flat);
-            bar.inc(ids.len() as u64);
-        }
+        let ids: Vec<usize> = rows.iter().map(|r| r.image_id as usize).collect();
+        let values = embed_images(
+            &cache,
+            &ids,
+            self.crop,
+            scaling,
+            bs,
+            &|x| Ok(embedder.embed(x)?),
+            &|n| bar.inc(n as u64),
+        )?;
         bar.finish_and_clear();
         let dim = values.len() / rows.len();
         let emb = Embeddings {
@@ -540,4 +573,44 @@ impl Stage for EmbedStage {
         ctx.note("dim", json!(dim));
         Ok(())
     }
+}
+
+/// The settings in a train artifact's `model.json` (which also says, under `validation`,
+/// which step's weights it holds when `[train.validation]` was on).
+pub fn read_model_json(path: &Path) -> anyhow::Result<TrainConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("validation");
+    }
+    serde_json::from_value(v).with_context(|| format!("reading the settings in {}", path.display()))
+}
+
+/// Embeds decode-cache images (centre crop, eval mode) `batch` at a time with `embed`: the
+/// embed stage's path, shared with validation during training. Returns the row-major
+/// `[ids.len(), D]` values; `progress` hears each batch's size.
+pub(crate) fn embed_images(
+    cache: &ds::DecodeCache,
+    ids: &[usize],
+    crop: u32,
+    scaling: ds::InputScaling,
+    batch: usize,
+    embed: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
+    progress: &dyn Fn(usize),
+) -> anyhow::Result<Vec<f32>> {
+    let mut values = Vec::new();
+    for chunk in ids.chunks(batch.max(1)) {
+        let data = ds::assemble_batch(cache, chunk, crop, ds::Augment::Test, scaling)?;
+        let x = Tensor::from_slice(&data).view([chunk.len() as i64, 3, crop as i64, crop as i64]);
+        let e = embed(&x)?
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let flat: Vec<f32> = Vec::<f32>::try_from(e.view([-1]))?;
+        values.extend_from_slice(&flat);
+        progress(chunk.len());
+    }
+    Ok(values)
 }

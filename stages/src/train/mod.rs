@@ -18,4 +18,6 @@ pub use error::{Result, TrainError};
 pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};
 pub use optim::{Algorithm, LrSchedule, OptimConfig};
-pub use trainer::{resolve_device, Precision, StepStats, TrainConfig, Trainer};
+pub use trainer::{
+    read_checkpoint_extras, resolve_device, Precision, StepStats, TrainConfig, Trainer,
+};
