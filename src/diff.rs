@@ -135,18 +135,20 @@ fn print_metrics(store: &ArtifactStore, ra: &RunRecord, rb: &RunRecord) {
         let ma = pa.map(|p| p.metrics).unwrap_or_default();
         let mb = pb.map(|p| p.metrics).unwrap_or_default();
         let (rows_a, rows_b) = (ma.rows(), mb.rows());
-        let names: Vec<&str> = rows_a
-            .iter()
-            .chain(&rows_b)
-            .map(|r| r.0)
-            .fold(Vec::new(), |mut v, n| {
-                if !v.contains(&n) {
-                    v.push(n);
-                }
-                v
-            });
+        let names: Vec<&str> =
+            rows_a
+                .iter()
+                .chain(&rows_b)
+                .map(|r| r.0)
+                .fold(Vec::new(), |mut v, n| {
+                    if !v.contains(&n) {
+                        v.push(n);
+                    }
+                    v
+                });
         for name in names {
-            let get = |rows: &[(&str, Option<f64>)]| rows.iter().find(|r| r.0 == name).and_then(|r| r.1);
+            let get =
+                |rows: &[(&str, Option<f64>)]| rows.iter().find(|r| r.0 == name).and_then(|r| r.1);
             let (x, y) = (get(&rows_a[..]), get(&rows_b[..]));
             let show = |v: Option<f64>| match v {
                 Some(v) if name == "train s" => format!("{v:.1}"),

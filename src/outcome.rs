@@ -154,10 +154,12 @@ pub fn points(store: &ArtifactStore, record: &RunRecord) -> Vec<Point> {
             let values: Vec<String> = point.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("{}[{}]", record.name, values.join(","))
         };
-        let mut roles = BTreeMap::from([("train".to_string(), ("train".into(), train.key.clone()))]);
-        let embed = record.nodes.iter().find(|n| {
-            n.stage == "embed" && n.inputs.get("train") == Some(&train.key)
-        });
+        let mut roles =
+            BTreeMap::from([("train".to_string(), ("train".into(), train.key.clone()))]);
+        let embed = record
+            .nodes
+            .iter()
+            .find(|n| n.stage == "embed" && n.inputs.get("train") == Some(&train.key));
         if let Some(embed) = embed {
             for stage in ["retrieve", "cluster"] {
                 if let Some(n) = record
@@ -207,11 +209,17 @@ fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
     if let Some(d) = embed_key.and_then(|k| object(store, "embed", &k)) {
         p.artifacts.insert("embed".into(), d);
     }
-    if let Some(r) = retrieve.as_ref().and_then(|d| read_json(&d.join("metrics.json"))) {
+    if let Some(r) = retrieve
+        .as_ref()
+        .and_then(|d| read_json(&d.join("metrics.json")))
+    {
         p.metrics.recall_at_1 = r.get("recall@1").and_then(Value::as_f64);
         p.metrics.map_at_r = r.get("map@r").and_then(Value::as_f64);
     }
-    if let Some(c) = cluster.as_ref().and_then(|d| read_json(&d.join("metrics.json"))) {
+    if let Some(c) = cluster
+        .as_ref()
+        .and_then(|d| read_json(&d.join("metrics.json")))
+    {
         p.metrics.nmi = c.get("nmi").and_then(Value::as_f64);
     }
     if let Some(m) = train
@@ -231,7 +239,11 @@ fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
             }));
         }
     }
-    for (stage, d) in [("train", train), ("retrieve", retrieve), ("cluster", cluster)] {
+    for (stage, d) in [
+        ("train", train),
+        ("retrieve", retrieve),
+        ("cluster", cluster),
+    ] {
         if let Some(d) = d {
             p.artifacts.insert(stage.into(), d);
         }

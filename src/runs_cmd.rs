@@ -24,7 +24,12 @@ fn pct(v: Option<f64>) -> String {
 }
 
 /// `dml runs [--name NAME] [--limit N] [--json]`.
-pub fn runs(store_dir: &Path, name: Option<&str>, limit: Option<usize>, as_json: bool) -> Result<()> {
+pub fn runs(
+    store_dir: &Path,
+    name: Option<&str>,
+    limit: Option<usize>,
+    as_json: bool,
+) -> Result<()> {
     let store = ArtifactStore::open(store_dir)?;
     let mut listed = Vec::new();
     for path in RunRecord::list(&store)?.into_iter().rev() {
@@ -67,11 +72,7 @@ pub fn runs(store_dir: &Path, name: Option<&str>, limit: Option<usize>, as_json:
         "started", "run", "status", "R@1", "MAP@R", "NMI", "train s"
     );
     for (path, r) in &listed {
-        let started = r
-            .started
-            .get(..19)
-            .unwrap_or(&r.started)
-            .replace('T', " ");
+        let started = r.started.get(..19).unwrap_or(&r.started).replace('T', " ");
         let file = path
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())

@@ -36,8 +36,14 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     let b_dir = tmp.path().join("b");
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let cfg_a = write_config(&a_dir, &TINY_TRAIN.replace("name = \"tiny\"", "name = \"a\""));
-    let cfg_b = write_config(&b_dir, &TINY_TRAIN.replace("name = \"tiny\"", "name = \"b\""));
+    let cfg_a = write_config(
+        &a_dir,
+        &TINY_TRAIN.replace("name = \"tiny\"", "name = \"a\""),
+    );
+    let cfg_b = write_config(
+        &b_dir,
+        &TINY_TRAIN.replace("name = \"tiny\"", "name = \"b\""),
+    );
 
     // `run --json`: the nodes, then each point's artifacts and headline metrics.
     let oa = run_outcome(&store, &[cfg_a.to_str().unwrap()]);
@@ -49,9 +55,14 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     assert_eq!(pa["name"], "a");
     for stage in ["train", "embed", "retrieve", "cluster", "report"] {
         let dir = PathBuf::from(pa["artifacts"][stage].as_str().unwrap());
-        assert!(dir.join("manifest.json").is_file(), "{stage}: {}", dir.display());
+        assert!(
+            dir.join("manifest.json").is_file(),
+            "{stage}: {}",
+            dir.display()
+        );
     }
-    let art = |p: &serde_json::Value, stage: &str| PathBuf::from(p["artifacts"][stage].as_str().unwrap());
+    let art =
+        |p: &serde_json::Value, stage: &str| PathBuf::from(p["artifacts"][stage].as_str().unwrap());
     assert!(art(pa, "train").join("model.safetensors").is_file());
     let retrieve = json_file(&art(pa, "retrieve").join("metrics.json"));
     let cluster = json_file(&art(pa, "cluster").join("metrics.json"));
@@ -124,14 +135,20 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
         "{r1_line}"
     );
     assert!(diff.contains("val R@1"), "B's validation shows: {diff}");
-    assert!(diff.contains("train                        invalidated"), "{diff}");
+    assert!(
+        diff.contains("train                        invalidated"),
+        "{diff}"
+    );
 
     // `dml report a b`: one table over both runs, from the store, nothing rebuilt.
     let (objects, records) = (count(&store.join("objects")), count(&store.join("runs")));
     let report = ok(&store, &["report", "a", "b"]);
     assert_eq!(count(&store.join("objects")), objects);
     assert_eq!(count(&store.join("runs")), records);
-    assert!(report.contains("| a | hard_triplet") && report.contains("| b | hard_triplet"), "{report}");
+    assert!(
+        report.contains("| a | hard_triplet") && report.contains("| b | hard_triplet"),
+        "{report}"
+    );
     let out = store.join("reports/a+b");
     let combined = json_file(&out.join("report.json"));
     let rows = combined["runs"].as_array().unwrap();
@@ -155,13 +172,29 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     let e = fails(&store, &["report", "nope"]);
     assert!(e.contains("no run record `nope`"), "{e}");
     // A run that stopped before its report cannot be reported.
-    ok(&store, &["run", cfg_a.to_str().unwrap(), "--until", "train", "--set", "train.seed=2"]);
+    ok(
+        &store,
+        &[
+            "run",
+            cfg_a.to_str().unwrap(),
+            "--until",
+            "train",
+            "--set",
+            "train.seed=2",
+        ],
+    );
     let e = fails(&store, &["report", "a"]);
     assert!(e.contains("did not reach its report"), "{e}");
     // …but `runs` still lists it, with what it has.
     let listed: serde_json::Value = serde_json::from_str(&ok(&store, &["runs", "--json"])).unwrap();
     let newest = &listed[0];
     assert_eq!(newest["name"], "a");
-    assert!(newest["points"][0]["artifacts"]["train"].is_string(), "{newest}");
-    assert!(newest["points"][0]["metrics"]["recall_at_1"].is_null(), "{newest}");
+    assert!(
+        newest["points"][0]["artifacts"]["train"].is_string(),
+        "{newest}"
+    );
+    assert!(
+        newest["points"][0]["metrics"]["recall_at_1"].is_null(),
+        "{newest}"
+    );
 }

@@ -245,12 +245,24 @@ fn keep_best_makes_the_best_steps_weights_the_artifact() {
     // The embed stage embeds the test split with the artifact's weights; retrieve scores it
     // with the exact metrics: the best step's numbers, not the last step's.
     let retrieve = json_file(&store.join("latest/best/retrieve/metrics.json"));
-    close(retrieve["recall@1"].as_f64().unwrap(), best.1, "artifact R@1");
-    close(retrieve["map@r"].as_f64().unwrap(), best.2, "artifact MAP@R");
+    close(
+        retrieve["recall@1"].as_f64().unwrap(),
+        best.1,
+        "artifact R@1",
+    );
+    close(
+        retrieve["map@r"].as_f64().unwrap(),
+        best.2,
+        "artifact MAP@R",
+    );
     let embedded = Embeddings::read(&store.join("latest/best/embed/embeddings.arrow")).unwrap();
     let (r1, map) = brute_force(&embedded);
     close(r1, best.1, "brute-force R@1 of the artifact's embeddings");
-    close(map, best.2, "brute-force MAP@R of the artifact's embeddings");
+    close(
+        map,
+        best.2,
+        "brute-force MAP@R of the artifact's embeddings",
+    );
     // The validation's own embeddings of that step are the artifact's.
     let kept = Embeddings::read(&train.join("validation.arrow")).unwrap();
     assert_eq!(kept.image_id, embedded.image_id);
@@ -262,7 +274,10 @@ fn keep_best_makes_the_best_steps_weights_the_artifact() {
         .zip(&embedded.values)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(diff < 1e-5, "validation vs embed stage embeddings differ by {diff}");
+    assert!(
+        diff < 1e-5,
+        "validation vs embed stage embeddings differ by {diff}"
+    );
 }
 
 #[test]
@@ -308,14 +323,9 @@ fn validation_off_leaves_keys_alone_and_on_changes_the_right_ones() {
     let keys = |sets: &[&str]| -> Vec<(String, String)> {
         let mut a = vec![cfg];
         a.extend_from_slice(sets);
-        plan(&store, &a)
-            .into_iter()
-            .map(|n| (n.0, n.3))
-            .collect()
+        plan(&store, &a).into_iter().map(|n| (n.0, n.3)).collect()
     };
-    let key = |k: &[(String, String)], id: &str| {
-        k.iter().find(|n| n.0 == id).unwrap().1.clone()
-    };
+    let key = |k: &[(String, String)], id: &str| k.iter().find(|n| n.0 == id).unwrap().1.clone();
     let base = keys(&[]);
     // An explicit table with every = 0 is off: nothing changes, whatever else it says.
     let off = keys(&[
@@ -328,7 +338,12 @@ fn validation_off_leaves_keys_alone_and_on_changes_the_right_ones() {
     ]);
     assert_eq!(base, off);
     // On the test split: the plan is unchanged, training is not.
-    let test = keys(&["--set", "train.validation.every=4", "--set", "train.validation.on=\"test\""]);
+    let test = keys(&[
+        "--set",
+        "train.validation.every=4",
+        "--set",
+        "train.validation.on=\"test\"",
+    ]);
     assert_eq!(key(&base, "plan"), key(&test, "plan"));
     assert_ne!(key(&base, "train"), key(&test, "train"));
     assert_eq!(key(&base, "train:untrained"), key(&test, "train:untrained"));
@@ -336,7 +351,12 @@ fn validation_off_leaves_keys_alone_and_on_changes_the_right_ones() {
     let holdout = keys(&["--set", "train.validation.every=4"]);
     assert_ne!(key(&base, "plan"), key(&holdout, "plan"));
     assert_ne!(key(&test, "train"), key(&holdout, "train"));
-    let other_seed = keys(&["--set", "train.validation.every=4", "--set", "train.validation.seed=1"]);
+    let other_seed = keys(&[
+        "--set",
+        "train.validation.every=4",
+        "--set",
+        "train.validation.seed=1",
+    ]);
     assert_ne!(key(&holdout, "plan"), key(&other_seed, "plan"));
 
     let e = fails(

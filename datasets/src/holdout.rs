@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(holdout_classes(&[4, 5, 6], 0.01, 0).unwrap().len(), 2);
         assert_eq!(holdout_classes(&[4, 5, 6], 0.99, 0).unwrap().len(), 2);
         let e = holdout_classes(&[1, 2], 0.5, 0).unwrap_err().to_string();
-        assert!(e.contains("holdout_fraction") && e.contains("on = \"test\""), "{e}");
+        assert!(
+            e.contains("holdout_fraction") && e.contains("on = \"test\""),
+            "{e}"
+        );
         let e = holdout_classes(&[1, 2, 3], 1.0, 0).unwrap_err().to_string();
         assert!(e.contains("strictly between 0 and 1"), "{e}");
     }

@@ -72,8 +72,8 @@ pub mod synthetic;
 pub use batch::{assemble_batch, crop_into, Augment, CropParams, InputScaling};
 pub use decode_cache::{DecodeCache, DecodeReport};
 pub use error::{DatasetError, Result};
-pub use holdout::holdout_classes;
 pub use fingerprint::{fingerprint, FileDigest, Fingerprint, FingerprintStats, StatCache};
+pub use holdout::holdout_classes;
 pub use imaging::{decode, image_dims, load_resized, load_resized_into, resize_rgb, Rgb8Image};
 pub use listing::{
     check_files_exist, list, missing_files, DatasetKind, ListOptions, Listing, Record, Split,

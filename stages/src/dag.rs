@@ -129,10 +129,7 @@ pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
         let index = b.add(e, Arc::new(IndexStage::new(c)?), &with_synth(vec![]));
         let plan = b.add(
             e,
-            Arc::new(PlanStage::new(
-                c.plan.clone(),
-                c.train.validation.holdout(),
-            )),
+            Arc::new(PlanStage::new(c.plan.clone(), c.train.validation.holdout())),
             &[("index", index)],
         );
         let decode = b.add(

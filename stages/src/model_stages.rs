@@ -385,9 +385,7 @@ impl Stage for TrainStage {
             (Some(v), Some(k)) => {
                 let val: Vec<(f64, f64, f64)> = log
                     .iter()
-                    .filter_map(|r| {
-                        Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?))
-                    })
+                    .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
                     .collect();
                 plots::training_curves(
                     &out.join("loss.png"),

@@ -150,15 +150,33 @@ pub fn training_curves(
         .draw()
         .map_err(err)?;
     let series = [
-        ("Recall@1", RED, validation.points.iter().map(|p| (p.0, 100.0 * p.1)).collect::<Vec<_>>()),
-        ("MAP@R", GREEN, validation.points.iter().map(|p| (p.0, 100.0 * p.2)).collect()),
+        (
+            "Recall@1",
+            RED,
+            validation
+                .points
+                .iter()
+                .map(|p| (p.0, 100.0 * p.1))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "MAP@R",
+            GREEN,
+            validation
+                .points
+                .iter()
+                .map(|p| (p.0, 100.0 * p.2))
+                .collect(),
+        ),
     ];
     for (name, color, pts) in series {
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(err)?;

@@ -183,7 +183,10 @@ pub fn write_report(
                 &inputs.dir(&format!("baseline_retrieve/{i}"))?,
                 "metrics.json",
             )?;
-            let bc = read_json(&inputs.dir(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
+            let bc = read_json(
+                &inputs.dir(&format!("baseline_cluster/{i}"))?,
+                "metrics.json",
+            )?;
             Some((num(&br, "recall@1"), num(&bc, "nmi")))
         } else {
             None
@@ -217,9 +220,7 @@ pub fn write_report(
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(
-            &json!({ "runs": rows, "groups": frame_to_json(&groups)? }),
-        )?,
+        serde_json::to_string_pretty(&json!({ "runs": rows, "groups": frame_to_json(&groups)? }))?,
     )?;
     let mut table = table;
     let file = std::fs::File::create(out.join("report.parquet"))?;

@@ -125,9 +125,11 @@ impl Holdout {
             .filter(|r| r.split == "train")
             .map(|r| r.class_id)
             .collect();
-        Ok(ds::holdout_classes(&train, self.holdout_fraction, self.seed)?
-            .into_iter()
-            .collect())
+        Ok(
+            ds::holdout_classes(&train, self.holdout_fraction, self.seed)?
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// How the plan stage's settings name it, so that `explain` says
@@ -375,7 +377,9 @@ impl Validator {
             .with_context(|| format!("validating on the {}", self.plan.on.label()))?;
         let score = Score {
             step,
-            recall_at_1: m.recall_at(1).ok_or_else(|| anyhow!("no Recall@1 computed"))?,
+            recall_at_1: m
+                .recall_at(1)
+                .ok_or_else(|| anyhow!("no Recall@1 computed"))?,
             map_at_r: m.map_at_r,
         };
         let better = match &self.best {
