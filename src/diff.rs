@@ -1,40 +1,17 @@
-//! `dml diff RUN_A RUN_B`: which settings differ between two run records, and
-//! which stages each difference invalidated.
-use anyhow::{Context, Result};
+//! `dml diff RUN_A RUN_B`: which settings differ between two run records, how
+//! their metrics changed (like `dvc metrics diff`), and which stages each
+//! difference invalidated.
+use crate::outcome::{self, Point};
+use anyhow::Result;
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{changes, flatten_settings, show, RunRecord};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-fn resolve(store: &ArtifactStore, what: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(what);
-    if p.exists() {
-        return Ok(p);
-    }
-    let matches: Vec<PathBuf> = RunRecord::list(store)?
-        .into_iter()
-        .filter(|r| {
-            r.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with(what))
-        })
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => {
-            anyhow::bail!("no run record `{what}` (give a path or a file name prefix under runs/)")
-        }
-        _ => anyhow::bail!(
-            "`{what}` matches {} run records; give more of the name",
-            matches.len()
-        ),
-    }
-}
+use std::path::Path;
 
 pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
     let store = ArtifactStore::open_read_only(store_dir)?;
-    let (pa, pb) = (resolve(&store, a)?, resolve(&store, b)?);
-    let ra = RunRecord::load(&pa).with_context(|| format!("reading {}", pa.display()))?;
-    let rb = RunRecord::load(&pb).with_context(|| format!("reading {}", pb.display()))?;
+    let (pa, ra) = outcome::load_record(&store, a)?;
+    let (pb, rb) = outcome::load_record(&store, b)?;
     let (ca, cb) = (flatten_settings(&ra.config), flatten_settings(&rb.config));
     let keys: BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
     println!(
@@ -54,6 +31,7 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
     if !any {
         println!("  none");
     }
+    print_metrics(&store, &ra, &rb);
     println!("stages:");
     for nb in &rb.nodes {
         match ra.nodes.iter().find(|n| n.id == nb.id) {
@@ -84,4 +62,78 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The points of A and B side by side: matched by sweep values, or the one point of each.
+fn pair_points(a: Vec<Point>, b: Vec<Point>) -> Vec<(String, Option<Point>, Option<Point>)> {
+    if a.len() == 1 && b.len() == 1 {
+        let (pa, pb) = (a.into_iter().next(), b.into_iter().next());
+        let label = match (&pa, &pb) {
+            (Some(x), Some(y)) if x.name == y.name => x.name.clone(),
+            (Some(x), Some(y)) => format!("{} → {}", x.name, y.name),
+            _ => String::new(),
+        };
+        return vec![(label, pa, pb)];
+    }
+    let mut out: Vec<(String, Option<Point>, Option<Point>)> = Vec::new();
+    let mut rest_b = b;
+    for pa in a {
+        let found = rest_b.iter().position(|pb| pb.point == pa.point);
+        let pb = found.map(|i| rest_b.remove(i));
+        out.push((pa.name.clone(), Some(pa), pb));
+    }
+    for pb in rest_b {
+        out.push((pb.name.clone(), None, Some(pb)));
+    }
+    out
+}
+
+/// `metrics (A → B)`: each headline metric of each point, with the change.
+fn print_metrics(store: &ArtifactStore, ra: &RunRecord, rb: &RunRecord) {
+    let pairs = pair_points(outcome::points(store, ra), outcome::points(store, rb));
+    println!("metrics (A → B):");
+    if pairs.is_empty() {
+        println!("  none (neither run reached its metrics)");
+        return;
+    }
+    println!(
+        "  {:<36} {:<10} {:>10} {:>10} {:>10}",
+        "point", "metric", "A", "B", "change"
+    );
+    for (label, pa, pb) in pairs {
+        let ma = pa.map(|p| p.metrics).unwrap_or_default();
+        let mb = pb.map(|p| p.metrics).unwrap_or_default();
+        let (rows_a, rows_b) = (ma.rows(), mb.rows());
+        let names: Vec<&str> =
+            rows_a
+                .iter()
+                .chain(&rows_b)
+                .map(|r| r.0)
+                .fold(Vec::new(), |mut v, n| {
+                    if !v.contains(&n) {
+                        v.push(n);
+                    }
+                    v
+                });
+        for name in names {
+            let get =
+                |rows: &[(&str, Option<f64>)]| rows.iter().find(|r| r.0 == name).and_then(|r| r.1);
+            let (x, y) = (get(&rows_a[..]), get(&rows_b[..]));
+            let show = |v: Option<f64>| match v {
+                Some(v) if name == "train s" => format!("{v:.1}"),
+                Some(v) => format!("{v:.4}"),
+                None => "—".into(),
+            };
+            let change = match (x, y) {
+                (Some(x), Some(y)) if name == "train s" => format!("{:+.1}", y - x),
+                (Some(x), Some(y)) => format!("{:+.4}", y - x),
+                _ => "—".into(),
+            };
+            println!(
+                "  {label:<36} {name:<10} {:>10} {:>10} {change:>10}",
+                show(x),
+                show(y)
+            );
+        }
+    }
 }

@@ -5,10 +5,12 @@ mod eval_cmd;
 mod exec_stage;
 mod interrupt;
 mod links;
+mod outcome;
 mod presets;
 mod remote_cmds;
 mod run;
 mod slurm;
+mod runs_cmd;
 mod store_cmds;
 
 use anyhow::Result;
@@ -67,9 +69,10 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Compare two run records: the settings that differ and the stages each invalidated.
+    /// Compare two run records: the settings that differ, the metric changes, and the stages
+    /// each difference invalidated.
     Diff {
-        /// A run record (path, or file name prefix under runs/).
+        /// A run record: a run name (its newest record), a path, or a file name prefix under runs/.
         a: String,
         /// The other run record.
         b: String,
@@ -108,6 +111,29 @@ enum Command {
     Remote {
         #[command(subcommand)]
         command: remote_cmds::RemoteCommand,
+    },
+    /// List the run records, newest first: name, time, sweep point, status, R@1, MAP@R, NMI,
+    /// training seconds.
+    Runs {
+        /// Only the records of this run name.
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// As JSON, with each point's artifact directories.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One combined report (table and plots) over several runs, from their existing artifacts
+    /// only: nothing is trained or evaluated again.
+    Report {
+        /// Run names (their newest records), record paths or file name prefixes under runs/.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Where to write it (default: `<store>/reports/<names joined by +>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the built-in presets.
     Presets {
@@ -169,6 +195,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { name, json } => slurm::status(&cli.store, name.as_deref(), json),
         Command::Cancel { name } => slurm::cancel(&cli.store, name.as_deref()),
         Command::ExecStage(args) => exec_stage::exec_stage(&cli.store, args),
+        Command::Runs { name, limit, json } => {
+            runs_cmd::runs(&cli.store, name.as_deref(), limit, json)
+        }
+        Command::Report { runs, out } => runs_cmd::report(&cli.store, &runs, out),
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

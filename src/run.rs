@@ -28,7 +28,8 @@ pub struct RunArgs {
     /// Only say what would run and why.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the plan (with --dry-run) or the outcome as JSON.
+    /// Print the plan (with --dry-run, an array of nodes) or the outcome as JSON: an object
+    /// with the record, `nodes` and `points` (each point's artifact directories and metrics).
     #[arg(long)]
     pub json: bool,
     /// Stages to run at once (GPU stages never share the device).
@@ -273,7 +274,17 @@ pub fn run(
             .iter()
             .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        // The outcome of each point: artifact directories and headline metrics.
+        let points = crate::outcome::points(&store, &record);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "record": record_path,
+                "outcome": record.outcome,
+                "nodes": nodes,
+                "points": points,
+            }))?
+        );
     }
     if let Err(e) = result {
         // A stage that failed may succeed on a rerun (a full disk, a kill); a setting

@@ -1,4 +1,4 @@
-//! The artifacts' tables (index, plan, embeddings) and Arrow IPC / Parquet I/O.
+//! The artifacts' tables (index, plan, training log, embeddings) and Arrow IPC / Parquet I/O.
 //!
 //! Every table is a plain Arrow schema so pandas, polars, pyarrow and DuckDB open
 //! it as is: Parquet for the index and plan, an Arrow IPC *file* for embeddings.
@@ -576,4 +576,129 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// One row of `train_log.parquet`: one training step. The validation columns are null
+/// except at the steps where `[train.validation]` evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainLogRow {
+    /// Training step, from 0.
+    pub step: u32,
+    /// The loss value.
+    pub loss: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Wall seconds since training began (validation included).
+    pub seconds: f64,
+    /// Fraction of triplets/pairs with non-zero loss.
+    pub active_fraction: f64,
+    /// Mean distance over positive pairs of the batch.
+    pub mean_pos_dist: f64,
+    /// Mean distance over negative pairs of the batch.
+    pub mean_neg_dist: f64,
+    /// Mean L2 norm of the embeddings.
+    pub mean_norm: f64,
+    /// Seconds the step waited for its batch (0 when the loader was ahead).
+    #[serde(default)]
+    pub data_wait_s: f64,
+    /// Validation Recall@1 after this step, where evaluated.
+    #[serde(default)]
+    pub val_recall_at_1: Option<f64>,
+    /// Validation MAP@R after this step, where evaluated.
+    #[serde(default)]
+    pub val_map_at_r: Option<f64>,
+}
+
+/// The training log table.
+pub fn train_log_to_batch(rows: &[TrainLogRow]) -> RecordBatch {
+    use arrow::array::Float64Array;
+    let f = |name: &str, nullable: bool| Field::new(name, DataType::Float64, nullable);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("step", DataType::UInt32, false),
+        f("loss", false),
+        f("lr", false),
+        f("seconds", false),
+        f("active_fraction", false),
+        f("mean_pos_dist", false),
+        f("mean_neg_dist", false),
+        f("mean_norm", false),
+        f("data_wait_s", false),
+        f("val_recall_at_1", true),
+        f("val_map_at_r", true),
+    ]));
+    let col = |g: fn(&TrainLogRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(g)))
+    };
+    let opt = |g: fn(&TrainLogRow) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from_iter(rows.iter().map(g)))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.step))),
+        col(|r| r.loss),
+        col(|r| r.lr),
+        col(|r| r.seconds),
+        col(|r| r.active_fraction),
+        col(|r| r.mean_pos_dist),
+        col(|r| r.mean_neg_dist),
+        col(|r| r.mean_norm),
+        col(|r| r.data_wait_s),
+        opt(|r| r.val_recall_at_1),
+        opt(|r| r.val_map_at_r),
+    ];
+    RecordBatch::try_new(schema, cols).expect("train log columns match their schema")
+}
+
+/// Reads `train_log.parquet`; logs written before the validation columns existed read with
+/// them null.
+pub fn read_train_log(path: &Path) -> Result<Vec<TrainLogRow>, StoreError> {
+    let b = read_table(path)?;
+    let f64s = |n: &str| -> Result<Vec<Option<f64>>, StoreError> {
+        let c = column(&b, n, path)?;
+        let c = c
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| table_err(path, format!("column `{n}` is not float64")))?;
+        Ok((0..c.len())
+            .map(|i| (!c.is_null(i)).then(|| c.value(i)))
+            .collect())
+    };
+    let optional = |n: &str| -> Result<Vec<Option<f64>>, StoreError> {
+        if b.column_by_name(n).is_some() {
+            f64s(n)
+        } else {
+            Ok(vec![None; b.num_rows()])
+        }
+    };
+    let steps = column_as_labels(column(&b, "step", path)?, "step", path)?;
+    let req = |n: &str| -> Result<Vec<f64>, StoreError> {
+        f64s(n)?
+            .into_iter()
+            .map(|v| v.ok_or_else(|| table_err(path, format!("column `{n}` has a null"))))
+            .collect()
+    };
+    let (loss, lr, seconds, active, pos, neg, norm) = (
+        req("loss")?,
+        req("lr")?,
+        req("seconds")?,
+        req("active_fraction")?,
+        req("mean_pos_dist")?,
+        req("mean_neg_dist")?,
+        req("mean_norm")?,
+    );
+    let (r1, map) = (optional("val_recall_at_1")?, optional("val_map_at_r")?);
+    let wait = optional("data_wait_s")?;
+    Ok((0..b.num_rows())
+        .map(|i| TrainLogRow {
+            step: steps[i],
+            loss: loss[i],
+            lr: lr[i],
+            seconds: seconds[i],
+            active_fraction: active[i],
+            mean_pos_dist: pos[i],
+            mean_neg_dist: neg[i],
+            mean_norm: norm[i],
+            data_wait_s: wait[i].unwrap_or(0.0),
+            val_recall_at_1: r1[i],
+            val_map_at_r: map[i],
+        })
+        .collect())
 }

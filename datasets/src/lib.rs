@@ -61,6 +61,7 @@ pub mod batch;
 pub mod decode_cache;
 pub mod error;
 pub mod fingerprint;
+pub mod holdout;
 pub mod imaging;
 pub mod listing;
 pub mod plan;
@@ -75,6 +76,7 @@ pub use batch::{
 pub use decode_cache::{DecodeCache, DecodeReport};
 pub use error::{DatasetError, Result};
 pub use fingerprint::{fingerprint, FileDigest, Fingerprint, FingerprintStats, StatCache};
+pub use holdout::holdout_classes;
 pub use imaging::{decode, image_dims, load_resized, load_resized_into, resize_rgb, Rgb8Image};
 pub use listing::{
     check_files_exist, list, missing_files, DatasetKind, ListOptions, Listing, Record, Split,

@@ -227,6 +227,8 @@ pub struct TrainSettings {
     pub seed: u64,
     /// Steps between resumable checkpoints (kept outside the store, not part of the key).
     pub checkpoint_every: u32,
+    /// Validation during training (`[train.validation]`; off by default).
+    pub validation: crate::validation::ValidationSettings,
 }
 
 impl Default for TrainSettings {
@@ -240,6 +242,7 @@ impl Default for TrainSettings {
             device: "auto".into(),
             seed: 0,
             checkpoint_every: 500,
+            validation: Default::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::data_stages::{IndexStage, PlanStage, SynthStage};
 use crate::eval_stages::{ClusterStage, RetrieveStage};
 use crate::model_stages::{DecodeStage, EmbedStage, ImageRoot, TrainStage};
 use crate::report::{ReportStage, RunLabel};
+use crate::validation::ValidationPlan;
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -150,7 +151,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         let index = b.add(e, Arc::new(IndexStage::new(c)?), &with_synth(vec![]));
         let plan = b.add(
             e,
-            Arc::new(PlanStage::new(c.plan.clone())),
+            Arc::new(PlanStage::new(c.plan.clone(), c.train.validation.holdout())),
             &[("index", index)],
         );
         let decode = b.add(
@@ -160,7 +161,13 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         );
         let train = b.add(
             e,
-            TrainStage::new(&c.train, &c.image, c.plan.k, false)?,
+            TrainStage::new(
+                &c.train,
+                &c.image,
+                c.plan.k,
+                false,
+                ValidationPlan::resolve(c)?,
+            )?,
             &[("plan", plan), ("decode", decode), ("index", index)],
         );
         let embed = b.add(
@@ -186,7 +193,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
             let train0 = b.add_labelled(
                 e,
                 l,
-                TrainStage::new(&c.train, &c.image, c.plan.k, true)?,
+                TrainStage::new(&c.train, &c.image, c.plan.k, true, None)?,
                 &[],
             );
             let embed0 = b.add_labelled(

@@ -4,6 +4,7 @@ use crate::config::{
     DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings, PlanSettings,
     SyntheticSettings,
 };
+use crate::validation::Holdout;
 use anyhow::{anyhow, bail, Context};
 use dml_artifacts::tables::{self, IndexRow, PlanRow};
 use dml_datasets as ds;
@@ -327,12 +328,14 @@ fn changed_images(
 /// Plans P×K batches for every training step.
 pub struct PlanStage {
     settings: PlanSettings,
+    /// Training classes held out for validation (`[train.validation]` on a holdout).
+    holdout: Option<Holdout>,
 }
 
 impl PlanStage {
-    /// A plan stage.
-    pub fn new(settings: PlanSettings) -> Self {
-        PlanStage { settings }
+    /// A plan stage; a `holdout`'s classes are left out of every batch.
+    pub fn new(settings: PlanSettings, holdout: Option<Holdout>) -> Self {
+        PlanStage { settings, holdout }
     }
 }
 
@@ -344,13 +347,28 @@ impl Stage for PlanStage {
         1
     }
     fn settings(&self) -> serde_json::Value {
-        json!({ "plan": self.settings })
+        let mut s = json!({ "plan": self.settings });
+        // Without a holdout the key is what it always was.
+        if let (Some(h), Some(o)) = (&self.holdout, s.as_object_mut()) {
+            o.extend(h.plan_settings().as_object().cloned().unwrap_or_default());
+        }
+        s
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let held = match &self.holdout {
+            Some(h) => h.classes(&index)?,
+            None => Default::default(),
+        };
         let mut classes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for r in index.iter().filter(|r| r.split == "train") {
+        for r in index
+            .iter()
+            .filter(|r| r.split == "train" && !held.contains(&r.class_id))
+        {
             classes.entry(r.class_id).or_default().push(r.image_id);
+        }
+        if !held.is_empty() {
+            ctx.note("holdout_classes", json!(held));
         }
         if classes.is_empty() {
             return Err(anyhow!("the index has no train split to plan batches from").into());

@@ -11,6 +11,7 @@ pub mod preflight;
 pub mod report;
 mod resume;
 pub mod train;
+pub mod validation;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).
 pub const LIBTORCH_VERSION: &str = "2.11.0";

@@ -6,12 +6,13 @@ use crate::loader::Batch;
 use crate::plots;
 use crate::resume::{self, Checkpoints};
 use crate::train::{self, InputScaling, TrainConfig, Trainer};
+use crate::validation::{ValidationPlan, Validator};
 use anyhow::{anyhow, bail, Context};
-use dml_artifacts::tables::{self, Embeddings};
+use dml_artifacts::tables::{self, Embeddings, TrainLogRow};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -118,6 +119,8 @@ pub struct TrainStage {
     device: Device,
     /// Build the initialised network only (the untrained baseline).
     untrained: bool,
+    /// `[train.validation]`, resolved (`None` when off).
+    validation: Option<ValidationPlan>,
 }
 
 /// `cpu` or `cuda`: the device kind is part of the train key (outputs differ).
@@ -130,12 +133,14 @@ fn device_kind(d: Device) -> &'static str {
 }
 
 impl TrainStage {
-    /// Validates the settings against the plan's layout and resolves the device.
+    /// Validates the settings against the plan's layout and resolves the device;
+    /// `validation` is [`ValidationPlan::resolve`]'s (never for the untrained baseline).
     pub fn new(
         settings: &TrainSettings,
         image: &ImageSettings,
         plan_k: u32,
         untrained: bool,
+        validation: Option<ValidationPlan>,
     ) -> anyhow::Result<Arc<Self>> {
         let cfg = train_config(settings);
         cfg.validate().context("invalid [train] settings")?;
@@ -167,6 +172,7 @@ impl TrainStage {
             augment,
             device,
             untrained,
+            validation: validation.filter(|_| !untrained),
         }))
     }
 }
@@ -179,22 +185,6 @@ fn train_config(s: &TrainSettings) -> TrainConfig {
         precision: s.precision,
         deterministic: s.deterministic,
     }
-}
-
-/// One row of `train_log.parquet`.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct LogRow {
-    step: u32,
-    loss: f64,
-    lr: f64,
-    seconds: f64,
-    active_fraction: f64,
-    mean_pos_dist: f64,
-    mean_neg_dist: f64,
-    mean_norm: f64,
-    /// Seconds the step waited for its batch (0 when the loader was ahead).
-    #[serde(default)]
-    data_wait_s: f64,
 }
 
 /// The augmentation's part of the train key: only what differs from the default (so the
@@ -232,6 +222,11 @@ impl Stage for TrainStage {
             o.insert("device".into(), json!(device_kind(self.device)));
             if !self.settings.deterministic {
                 o.remove("deterministic");
+            }
+            // Off (the default) leaves the key as it was before validation existed.
+            o.remove("validation");
+            if let Some(v) = &self.validation {
+                o.insert("validation".into(), json!(v));
             }
             if self.untrained {
                 for k in ["loss", "optimizer", "precision", "deterministic"] {
@@ -287,11 +282,23 @@ impl Stage for TrainStage {
             });
         let total = steps.len() as u64;
         let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
+        let crop = self.crop;
+        let scaling = to_ds_scaling(cfg.model.input_scaling());
+        let mut validator = match &self.validation {
+            Some(v) => {
+                let planned: BTreeSet<u32> = plan.iter().map(|r| r.class_id).collect();
+                let validator = Validator::new(v, &index, &planned, cache.clone(), crop, scaling)?;
+                ctx.note("validation_images", json!(validator.images()));
+                ctx.note("validation_classes", json!(validator.classes()));
+                Some(validator)
+            }
+            None => None,
+        };
 
         // Resumable checkpoints live outside the store, per key; the engine
         // removes them once this artifact is committed.
         let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
-        let mut log: Vec<LogRow> = Vec::new();
+        let mut log: Vec<TrainLogRow> = Vec::new();
         let mut start = 0u64;
         if let Some((step, dir)) = checkpoints.latest() {
             let start_over =
@@ -309,6 +316,10 @@ impl Stage for TrainStage {
                     log.len()
                 )
                 .into());
+            }
+            if let Some(v) = validator.as_mut() {
+                v.resume(&log, &dir.join(resume::STATE_FILE))
+                    .with_context(start_over)?;
             }
             tracing::info!("resuming {} from step {start}", ctx.node());
             ctx.note("resumed_from_step", json!(start));
@@ -330,10 +341,10 @@ impl Stage for TrainStage {
             crate::loader::LoaderSpec {
                 cache: cache.clone(),
                 batches: batches.clone(),
-                crop: self.crop,
+                crop,
                 seed,
                 policy: self.augment,
-                scaling: to_ds_scaling(cfg.model.input_scaling()),
+                scaling,
                 device,
             },
             start,
@@ -403,7 +414,7 @@ impl Stage for TrainStage {
                 steady_from = Some((Instant::now(), images_done));
             }
             let seconds = elapsed_before + started.elapsed().as_secs_f64();
-            log.push(LogRow {
+            let mut row = TrainLogRow {
                 step: step as u32,
                 loss: stats.loss,
                 lr: stats.lr,
@@ -413,22 +424,40 @@ impl Stage for TrainStage {
                 mean_neg_dist: stats.mean_neg_dist,
                 mean_norm: stats.mean_norm,
                 data_wait_s,
-            });
+                val_recall_at_1: None,
+                val_map_at_r: None,
+            };
+            let done = step + 1;
+            if let Some(v) = validator.as_mut().filter(|v| v.due(done, total)) {
+                let score = v.evaluate(&trainer, step as u32)?;
+                row.val_recall_at_1 = Some(score.recall_at_1);
+                row.val_map_at_r = Some(score.map_at_r);
+            }
+            log.push(row);
             let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%",
+                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
                 stats.loss,
                 stats.lr,
                 ips,
-                100.0 * stats.active_fraction
+                100.0 * stats.active_fraction,
+                validator.as_ref().map(|v| v.progress()).unwrap_or_default()
             ));
             bar.inc(1);
-            let done = step + 1;
             if done % every == 0 && done < total {
-                // Weights, optimiser state and log as one unit; never a non-finite one.
+                // Weights, optimiser state, the best validation weights and the log as one
+                // unit; never a non-finite one.
                 checkpoints
                     .publish(done, |dir| {
-                        trainer.save(&dir.join(resume::STATE_FILE)).map_err(|e| {
+                        let state = dir.join(resume::STATE_FILE);
+                        let saved = match &validator {
+                            Some(v) => {
+                                let (tensors, meta) = v.checkpoint_extras();
+                                trainer.save_with(&state, tensors, meta)
+                            }
+                            None => trainer.save(&state),
+                        };
+                        saved.map_err(|e| {
                             let hint = match e {
                                 train::TrainError::NonFiniteTensor { .. } => {
                                     format!("; training diverged; {lower_lr}")
@@ -449,8 +478,16 @@ impl Stage for TrainStage {
         }
         drop(loader);
         bar.finish_and_clear();
+        let kept_weights = match validator.as_ref() {
+            Some(v) => {
+                v.write_embeddings(&out.join("validation.arrow"))?;
+                Some(v.finish(&mut trainer)?)
+            }
+            None => None,
+        };
         // A network whose loss stayed finite can still embed to infinity (batch-norm
-        // statistics or weights that overflowed): check before anything is committed.
+        // statistics or weights that overflowed): check the weights about to be saved
+        // before anything is committed.
         if let Some(images) = &last_images {
             let e = trainer.embed(images)?;
             if !train::all_finite(&e) {
@@ -470,13 +507,42 @@ impl Stage for TrainStage {
                 }
                 e => anyhow!(e),
             })?;
-        write_log(&out.join("train_log.parquet"), &log)?;
-        let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
-        plots::loss_curve(
-            &out.join("loss.png"),
-            &format!("{} — {}", ctx.node(), cfg.loss.name()),
-            &curve,
+        if let Some(k) = &kept_weights {
+            // model.json: the settings, and which weights these are.
+            let mut model = serde_json::to_value(&cfg)?;
+            if let Some(o) = model.as_object_mut() {
+                o.insert("validation".into(), json!(k));
+            }
+            let path = out.join("model.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&model)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        tables::write_parquet(
+            &out.join("train_log.parquet"),
+            &tables::train_log_to_batch(&log),
         )?;
+        let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+        let title = format!("{} — {}", ctx.node(), cfg.loss.name());
+        match (&self.validation, &kept_weights) {
+            (Some(v), Some(k)) => {
+                let val: Vec<(f64, f64, f64)> = log
+                    .iter()
+                    .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
+                    .collect();
+                plots::training_curves(
+                    &out.join("loss.png"),
+                    &title,
+                    &curve,
+                    &plots::ValidationCurve {
+                        label: v.on.label(),
+                        points: &val,
+                        kept_step: (v.keep == crate::validation::Keep::Best)
+                            .then_some(f64::from(k.score.step)),
+                    },
+                )?;
+            }
+            _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
+        }
         let secs = started.elapsed().as_secs_f64();
         ctx.note("steps", json!(total));
         ctx.note(
@@ -497,6 +563,15 @@ impl Stage for TrainStage {
         if let Some(last) = log.last() {
             ctx.note("final_loss", json!(last.loss));
             ctx.note("final_active_fraction", json!(last.active_fraction));
+        }
+        if let (Some(v), Some(k)) = (validator.as_ref(), kept_weights) {
+            ctx.note("validation_on", json!(k.on));
+            ctx.note("validation_keep", json!(k.keep));
+            ctx.note("kept_step", json!(k.score.step));
+            ctx.note("val_recall_at_1", json!(k.score.recall_at_1));
+            ctx.note("val_map_at_r", json!(k.score.map_at_r));
+            ctx.note("validation_evaluations", json!(v.evaluations()));
+            ctx.note("validation_seconds", json!(v.seconds()));
         }
         Ok(())
     }
@@ -545,39 +620,6 @@ fn substitute_skipped(
         ctx.note("substituted_unreadable_images", json!(substituted));
     }
     Ok(Arc::new(out))
-}
-
-fn write_log(path: &Path, log: &[LogRow]) -> Result<(), BoxError> {
-    use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
-    use arrow::datatypes::{DataType, Field, Schema};
-    let f = |name: &str| Field::new(name, DataType::Float64, false);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("step", DataType::UInt32, false),
-        f("loss"),
-        f("lr"),
-        f("seconds"),
-        f("active_fraction"),
-        f("mean_pos_dist"),
-        f("mean_neg_dist"),
-        f("mean_norm"),
-        f("data_wait_s"),
-    ]));
-    let col = |g: fn(&LogRow) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(log.iter().map(g)))
-    };
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(log.iter().map(|r| r.step))),
-        col(|r| r.loss),
-        col(|r| r.lr),
-        col(|r| r.seconds),
-        col(|r| r.active_fraction),
-        col(|r| r.mean_pos_dist),
-        col(|r| r.mean_neg_dist),
-        col(|r| r.mean_norm),
-        col(|r| r.data_wait_s),
-    ];
-    tables::write_parquet(path, &RecordBatch::try_new(schema, cols)?)?;
-    Ok(())
 }
 
 /// Embeds the evaluation split(s) with the trained network.
@@ -631,8 +673,7 @@ impl Stage for EmbedStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let train_dir = ctx.input("train")?.to_path_buf();
-        let cfg: TrainConfig =
-            serde_json::from_str(&std::fs::read_to_string(train_dir.join("model.json"))?)?;
+        let cfg = read_model_json(&train_dir.join("model.json"))?;
         let device = if self.device.is_cuda() {
             train::resolve_device_in_slot(&self.device_spec, ctx.device_index())?
         } else {
@@ -659,25 +700,16 @@ impl Stage for EmbedStage {
             rows.len() as u64,
             "{prefix:>10} [{bar:30}] {pos}/{len} images ({eta})",
         );
-        let mut values = Vec::with_capacity(rows.len() * cfg.model.embedding_dim as usize);
-        for chunk in rows.chunks(bs) {
-            let ids: Vec<usize> = chunk.iter().map(|r| r.image_id as usize).collect();
-            let data = ds::assemble_batch(&cache, &ids, self.crop, ds::Augment::Test, scaling)?;
-            let x = Tensor::from_slice(&data).view([
-                ids.len() as i64,
-                3,
-                self.crop as i64,
-                self.crop as i64,
-            ]);
-            let e = embedder
-                .embed(&x)?
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous();
-            let flat: Vec<f32> = Vec::<f32>::try_from(e.view([-1]))?;
-            values.extend_from_slice(&flat);
-            bar.inc(ids.len() as u64);
-        }
+        let ids: Vec<usize> = rows.iter().map(|r| r.image_id as usize).collect();
+        let values = embed_images(
+            &cache,
+            &ids,
+            self.crop,
+            scaling,
+            bs,
+            &|x| Ok(embedder.embed(x)?),
+            &|n| bar.inc(n as u64),
+        )?;
         bar.finish_and_clear();
         let dim = values.len() / rows.len();
         if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
@@ -703,4 +735,44 @@ impl Stage for EmbedStage {
         ctx.note("dim", json!(dim));
         Ok(())
     }
+}
+
+/// The settings in a train artifact's `model.json` (which also says, under `validation`,
+/// which step's weights it holds when `[train.validation]` was on).
+pub fn read_model_json(path: &Path) -> anyhow::Result<TrainConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("validation");
+    }
+    serde_json::from_value(v).with_context(|| format!("reading the settings in {}", path.display()))
+}
+
+/// Embeds decode-cache images (centre crop, eval mode) `batch` at a time with `embed`: the
+/// embed stage's path, shared with validation during training. Returns the row-major
+/// `[ids.len(), D]` values; `progress` hears each batch's size.
+pub(crate) fn embed_images(
+    cache: &ds::DecodeCache,
+    ids: &[usize],
+    crop: u32,
+    scaling: ds::InputScaling,
+    batch: usize,
+    embed: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
+    progress: &dyn Fn(usize),
+) -> anyhow::Result<Vec<f32>> {
+    let mut values = Vec::new();
+    for chunk in ids.chunks(batch.max(1)) {
+        let data = ds::assemble_batch(cache, chunk, crop, ds::Augment::Test, scaling)?;
+        let x = Tensor::from_slice(&data).view([chunk.len() as i64, 3, crop as i64, crop as i64]);
+        let e = embed(&x)?
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let flat: Vec<f32> = Vec::<f32>::try_from(e.view([-1]))?;
+        values.extend_from_slice(&flat);
+        progress(chunk.len());
+    }
+    Ok(values)
 }

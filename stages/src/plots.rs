@@ -42,9 +42,19 @@ pub fn loss_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> PlotResult
     fonts();
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    draw_loss(&root, title, points)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn draw_loss(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    points: &[(f64, f64)],
+) -> PlotResult {
     let (x0, x1) = bounds(points.iter().map(|p| p.0));
     let (y0, y1) = bounds(points.iter().map(|p| p.1));
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
@@ -86,6 +96,109 @@ pub fn loss_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> PlotResult
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     chart
         .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The validation scores to draw under a loss curve.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationCurve<'a> {
+    /// What was validated on (`holdout`, `test split`).
+    pub label: &'a str,
+    /// (step, Recall@1, MAP@R), both in 0..1.
+    pub points: &'a [(f64, f64, f64)],
+    /// The step whose weights were kept, marked when it is not simply the last.
+    pub kept_step: Option<f64>,
+}
+
+/// The loss curve over a second panel with the validation Recall@1 and MAP@R per evaluation.
+pub fn training_curves(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64)],
+    validation: &ValidationCurve<'_>,
+) -> PlotResult {
+    fonts();
+    let root = BitMapBackend::new(path, (900, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(480);
+    draw_loss(&top, title, points)?;
+    let (x0, x1) = bounds(points.iter().map(|p| p.0));
+    let (lo, hi) = bounds(
+        validation
+            .points
+            .iter()
+            .flat_map(|p| [100.0 * p.1, 100.0 * p.2]),
+    );
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            format!("validation on the {}", validation.label),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0.max(0.0)..x1, lo.max(0.0)..hi.min(100.0).max(lo + 1.0))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc("%")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    let series = [
+        (
+            "Recall@1",
+            RED,
+            validation
+                .points
+                .iter()
+                .map(|p| (p.0, 100.0 * p.1))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "MAP@R",
+            GREEN,
+            validation
+                .points
+                .iter()
+                .map(|p| (p.0, 100.0 * p.2))
+                .collect(),
+        ),
+    ];
+    for (name, color, pts) in series {
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    if let Some(step) = validation.kept_step {
+        let (y0, y1) = (lo.max(0.0), hi.min(100.0).max(lo + 1.0));
+        chart
+            .draw_series(LineSeries::new(
+                [(step, y0), (step, y1)],
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!("kept: step {step:.0}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -338,7 +451,23 @@ mod tests {
             &[("a".into(), 0.4, Some(0.01)), ("b".into(), 0.5, None)],
         )
         .unwrap();
-        for p in [a, b, c] {
+        let d = tmp.path().join("loss_val.png");
+        let val: Vec<(f64, f64, f64)> = (0..5)
+            .map(|i| (50.0 * i as f64, 0.3 + 0.1 * i as f64, 0.1 + 0.05 * i as f64))
+            .collect();
+        training_curves(
+            &d,
+            "loss",
+            &pts,
+            &ValidationCurve {
+                label: "holdout",
+                points: &val,
+                kept_step: Some(150.0),
+            },
+        )
+        .unwrap();
+        assert_eq!(image::open(&d).unwrap().height(), 800);
+        for p in [a, b, c, d] {
             let img = image::open(&p).unwrap();
             assert!(img.width() == 900, "{}", p.display());
             // Not blank: some pixels are not white.

@@ -11,7 +11,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What the report says about one run, fixed when the DAG is built.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,99 +121,131 @@ impl Stage for ReportStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let out = ctx.out_dir().to_path_buf();
-        let mut rows = Vec::new();
-        let mut curves = Vec::new();
-        for (i, run) in self.runs.iter().enumerate() {
-            let r = read_json(ctx.input(&format!("retrieve/{i}"))?, "metrics.json")?;
-            let c = read_json(ctx.input(&format!("cluster/{i}"))?, "metrics.json")?;
-            let train_dir = ctx.input(&format!("train/{i}"))?.to_path_buf();
-            let train_notes = ctx
-                .input_manifest(&format!("train/{i}"))
-                .map(|m| m.notes.clone())
-                .unwrap_or_default();
-            let ks: Vec<usize> = r
-                .as_object()
-                .map(|o| {
-                    o.keys()
-                        .filter_map(|k| k.strip_prefix("recall@")?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut ks = ks;
-            ks.sort_unstable();
-            let recall: Vec<(usize, f64)> = ks
-                .iter()
-                .map(|&k| (k, num(&r, &format!("recall@{k}"))))
-                .collect();
+        write_report(&out, &self.runs, &StageInputs(ctx))
+    }
+}
+
+/// Where a report finds its inputs: role (`retrieve/0`, `cluster/0`, `train/0`,
+/// `baseline_retrieve/0`, `baseline_cluster/0`) → artifact directory, and the
+/// train artifacts' manifest notes.
+pub trait ReportInputs {
+    /// The artifact directory of a role.
+    fn dir(&self, role: &str) -> Result<PathBuf, BoxError>;
+    /// The manifest notes of a role's artifact (empty when it has none).
+    fn notes(&self, role: &str) -> Value;
+}
+
+struct StageInputs<'a, 'b>(&'a RunContext<'b>);
+
+impl ReportInputs for StageInputs<'_, '_> {
+    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
+        Ok(self.0.input(role)?.to_path_buf())
+    }
+    fn notes(&self, role: &str) -> Value {
+        self.0
+            .input_manifest(role)
+            .map(|m| m.notes.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Writes a report over `runs` into `out` (`report.md`, `report.json`,
+/// `report.parquet`, `recall.png`, `r1.png`, `loss_<i>.png`) from existing
+/// artifacts only: the report stage's body, and `dml report` over several runs.
+pub fn write_report(
+    out: &Path,
+    runs: &[RunLabel],
+    inputs: &dyn ReportInputs,
+) -> Result<(), BoxError> {
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let r = read_json(&inputs.dir(&format!("retrieve/{i}"))?, "metrics.json")?;
+        let c = read_json(&inputs.dir(&format!("cluster/{i}"))?, "metrics.json")?;
+        let train_dir = inputs.dir(&format!("train/{i}"))?;
+        let train_notes = inputs.notes(&format!("train/{i}"));
+        let ks: Vec<usize> = r
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter_map(|k| k.strip_prefix("recall@")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut ks = ks;
+        ks.sort_unstable();
+        let recall: Vec<(usize, f64)> = ks
+            .iter()
+            .map(|&k| (k, num(&r, &format!("recall@{k}"))))
+            .collect();
+        curves.push(plots::RecallCurve {
+            label: run.name.clone(),
+            points: recall.clone(),
+            untrained: false,
+        });
+        let baseline = if run.baseline {
+            let br = read_json(
+                &inputs.dir(&format!("baseline_retrieve/{i}"))?,
+                "metrics.json",
+            )?;
+            let bc = read_json(&inputs.dir(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
             curves.push(plots::RecallCurve {
                 label: run.name.clone(),
-                points: recall.clone(),
-                untrained: false,
+                points: ks
+                    .iter()
+                    .map(|&k| (k, num(&br, &format!("recall@{k}"))))
+                    .filter(|p| p.1.is_finite())
+                    .collect(),
+                untrained: true,
             });
-            let baseline = if run.baseline {
-                let br = read_json(
-                    ctx.input(&format!("baseline_retrieve/{i}"))?,
-                    "metrics.json",
-                )?;
-                let bc = read_json(ctx.input(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
-                curves.push(plots::RecallCurve {
-                    label: run.name.clone(),
-                    points: ks
-                        .iter()
-                        .map(|&k| (k, num(&br, &format!("recall@{k}"))))
-                        .filter(|p| p.1.is_finite())
-                        .collect(),
-                    untrained: true,
-                });
-                Some((num(&br, "recall@1"), num(&bc, "nmi")))
-            } else {
-                None
-            };
-            let loss_png = train_dir.join("loss.png");
-            let loss_file = format!("loss_{i}.png");
-            if loss_png.exists() {
-                std::fs::copy(&loss_png, out.join(&loss_file))?;
-            }
-            rows.push(json!({
-                "run": run.name,
-                "group": run.group(),
-                "dataset": run.dataset,
-                "backbone": run.backbone,
-                "method": run.method,
-                "normalized": run.normalized,
-                "margin": run.margin,
-                "p": run.p,
-                "k": run.k,
-                "nmi": num(&c, "nmi"),
-                "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
-                "map_at_r": num(&r, "map@r"),
-                "r_precision": num(&r, "r_precision"),
-                "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
-                "untrained_recall@1": baseline.map(|b| b.0),
-                "untrained_nmi": baseline.map(|b| b.1),
-                "loss_plot": loss_png.exists().then_some(loss_file),
-            }));
+            Some((num(&br, "recall@1"), num(&bc, "nmi")))
+        } else {
+            None
+        };
+        let loss_png = train_dir.join("loss.png");
+        let loss_file = format!("loss_{i}.png");
+        if loss_png.exists() {
+            std::fs::copy(&loss_png, out.join(&loss_file))?;
         }
-        let table = build_frame(&rows)?;
-        let groups = aggregate(&table)?;
-        let md = markdown(&rows, &groups)?;
-        std::fs::write(out.join("report.md"), &md)?;
-        std::fs::write(
-            out.join("report.json"),
-            serde_json::to_string_pretty(
-                &json!({ "runs": rows, "groups": frame_to_json(&groups)? }),
-            )?,
-        )?;
-        let mut table = table;
-        let file = std::fs::File::create(out.join("report.parquet"))?;
-        ParquetWriter::new(file)
-            .finish(&mut table)
-            .map_err(|e| anyhow!("writing report.parquet: {e}"))?;
-        plots::recall_curves(&out.join("recall.png"), "Recall@K", &curves)?;
-        let bars = bar_rows(&groups)?;
-        plots::bars(&out.join("r1.png"), "Recall@1 per run", "R@1 (%)", &bars)?;
-        Ok(())
+        rows.push(json!({
+            "run": run.name,
+            "group": run.group(),
+            "dataset": run.dataset,
+            "backbone": run.backbone,
+            "method": run.method,
+            "normalized": run.normalized,
+            "margin": run.margin,
+            "p": run.p,
+            "k": run.k,
+            "nmi": num(&c, "nmi"),
+            "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
+            "map_at_r": num(&r, "map@r"),
+            "r_precision": num(&r, "r_precision"),
+            "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
+            "untrained_recall@1": baseline.map(|b| b.0),
+            "untrained_nmi": baseline.map(|b| b.1),
+            "loss_plot": loss_png.exists().then_some(loss_file),
+        }));
     }
+    let table = build_frame(&rows)?;
+    let groups = aggregate(&table)?;
+    let md = markdown(&rows, &groups)?;
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(
+            &json!({ "runs": rows, "groups": frame_to_json(&groups)? }),
+        )?,
+    )?;
+    let mut table = table;
+    let file = std::fs::File::create(out.join("report.parquet"))?;
+    ParquetWriter::new(file)
+        .finish(&mut table)
+        .map_err(|e| anyhow!("writing report.parquet: {e}"))?;
+    plots::recall_curves(&out.join("recall.png"), "Recall@K", &curves)?;
+    let bars = bar_rows(&groups)?;
+    plots::bars(&out.join("r1.png"), "Recall@1 per run", "R@1 (%)", &bars)?;
+    Ok(())
 }
 
 /// Every K any run reports Recall@K for, ascending.

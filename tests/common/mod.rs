@@ -64,14 +64,20 @@ pub fn plan(store: &Path, args: &[&str]) -> Vec<(String, String, String, String)
         .collect()
 }
 
-/// `(id, status)` of each node after `dml run --json`.
-pub fn run_json(store: &Path, args: &[&str]) -> Vec<(String, String)> {
+/// The whole `dml run --json` outcome: `{record, outcome, nodes: [...], points: [...]}`.
+pub fn run_outcome(store: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["run", "--json"];
     all.extend_from_slice(args);
     let out = ok(store, &all);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("run JSON");
-    v.as_array()
-        .expect("array")
+    serde_json::from_str(&out).expect("run JSON")
+}
+
+/// `(id, status)` of each node after `dml run --json`.
+pub fn run_json(store: &Path, args: &[&str]) -> Vec<(String, String)> {
+    let v = run_outcome(store, args);
+    v["nodes"]
+        .as_array()
+        .expect("an array of nodes")
         .iter()
         .map(|n| {
             (

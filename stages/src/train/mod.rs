@@ -21,4 +21,4 @@ pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};
 pub use optim::{Algorithm, LrSchedule, OptimConfig};
 pub use torch_state::{resolve_device, resolve_device_in_slot};
-pub use trainer::{Precision, StepStats, TrainConfig, Trainer};
+pub use trainer::{read_checkpoint_extras, Precision, StepStats, TrainConfig, Trainer};

@@ -271,13 +271,60 @@ impl Trainer {
     /// Writes a resumable checkpoint: weights, batch-norm statistics, the margin loss's β,
     /// optimiser state and update count, with the settings it was made under.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, Vec::new(), HashMap::new())
+    }
+
+    /// Writes a checkpoint like [`Trainer::save`] with `extra` tensors and metadata beside the
+    /// trainer's own (the validation's best weights), so that both are published as one file;
+    /// read them back with [`read_checkpoint_extras`]. Extra names must not start with
+    /// `model.` or `optim`.
+    pub fn save_with(
+        &self,
+        path: &Path,
+        extra: Vec<(String, Tensor)>,
+        extra_metadata: HashMap<String, String>,
+    ) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = self
             .named_variables()
             .into_iter()
             .map(|(n, t)| (format!("model.{n}"), t))
             .collect();
         tensors.extend(self.optimizer.state_tensors());
-        checkpoint::write(path, &tensors, self.metadata(CHECKPOINT_FORMAT)?)
+        tensors.extend(extra);
+        let mut metadata = self.metadata(CHECKPOINT_FORMAT)?;
+        metadata.extend(extra_metadata);
+        checkpoint::write(path, &tensors, metadata)
+    }
+
+    /// Deep copies of every variable (weights and batch-norm statistics) on the CPU, by
+    /// VarStore name, sorted: the weights of this step, to restore later.
+    pub fn snapshot(&self) -> Vec<(String, Tensor)> {
+        tch::no_grad(|| {
+            self.named_variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+                .collect()
+        })
+    }
+
+    /// Copies a [`Trainer::snapshot`] back into the variables (the optimiser state is left
+    /// as it is: this is for choosing the weights to save, not for resuming).
+    pub fn restore_snapshot(&mut self, weights: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, mut var) in self.named_variables() {
+            let src = weights.get(&name).ok_or_else(|| {
+                TrainError::Config(format!("the saved weights lack variable `{name}`"))
+            })?;
+            if src.size() != var.size() {
+                return Err(TrainError::Config(format!(
+                    "saved variable `{name}` has shape {:?}, expected {:?}",
+                    src.size(),
+                    var.size()
+                )));
+            }
+            tch::no_grad(|| var.f_copy_(src))
+                .map_err(TrainError::torch(format!("restoring `{name}`")))?;
+        }
+        Ok(())
     }
 
     /// Restores a checkpoint written by [`Trainer::save`] under the same settings; continuing
@@ -323,6 +370,21 @@ impl Trainer {
             .load_state(&contents.tensors, updates)
             .map_err(|e| refuse(e.to_string()))
     }
+}
+
+/// The tensors whose names start with `prefix` (the prefix removed) and the metadata of a
+/// checkpoint written by [`Trainer::save_with`].
+pub fn read_checkpoint_extras(
+    path: &Path,
+    prefix: &str,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let contents = checkpoint::read(path)?;
+    let tensors = contents
+        .tensors
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n.to_string(), t)))
+        .collect();
+    Ok((tensors, contents.metadata))
 }
 
 #[cfg(test)]

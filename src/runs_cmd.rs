@@ -1,0 +1,194 @@
+//! `dml runs` (the run records, newest first, with their headline metrics) and `dml report
+//! NAME…` (one combined report over several runs, from their existing artifacts only).
+use crate::outcome::{self, Point};
+use anyhow::{anyhow, bail, Context, Result};
+use dml_artifacts::{ArtifactStore, Manifest};
+use dml_pipeline::{file_safe, BoxError, RunRecord};
+use dml_stages::report::{write_report, ReportInputs, RunLabel};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// `ok`, or `failed` when the run ended with an error.
+fn status(record: &RunRecord) -> &'static str {
+    if record.outcome == "ok" {
+        "ok"
+    } else {
+        "failed"
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}", 100.0 * x))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// `dml runs [--name NAME] [--limit N] [--json]`.
+pub fn runs(
+    store_dir: &Path,
+    name: Option<&str>,
+    limit: Option<usize>,
+    as_json: bool,
+) -> Result<()> {
+    let store = ArtifactStore::open(store_dir)?;
+    let mut listed = Vec::new();
+    for path in RunRecord::list(&store)?.into_iter().rev() {
+        let Ok(record) = RunRecord::load(&path) else {
+            tracing::warn!("skipping unreadable run record {}", path.display());
+            continue;
+        };
+        if name.is_some_and(|n| n != record.name) {
+            continue;
+        }
+        listed.push((path, record));
+        if limit.is_some_and(|l| listed.len() >= l) {
+            break;
+        }
+    }
+    if as_json {
+        let out: Vec<Value> = listed
+            .iter()
+            .map(|(path, r)| {
+                json!({
+                    "record": path,
+                    "name": r.name,
+                    "started": r.started,
+                    "seconds": r.seconds,
+                    "status": status(r),
+                    "outcome": r.outcome,
+                    "points": outcome::points(&store, r),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if listed.is_empty() {
+        eprintln!("no run records in {}", store.runs_dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  record",
+        "started", "run", "status", "R@1", "MAP@R", "NMI", "train s"
+    );
+    for (path, r) in &listed {
+        let started = r.started.get(..19).unwrap_or(&r.started).replace('T', " ");
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let points = outcome::points(&store, r);
+        if points.is_empty() {
+            println!(
+                "{started:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  {file}",
+                r.name,
+                status(r),
+                "—",
+                "—",
+                "—",
+                "—"
+            );
+        }
+        for p in points {
+            let m = &p.metrics;
+            println!(
+                "{started:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  {file}",
+                p.name,
+                status(r),
+                pct(m.recall_at_1),
+                pct(m.map_at_r),
+                m.nmi
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_else(|| "—".into()),
+                m.train_seconds
+                    .map(|x| format!("{x:.1}"))
+                    .unwrap_or_else(|| "—".into()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The combined report's inputs: global role (`retrieve/3`) → an artifact in the store.
+struct StoreInputs {
+    dirs: BTreeMap<String, PathBuf>,
+}
+
+impl ReportInputs for StoreInputs {
+    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
+        self.dirs
+            .get(role)
+            .cloned()
+            .ok_or_else(|| format!("report input `{role}` is missing").into())
+    }
+    fn notes(&self, role: &str) -> Value {
+        self.dirs
+            .get(role)
+            .and_then(|d| Manifest::read(&d.join("manifest.json")).ok())
+            .map(|m| m.notes)
+            .unwrap_or_default()
+    }
+}
+
+/// `dml report NAME [NAME…] [--out DIR]`.
+pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Result<()> {
+    let store = ArtifactStore::open(store_dir)?;
+    let mut labels: Vec<RunLabel> = Vec::new();
+    let mut dirs = BTreeMap::new();
+    let mut taken = BTreeSet::new();
+    for what in names {
+        let (path, record) = outcome::load_record(&store, what)?;
+        let points: Vec<Point> = outcome::points(&store, &record);
+        if points.iter().all(|p| p.label.is_none()) {
+            bail!(
+                "run `{what}` ({}) did not reach its report stage (was it run with --until?); rerun it to the end first",
+                path.display()
+            );
+        }
+        for p in points {
+            let Some(mut label) = p.label else { continue };
+            for (role, (stage, key)) in &p.roles {
+                if !label.baseline && role.starts_with("baseline_") {
+                    continue;
+                }
+                let dir = store.object_dir(stage, key);
+                if !dir.join("manifest.json").is_file() {
+                    bail!(
+                        "run `{what}`: the {stage} artifact {} of `{}` is not in the store (removed by `dml gc`?); `dml run --from-record {}` rebuilds it",
+                        &key[..key.len().min(12)],
+                        label.name,
+                        path.display()
+                    );
+                }
+                dirs.insert(format!("{role}/{}", labels.len()), dir);
+            }
+            if !taken.insert(label.name.clone()) {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                label.name = format!("{} ({stem})", label.name);
+                taken.insert(label.name.clone());
+            }
+            labels.push(label);
+        }
+    }
+    let (out, fresh) = match out {
+        Some(dir) => (dir, false),
+        None => {
+            let joined: Vec<String> = names.iter().map(|n| file_safe(n)).collect();
+            (store.root().join("reports").join(joined.join("+")), true)
+        }
+    };
+    if fresh && out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    write_report(&out, &labels, &StoreInputs { dirs })
+        .map_err(|e| anyhow!("writing the report into {}: {e}", out.display()))?;
+    let md = out.join("report.md");
+    let text = std::fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?;
+    println!("{text}");
+    println!("(report, plots and loss curves: {})", out.display());
+    Ok(())
+}
