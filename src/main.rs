@@ -9,8 +9,8 @@ mod outcome;
 mod presets;
 mod remote_cmds;
 mod run;
-mod slurm;
 mod runs_cmd;
+mod slurm;
 mod store_cmds;
 
 use anyhow::Result;

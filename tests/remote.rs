@@ -124,8 +124,9 @@ impl Drop for Moto {
 /// `(id, status)` of each node of `dml run --json` output.
 fn statuses(out: &Output) -> Vec<(String, String)> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run JSON");
-    v.as_array()
-        .expect("array")
+    v["nodes"]
+        .as_array()
+        .expect("an array of nodes")
         .iter()
         .map(|n| {
             (

@@ -111,7 +111,7 @@ fn verify_rebuilds_a_corrupt_artifact_and_what_was_computed_from_it() {
     assert!(err.contains("moved the old artifact aside"), "{err}");
     let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let status = |id: &str| {
-        nodes
+        nodes["nodes"]
             .as_array()
             .unwrap()
             .iter()
@@ -611,6 +611,9 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
         "plan.k=2",
         "--set",
         "plan.steps=5",
+        // Three training classes: none to spare for the default holdout.
+        "--set",
+        "train.validation.every=0",
     ];
     run_json(&store, &a);
     let ro = tmp.path().join("read-only");

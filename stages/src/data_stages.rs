@@ -381,8 +381,16 @@ impl Stage for PlanStage {
             seed: s.seed,
             allow_repeated_classes: s.allow_repeated_classes,
         };
-        let rows: Vec<PlanRow> = planner
-            .plan(&classes)
+        let planned = planner.plan(&classes).map_err(|e| match e {
+            // Name the holdout: it is why a small dataset has too few classes left.
+            ds::DatasetError::TooFewClasses { .. } if !held.is_empty() => anyhow!(
+                "{e}, after train.validation held out {} of the {} training classes for validation (or set --set train.validation.every=0 to train on all of them)",
+                held.len(),
+                held.len() + classes.len()
+            ),
+            e => anyhow!(e),
+        });
+        let rows: Vec<PlanRow> = planned
             .context("planning P×K batches")?
             .into_iter()
             .map(|r| PlanRow {

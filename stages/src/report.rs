@@ -188,7 +188,10 @@ pub fn write_report(
                 &inputs.dir(&format!("baseline_retrieve/{i}"))?,
                 "metrics.json",
             )?;
-            let bc = read_json(&inputs.dir(&format!("baseline_cluster/{i}"))?, "metrics.json")?;
+            let bc = read_json(
+                &inputs.dir(&format!("baseline_cluster/{i}"))?,
+                "metrics.json",
+            )?;
             curves.push(plots::RecallCurve {
                 label: run.name.clone(),
                 points: ks
@@ -233,9 +236,7 @@ pub fn write_report(
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(
-            &json!({ "runs": rows, "groups": frame_to_json(&groups)? }),
-        )?,
+        serde_json::to_string_pretty(&json!({ "runs": rows, "groups": frame_to_json(&groups)? }))?,
     )?;
     let mut table = table;
     let file = std::fs::File::create(out.join("report.parquet"))?;
