@@ -1,5 +1,6 @@
 include!("build-support/torch_link.rs");
 
 fn main() {
-    link_torch();
+    // Only the training worker links libtorch; `dml` itself never loads it.
+    link_torch(Some("dml-torch"));
 }

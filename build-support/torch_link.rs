@@ -33,17 +33,23 @@ fn torch_lib_dir() -> Option<std::path::PathBuf> {
     Some(dir.into())
 }
 
-fn link_torch() {
+/// `only_bin`: the one binary of the package that links libtorch (`dml-torch`; `dml` itself
+/// must not get libtorch_cuda forced into it), or `None` for all of the package's targets.
+fn link_torch(only_bin: Option<&str>) {
+    let arg = |a: String| match only_bin {
+        Some(bin) => println!("cargo:rustc-link-arg-bin={bin}={a}"),
+        None => println!("cargo:rustc-link-arg={a}"),
+    };
     let Some(lib) = torch_lib_dir() else {
         println!("cargo:warning=libtorch not found: set LIBTORCH or LIBTORCH_USE_PYTORCH=1 (see README)");
         return;
     };
     let lib = lib.display().to_string();
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    arg(format!("-Wl,-rpath,{lib}"));
     if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-L{lib}");
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        arg(format!("-L{lib}"));
+        arg("-Wl,--no-as-needed".into());
+        arg("-ltorch_cuda".into());
+        arg("-Wl,--as-needed".into());
     }
 }

@@ -53,4 +53,4 @@ s0=$(date +%s.%N); "$dml" presets >/dev/null; s1=$(date +%s.%N)
 echo "files: $files ($((bytes / 1024 / 1024)) MiB)"
 echo "first index (hash + header read): $(echo "$t1 - $t0" | bc) s, $(echo "scale=1; $bytes / 1048576 / ($t1 - $t0)" | bc) MB/s"
 echo "cat of the same files: $(echo "$c1 - $c0" | bc) s, $(echo "scale=1; $bytes / 1048576 / ($c1 - $c0)" | bc) MB/s"
-echo "process start alone (dml presets, libtorch loaded): $(echo "$s1 - $s0" | bc) s"
+echo "process start alone (dml presets): $(echo "$s1 - $s0" | bc) s"

@@ -11,7 +11,7 @@ cuDNN autotuning is on (dml's CUDA settings); steps are timed with synchronisati
 Models: small_cnn, resnet18, resnet50 (torchvision), inception_v1 (torchvision's
 googlenet without auxiliary heads).
 
-Same work as dml's benchmark (`dml_stages::train::bench`): backbone (the 4-block
+Same work as dml's benchmark (`torch/benches/train_step/compare.rs`): backbone (the 4-block
 small CNN or torchvision's resnet18) + fc1024 head (linear 1024 without bias, BN,
 ReLU, linear 128), batch-hard triplet loss with margin 1 on
 sqrt(sum (x_i - x_j)^2 + 1e-12), Adam at 3e-4, random images, P x K batches with

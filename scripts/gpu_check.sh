@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # A measured CUDA run of dml next to PyTorch eager on the same GPU (issue 11, item 5).
 #
-#   scripts/gpu_check.sh build    # here: stripped release binary, xz-compressed into gpu-check/
+#   scripts/gpu_check.sh build    # here: stripped dml and dml-torch, xz-compressed into gpu-check/
 #   scripts/gpu_check.sh device   # on the GPU machine (after `build`, carrying gpu-check/)
 #   scripts/gpu_check.sh --cpu    # both parts on this CPU with tiny step counts: proves the
 #                                 # script works up to the device part
 #
-# The device part unpacks the binary, points it at the libtorch of the machine's PyTorch
+# The device part unpacks the binaries, points the worker at the libtorch of the machine's PyTorch
 # (DML_TORCH_PYTHON, default /opt/torch/.venv/bin/python: its torch/lib goes on
 # LD_LIBRARY_PATH), says whether CUDA is found, trains STEPS steps (50) each of ResNet-50
 # and Inception V1 at 224 px, batch 120 (P20×K6), f32 and bf16, through the real pipeline
 # (`dml run --until train`: decode cache, loader, pinned copies), printing img/s and the
 # mean seconds a step waited for data; times the same model and batch in PyTorch eager
 # (scripts/bench_train_pytorch.py) for the ratio; and runs the default `dml run` end to end.
-# The binary is ~93 MB stripped, over the 64 MiB that may be carried to the device
+# The two binaries are ~60 MB stripped, near the 64 MiB that may be carried to the device
 # machine, hence the compression (xz: Python's lzma can unpack it where xz is missing).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,12 +24,15 @@ build() {
   cd "$here"
   if [ -z "${LIBTORCH_USE_PYTORCH:-}${LIBTORCH:-}" ]; then eval "$(scripts/bootstrap.sh)"; fi
   local target="${CARGO_TARGET_DIR:-$HOME/.cache/dml/target}"
-  cargo build --release --bin dml >&2
+  cargo build --release --bin dml --bin dml-torch >&2
   mkdir -p "$out"
-  strip -o "$out/dml" "$target/release/dml"
-  rm -f "$out/dml.xz"
-  xz -6 -T0 "$out/dml"
-  echo "gpu_check: $(du -h "$out/dml.xz" | cut -f1) compressed binary in $out/dml.xz" >&2
+  local stage; stage="$(mktemp -d)"
+  strip -o "$stage/dml" "$target/release/dml"
+  strip -o "$stage/dml-torch" "$target/release/dml-torch"
+  rm -f "$out/dml.xz" "$out/dml.tar.xz"
+  tar -C "$stage" -cf - dml dml-torch | xz -6 -T0 > "$out/dml.tar.xz"
+  rm -rf "$stage"
+  echo "gpu_check: $(du -h "$out/dml.tar.xz" | cut -f1) compressed binaries in $out/dml.tar.xz" >&2
 }
 
 # Mean of a JSON number at a dotted path in a manifest.
@@ -42,12 +45,8 @@ device() {
   [ -x "$py" ] || { echo "gpu_check: no PyTorch Python at $py (set DML_TORCH_PYTHON)" >&2; exit 1; }
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
-  if command -v xz >/dev/null; then
-    xz -dc "$out/dml.xz" > "$work/dml"
-  else
-    "$py" -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$out/dml.xz" "$work/dml"
-  fi
-  chmod +x "$work/dml"
+  "$py" -c "import lzma,tarfile,sys; tarfile.open(fileobj=lzma.open(sys.argv[1])).extractall(sys.argv[2])" "$out/dml.tar.xz" "$work"
+  chmod +x "$work/dml" "$work/dml-torch"
   local torchlib; torchlib="$("$py" -c 'import os,torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
   export LD_LIBRARY_PATH="$torchlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   "$py" -c 'import torch; print("PyTorch", torch.__version__, "CUDA available:", torch.cuda.is_available(), "devices:", torch.cuda.device_count(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'

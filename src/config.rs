@@ -296,15 +296,6 @@ fn parse_literal(raw: &str) -> Value {
         .unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
-/// The nearest known name, if any is close enough to be a likely typo.
-pub fn nearest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    known
-        .map(|k| (strsim::jaro_winkler(name, k), k))
-        .filter(|(score, _)| *score > 0.75)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
-}
-
 /// Checks every key against the typed defaults; an unknown key names the nearest known one.
 pub fn validate_keys(root: &Value) -> Result<()> {
     let known = known_keys()?;
@@ -408,7 +399,7 @@ fn check_path(known: &Value, path: &str) -> Result<()> {
                     .as_table()
                     .map(|t| t.keys().map(String::as_str).collect())
                     .unwrap_or_default();
-                let hint = match nearest(part, names.iter().copied()) {
+                let hint = match crate::suggest::nearest(part, names.iter().copied()) {
                     Some(n) => format!("; did you mean `{parent}{n}`?"),
                     None if names.is_empty() => String::new(),
                     None => format!("; known keys here: {}", names.join(", ")),
@@ -745,7 +736,7 @@ mod tests {
 
     #[test]
     fn switching_the_loss_starts_from_its_defaults() {
-        use dml_stages::train::{Loss, Margin};
+        use dml_stages::train_config::{Loss, Margin};
         // The default preset's semi-hard triplet has margin 0.2; npairs takes no margin.
         let l = load(
             None,

@@ -77,7 +77,7 @@ pub fn exec_stage(store_dir: &Path, args: ExecStageArgs) -> Result<()> {
             );
         }
     }
-    let mut provenance = crate::run::provenance();
+    let mut provenance = crate::run_shared::provenance();
     provenance.insert("executor".into(), serde_json::json!("slurm"));
     if !job.is_empty() {
         provenance.insert("job_id".into(), serde_json::json!(job));

@@ -9,9 +9,11 @@ mod outcome;
 mod presets;
 mod remote_cmds;
 mod run;
+mod run_shared;
 mod runs_cmd;
 mod slurm;
 mod store_cmds;
+mod suggest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -172,6 +174,15 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    // The training worker logs to the same stderr under the same rules.
+    let worker = match default {
+        "warn" => "warn".to_string(),
+        d => format!(
+            "{d},dml_torch={}",
+            if verbose > 1 { "debug" } else { "info" }
+        ),
+    };
+    std::env::set_var(dml_stages::worker::LOG_VAR, worker);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

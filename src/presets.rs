@@ -488,7 +488,7 @@ pub fn find(name: &str) -> Option<&'static str> {
 /// The error for a preset name that does not exist, with the nearest one.
 pub fn unknown(name: &str) -> anyhow::Error {
     let names: Vec<&str> = all().iter().map(|p| p.name).collect();
-    let hint = crate::config::nearest(name, names.iter().copied())
+    let hint = crate::suggest::nearest(name, names.iter().copied())
         .map(|n| format!(" (did you mean `{n}`?)"))
         .unwrap_or_default();
     anyhow::anyhow!("unknown preset `{name}`{hint}; `dml presets` lists them")

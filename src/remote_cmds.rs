@@ -71,7 +71,7 @@ pub fn open(
     if let Some(stages) = stages {
         for s in &settings.remote_skip {
             if !stages.contains(&s.as_str()) {
-                let hint = crate::config::nearest(s, stages.iter().copied())
+                let hint = crate::suggest::nearest(s, stages.iter().copied())
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();
                 bail!(

@@ -1,11 +1,11 @@
 //! `dml run`: load the config, assemble the DAG, explain, execute, record.
 use crate::config;
 use crate::interrupt;
+use crate::run_shared;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome};
 use dml_stages::config::ExecutorKind;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -97,7 +97,7 @@ pub fn run(
     if let Some(until) = &args.until {
         let names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
         if !names.contains(&until.as_str()) {
-            let hint = config::nearest(until, names.iter().copied())
+            let hint = crate::suggest::nearest(until, names.iter().copied())
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default();
             bail!(
@@ -180,12 +180,12 @@ pub fn run(
     let started = Instant::now();
     let config_json = serde_json::to_value(&loaded.raw).context("config as JSON")?;
     let mut record = RunRecord::from_plan(&name, started_at, config_json, &plan);
-    record.provenance = provenance();
+    record.provenance = run_shared::provenance();
     let opts = ExecOptions {
         jobs: args.jobs,
         // One device stage per visible GPU at a time (`--jobs N` with N GPUs trains N
         // sweep points at once); on the CPU device stages do not exist.
-        device_slots: dml_stages::train::torch_state::cuda_device_count().max(1),
+        device_slots: dml_stages::device::cuda_device_count().max(1),
         provenance: record.provenance.clone(),
         // The index checks are about evaluation: only when this run evaluates.
         check: graph
@@ -300,7 +300,7 @@ pub fn run(
         });
     }
     if !args.json {
-        print_reports(&store, &plan);
+        run_shared::print_reports(&store, &plan);
     }
     let ran = summary.ran();
     let fetched = summary
@@ -323,20 +323,6 @@ pub fn run(
     Ok(())
 }
 
-/// Prints the report of every report node of the plan that exists.
-pub fn print_reports(store: &ArtifactStore, plan: &Plan) {
-    for node in plan.nodes.iter().filter(|n| n.stage == "report") {
-        let md = store.object_dir(&node.stage, &node.key).join("report.md");
-        if let Ok(text) = std::fs::read_to_string(&md) {
-            println!("{text}");
-            println!(
-                "(report, plots and loss curves: {})",
-                md.parent().unwrap_or(&md).display()
-            );
-        }
-    }
-}
-
 fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
     for n in names {
@@ -345,23 +331,6 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
         }
     }
     out
-}
-
-/// Versions and host, recorded in manifests and run records (never in keys).
-pub fn provenance() -> BTreeMap<String, serde_json::Value> {
-    let mut p = BTreeMap::new();
-    p.insert("dml".into(), env!("CARGO_PKG_VERSION").into());
-    p.insert("libtorch".into(), dml_stages::LIBTORCH_VERSION.into());
-    p.insert(
-        "host".into(),
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-            .into(),
-    );
-    p.insert("cuda_available".into(), tch::Cuda::is_available().into());
-    p.insert("threads".into(), rayon::current_num_threads().into());
-    p
 }
 
 /// Checks each experiment's settings against its index as soon as the index

@@ -5,7 +5,7 @@
 //! Slurm schedules; dml only submits, records and explains. Each job runs
 //! `dml exec-stage` on one node of the DAG (see `exec_stage.rs`), reading its
 //! inputs from the store and committing its artifact there.
-use crate::run::{print_reports, provenance};
+use crate::run_shared::{print_reports, provenance};
 use anyhow::{bail, Context, Result};
 use dml_artifacts::{ArtifactStore, KeyLock, Manifest};
 use dml_pipeline::{file_safe, Plan, RecordNode, RunRecord, Status};

@@ -155,7 +155,7 @@ fn abbreviate_lists(batch: &arrow::array::RecordBatch) -> Result<arrow::array::R
                 _ => None,
             }
         };
-        if row(0).is_none() && col.len() > 0 {
+        if row(0).is_none() && !col.is_empty() {
             fields.push(field.as_ref().clone());
             columns.push(col.clone());
             continue;

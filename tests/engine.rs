@@ -450,3 +450,55 @@ fn ls_show_and_gc() {
         "{ls}"
     );
 }
+
+/// The shared libraries a binary loads, as `ldd` lists them.
+fn needed(bin: &str) -> String {
+    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    assert!(out.status.success(), "ldd {bin}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn dml_itself_never_loads_libtorch_only_its_training_worker_does() {
+    let dml = needed(env!("CARGO_BIN_EXE_dml"));
+    for lib in ["libtorch", "libc10"] {
+        assert!(!dml.contains(lib), "dml loads {lib}:\n{dml}");
+    }
+    let worker = needed(env!("CARGO_BIN_EXE_dml-torch"));
+    assert!(worker.contains("libtorch_cpu"), "{worker}");
+    // The worker answers the device question dml asks when the host has an NVIDIA driver.
+    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_dml-torch"))
+        .arg("probe")
+        .output()
+        .unwrap();
+    assert!(probe.status.success());
+    let p: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    assert!(p["cuda_devices"].is_u64(), "{p}");
+}
+
+#[test]
+fn a_missing_training_worker_is_named_and_the_stages_before_train_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let missing = tmp.path().join("nowhere/dml-torch");
+    let out = dml()
+        .env("DML_TORCH", &missing)
+        .arg("--store")
+        .arg(&store)
+        .args(["run", cfg.to_str().unwrap(), "--until", "train"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("starting the training worker") && err.contains(&*missing.to_string_lossy()),
+        "{err}"
+    );
+    // Planning needed no worker: everything before train was built and stays.
+    let p = plan(&store, &[cfg.to_str().unwrap(), "--until", "train"]);
+    for (id, status, _, _) in &p {
+        let want = if id == "train" { "run" } else { "cached" };
+        assert_eq!(status, want, "{id}: {p:?}");
+    }
+}

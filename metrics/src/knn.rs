@@ -9,8 +9,8 @@
 
 use crate::error::MetricsError;
 use crate::kernel::{
-    combine, dot_seq, key_dist, key_index, normalized_rows, squared_norms, PackedGallery,
-    QueryRows, RowSink, Rows, TopK, QUERY_BLOCK,
+    key_dist, key_index, normalized_rows, squared_norms, PackedGallery, QueryRows, RowSink, Rows,
+    TopK, QUERY_BLOCK,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -272,19 +272,28 @@ impl<'a> Search<'a> {
         ))
     }
 
-    /// The ranking distance of query `i` and gallery item `j`, bit-identical
-    /// to what [`scan`](Self::scan) offers for that pair.
-    pub(crate) fn pair(&self, i: usize, j: usize) -> f32 {
+    /// Scans only the gallery items `ids` (ascending) for the query rows `rows`, feeding
+    /// `sinks[i]` the candidates of `rows[i]` with the same distance bits
+    /// [`scan`](Self::scan) gives those pairs (the same kernel, on a packed subset).
+    pub(crate) fn scan_subset<S: RowSink>(&self, ids: &[u32], rows: &[u32], sinks: &mut [S]) {
         let d = self.dim;
-        combine(
-            self.qaux[i],
-            self.gaux[j],
-            self.scale,
-            dot_seq(
-                &self.queries[i * d..(i + 1) * d],
-                &self.gallery[j * d..(j + 1) * d],
-            ),
-        )
+        let mut data = Vec::with_capacity(ids.len() * d);
+        for &j in ids {
+            data.extend_from_slice(&self.gallery[j as usize * d..(j as usize + 1) * d]);
+        }
+        let aux: Vec<f32> = ids.iter().map(|&j| self.gaux[j as usize]).collect();
+        let packed = PackedGallery::new(&data, d, &aux, self.scale, Some(ids.to_vec()));
+        let q = QueryRows {
+            data: &self.queries,
+            aux: &self.qaux,
+            dim: d,
+        };
+        packed.scan_block(
+            q,
+            Rows::List(rows),
+            self.exclude == Exclude::SameIndex,
+            sinks,
+        );
     }
 
     /// The reported distance for a ranking distance.

@@ -399,15 +399,7 @@ pub fn evaluate_retrieval(
         class_rows.insert(l, s..e);
         s = e;
     }
-    let leave_one_out = exclude == Exclude::SameIndex;
-    let nearest_positive = |i: usize| -> Option<u64> {
-        let members = &by_class[class_rows.get(&q_labels[i])?.clone()];
-        members
-            .iter()
-            .filter(|&&j| !(leave_one_out && j as usize == i))
-            .map(|&j| key(search.pair(i, j as usize), j))
-            .min()
-    };
+    let nearest_positive = nearest_positives(&search, q_labels, &by_class, &class_rows);
     let blocks: Vec<Vec<QueryScore>> = (0..search.blocks())
         .into_par_iter()
         .map_init(Vec::<RankSink>::new, |sinks, b| {
@@ -415,7 +407,7 @@ pub fn evaluate_retrieval(
             sinks.resize_with(rows.len(), RankSink::new);
             sinks.truncate(rows.len());
             for (sink, i) in sinks.iter_mut().zip(rows.clone()) {
-                sink.reset(nearest_positive(i), rel.max_k, rel.r[i]);
+                sink.reset(nearest_positive[i], rel.max_k, rel.r[i]);
             }
             search.scan(b, sinks);
             sinks
@@ -453,6 +445,62 @@ pub fn evaluate_retrieval(
         .collect::<Result<_, MetricsError>>()?;
     let scores: Vec<QueryScore> = blocks.into_iter().flatten().collect();
     Ok(summarize(&scores, ks, search.gallery()))
+}
+
+/// Each query's nearest positive as a [`key`] (`None` when its class has no gallery item
+/// it may retrieve): every class's gallery items are packed once and scanned, with the
+/// search's own kernel, by the queries of that class only, so the distances are the bits
+/// the full scan gives the same pairs.
+fn nearest_positives(
+    search: &Search<'_>,
+    q_labels: &[u32],
+    by_class: &[u32],
+    class_rows: &HashMap<u32, std::ops::Range<usize>>,
+) -> Vec<Option<u64>> {
+    let mut queries: Vec<u32> = (0..q_labels.len() as u32).collect();
+    queries.sort_unstable_by_key(|&i| (q_labels[i as usize], i));
+    let groups: Vec<&[u32]> = queries
+        .chunk_by(|a, b| q_labels[*a as usize] == q_labels[*b as usize])
+        .collect();
+    let found: Vec<Vec<(u32, u64)>> = groups
+        .into_par_iter()
+        .map(|rows| {
+            let Some(members) = class_rows.get(&q_labels[rows[0] as usize]) else {
+                return Vec::new();
+            };
+            let mut ids = by_class[members.clone()].to_vec();
+            ids.sort_unstable();
+            let mut sinks = vec![MinSink(u64::MAX); rows.len()];
+            search.scan_subset(&ids, rows, &mut sinks);
+            rows.iter()
+                .zip(sinks)
+                .filter(|(_, s)| s.0 != u64::MAX)
+                .map(|(&i, s)| (i, s.0))
+                .collect()
+        })
+        .collect();
+    let mut out = vec![None; q_labels.len()];
+    for (i, k) in found.into_iter().flatten() {
+        out[i as usize] = Some(k);
+    }
+    out
+}
+
+/// Keeps the smallest [`key`] offered.
+#[derive(Clone, Copy)]
+struct MinSink(u64);
+
+impl RowSink for MinSink {
+    fn threshold(&self) -> f32 {
+        if self.0 == u64::MAX {
+            f32::INFINITY
+        } else {
+            key_dist(self.0)
+        }
+    }
+    fn offer(&mut self, d: f32, j: u32) {
+        self.0 = self.0.min(key(d, j));
+    }
 }
 
 /// The query → gallery protocol (In-shop Clothes): each query ranks the whole

@@ -175,7 +175,7 @@ fn log_progress(bar: &ProgressBar, node: String) {
         if pos == 0 {
             continue;
         }
-        let percent = if len > 0 { 100 * pos / len } else { 0 };
+        let percent = (100 * pos).checked_div(len).unwrap_or(0);
         let eta = if len > pos {
             format!(", ETA {}", HumanDuration(bar.eta()))
         } else {

@@ -2,9 +2,11 @@
 //! every node whose settings and inputs agree (one index, one plan per P×K…).
 use crate::config::{DatasetKindName, ExperimentConfig};
 use crate::data_stages::{IndexStage, PlanStage, SynthStage};
+use crate::decode::{DecodeStage, ImageRoot};
+use crate::embed::EmbedStage;
 use crate::eval_stages::{ClusterStage, RetrieveStage};
-use crate::model_stages::{DecodeStage, EmbedStage, ImageRoot, TrainStage};
 use crate::report::{ReportStage, RunLabel};
+use crate::train::TrainStage;
 use crate::validation::ValidationPlan;
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
 use std::collections::{BTreeSet, HashMap};
@@ -151,7 +153,10 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         let index = b.add(e, Arc::new(IndexStage::new(c)?), &with_synth(vec![]));
         let plan = b.add(
             e,
-            Arc::new(PlanStage::new(c.plan.clone(), c.train.validation.holdout())),
+            Arc::new(PlanStage::new(
+                c.plan.clone(),
+                crate::validation::Holdout::of(&c.train.validation),
+            )),
             &[("index", index)],
         );
         let decode = b.add(

@@ -1,17 +1,23 @@
-//! Stage implementations: index, plan, train, embed, cluster, retrieve, report.
+//! The stages — synth, index, plan, decode, train, embed, retrieve, cluster, report — and the
+//! DAG that joins them, without libtorch: train and embed resolve their settings and key
+//! here and run in the training worker (`dml-torch`, see [`worker`]).
 pub mod config;
 pub mod dag;
 pub mod data_stages;
+pub mod decode;
+pub mod device;
+pub mod embed;
 pub mod eval_stages;
 pub mod evaluate;
-pub mod loader;
-pub mod model_stages;
 pub mod plots;
 pub mod preflight;
 pub mod report;
-mod resume;
+pub mod resume;
+pub mod roles;
 pub mod train;
+pub mod train_config;
 pub mod validation;
+pub mod worker;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).
 pub const LIBTORCH_VERSION: &str = "2.11.0";

@@ -8,12 +8,12 @@ use dml_pipeline::BoxError;
 use std::path::{Path, PathBuf};
 
 /// Weights, batch-norm statistics and optimiser state (`Trainer::save`).
-pub(crate) const STATE_FILE: &str = "checkpoint.safetensors";
+pub const STATE_FILE: &str = "checkpoint.safetensors";
 /// The rows of `train_log.parquet` up to the checkpoint, as JSON.
-pub(crate) const LOG_FILE: &str = "log.json";
+pub const LOG_FILE: &str = "log.json";
 
 /// The checkpoints of one train key.
-pub(crate) struct Checkpoints {
+pub struct Checkpoints {
     dir: PathBuf,
 }
 
@@ -27,12 +27,12 @@ fn sync(path: &Path) -> std::io::Result<()> {
 
 impl Checkpoints {
     /// The checkpoints kept in `dir` (which exists).
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf) -> Self {
         Checkpoints { dir }
     }
 
     /// The newest published checkpoint: its step and directory.
-    pub(crate) fn latest(&self) -> Option<(u64, PathBuf)> {
+    pub fn latest(&self) -> Option<(u64, PathBuf)> {
         std::fs::read_dir(&self.dir)
             .ok()?
             .filter_map(|e| e.ok())
@@ -45,7 +45,7 @@ impl Checkpoints {
     /// temporary directory, which is fsynced and renamed to `step-<step>`; then
     /// every other entry (older checkpoints, leftovers of killed writes) is removed.
     /// If `write` fails, nothing changes.
-    pub(crate) fn publish(
+    pub fn publish(
         &self,
         step: u64,
         write: impl FnOnce(&Path) -> Result<(), BoxError>,
@@ -70,7 +70,7 @@ impl Checkpoints {
         }
         // Test hook: die with the checkpoint written but not yet published.
         if std::env::var("DML_FAULT_ABORT_IN_CHECKPOINT").is_ok_and(|s| s == step.to_string()) {
-            std::process::abort();
+            crate::worker::fault_abort();
         }
         let target = self.dir.join(format!("step-{step}"));
         if target.exists() {

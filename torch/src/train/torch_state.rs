@@ -112,30 +112,17 @@ mod ffi {
     }
 }
 
-/// Whether this CPU has native bf16 arithmetic (AVX512-BF16, which every AMX CPU also has):
-/// without it libtorch emulates bf16 and a "bf16" run is slower than f32.
-pub fn cpu_has_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub use dml_stages::device::cpu_has_bf16;
 
 /// Refuses bf16 training on a device that cannot do it fast: on the CPU, one without
-/// AVX512-BF16 (`has_bf16` is [`cpu_has_bf16`]).
+/// AVX512-BF16 (`has_bf16` is [`cpu_has_bf16`]); the rule is `dml_stages::device`'s.
 pub fn check_bf16(device: Device, has_bf16: bool) -> Result<()> {
-    if device.is_cuda() || has_bf16 {
-        return Ok(());
-    }
-    Err(TrainError::Config(
-        "train.precision = \"bf16\" on the CPU needs native bf16 instructions (AVX512-BF16 or AMX; \
-         /proc/cpuinfo flag `avx512_bf16`), which this CPU lacks; set train.precision = \"f32\""
-            .into(),
-    ))
+    let kind = if device.is_cuda() {
+        dml_stages::device::DeviceKind::Cuda
+    } else {
+        dml_stages::device::DeviceKind::Cpu
+    };
+    dml_stages::device::check_bf16(kind, has_bf16).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// bf16 autocast for `device` on the current thread while alive: matrix products and

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use dml_stages::train::{build_model, Backbone, Head, ModelConfig};
+use dml_torch::train::{build_model, Backbone, Head, ModelConfig};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 

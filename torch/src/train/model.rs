@@ -1,88 +1,13 @@
 //! The embedding network: a backbone, an embedding head (`direct` or `fc1024`) and optional L2 normalisation, built from a typed [`ModelConfig`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::backbones::{check_images, load_backbone_weights, Backbone, InputScaling, LoadReport};
+use super::backbones::{check_images, load_backbone_weights, BuildBackbone, LoadReport};
 use super::error::{Result, TrainError};
-
-/// The embedding head on the pooled backbone features.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Head {
-    /// One linear layer (`head.fc.{weight,bias}`).
-    Direct,
-    /// Linear 1024 (no bias, as slim omits it before a batch norm) + BN + ReLU + linear to the
-    /// embedding (orthogonal init, as the seed): `head.fc1.weight`, `head.bn1.*`, `head.fc2.*`.
-    #[default]
-    Fc1024,
-}
-
-/// Settings of the embedding network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The feature extractor.
-    #[serde(default = "default_backbone")]
-    pub backbone: Backbone,
-    /// The embedding head (the seed's default is `fc1024`).
-    #[serde(default)]
-    pub head: Head,
-    /// Embedding width (128).
-    #[serde(default = "default_embedding_dim")]
-    pub embedding_dim: i64,
-    /// L2-normalise the embeddings (the seed's `*_normalize` heads).
-    #[serde(default)]
-    pub normalize: bool,
-    /// torchvision `state_dict` (safetensors) to initialise the backbone from.
-    #[serde(default)]
-    pub pretrained: Option<PathBuf>,
-    /// Overrides the backbone's input scaling (see [`Backbone::input_scaling`]).
-    #[serde(default)]
-    pub input_scaling: Option<InputScaling>,
-}
-
-fn default_backbone() -> Backbone {
-    Backbone::SmallCnn
-}
-fn default_embedding_dim() -> i64 {
-    128
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            backbone: default_backbone(),
-            head: Head::default(),
-            embedding_dim: default_embedding_dim(),
-            normalize: false,
-            pretrained: None,
-            input_scaling: None,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// The input scaling in effect (the override, else the backbone's).
-    pub fn input_scaling(&self) -> InputScaling {
-        self.input_scaling
-            .unwrap_or_else(|| self.backbone.input_scaling())
-    }
-
-    /// Checks the settings once, before anything is built.
-    pub fn validate(&self) -> Result<()> {
-        if self.embedding_dim <= 0 {
-            return Err(TrainError::Config(format!(
-                "embedding_dim must be > 0, got {}",
-                self.embedding_dim
-            )));
-        }
-        Ok(())
-    }
-}
+pub use dml_stages::train_config::{Head, ModelConfig};
 
 #[derive(Debug)]
 enum HeadModule {
@@ -290,7 +215,7 @@ impl Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::backbones::input_scaling;
+    use crate::train::backbones::{input_scaling, Backbone, InputScaling, ScaleImages};
     use crate::train::torch_state::lock_torch_rng;
 
     fn names(vs: &nn::VarStore) -> Vec<String> {

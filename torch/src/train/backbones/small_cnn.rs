@@ -8,6 +8,7 @@ use super::{batch_norm, conv, global_avg_pool, relu_inplace};
 /// Channels of the four blocks.
 pub(crate) const WIDTHS: [i64; 4] = [32, 64, 128, 256];
 /// Width of the pooled features.
+#[cfg(test)]
 pub(crate) const FEATURES: i64 = WIDTHS[3];
 
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Training-step throughput (images/s) on the CPU, the figure `dml bench train` and `benches/train_step.rs` print next to PyTorch's.
+//! Training-step throughput (images/s) on the CPU next to PyTorch-Python's on the same libtorch (it runs `scripts/bench_train_pytorch.py`): the body of `benches/train_step`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,12 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::backbones::Backbone;
-use super::error::{Result, TrainError};
-use super::losses::{Loss, Margin};
-use super::model::{Head, ModelConfig};
-use super::optim::{Algorithm, LrSchedule, OptimConfig};
-use super::trainer::{Precision, TrainConfig, Trainer};
+use dml_torch::train::losses::Margin;
+use dml_torch::train::optim::LrSchedule;
+use dml_torch::train::{
+    Algorithm, Backbone, Head, Loss, ModelConfig, OptimConfig, Precision, Result, TrainConfig,
+    TrainError, Trainer,
+};
 
 /// One throughput measurement: batch-hard loss (margin 1), Adam (3e-4), `fc1024` head with
 /// 128-d embeddings, random images, P×K batches with K = 4.
@@ -149,7 +149,7 @@ impl Default for CompareOptions {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../scripts/bench_train_pytorch.py"
             )),
-            precisions: if super::torch_state::cpu_has_bf16() {
+            precisions: if dml_stages::device::cpu_has_bf16() {
                 vec![Precision::F32, Precision::Bf16]
             } else {
                 vec![Precision::F32]

@@ -1,12 +1,15 @@
 //! CPU training-step throughput of dml next to PyTorch-Python on the same libtorch and thread count.
 //!
-//! `cargo bench -p dml-stages --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--precision f32|bf16|both] [--no-pytorch]`
+//! `cargo bench -p dml-torch --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--precision f32|bf16|both] [--no-pytorch]`
 //! (bf16 is CPU autocast; `both`, the default where the CPU has AVX512-BF16, prints the speed-up over f32)
-//! (needs `[[bench]] name = "train_step"`, `harness = false` in `stages/Cargo.toml`).
+//! (registered in `torch/Cargo.toml` with `harness = false`). The comparison, which runs
+//! `scripts/bench_train_pytorch.py`, lives beside this file, not in the library.
 
 use anyhow::{bail, Context, Result};
-use dml_stages::train::bench::{compare_with_pytorch, format_table, CompareOptions};
-use dml_stages::train::Precision;
+mod compare;
+
+use compare::{compare_with_pytorch, format_table, CompareOptions};
+use dml_torch::train::Precision;
 
 fn parse_args() -> Result<CompareOptions> {
     let mut opts = CompareOptions::default();

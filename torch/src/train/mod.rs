@@ -5,7 +5,6 @@
 //! as NCHW f32 already scaled with [`ModelConfig::input_scaling`].
 
 pub mod backbones;
-pub mod bench;
 mod checkpoint;
 pub mod error;
 pub mod losses;
@@ -16,6 +15,7 @@ pub mod trainer;
 
 pub use backbones::{input_scaling, Backbone, InputScaling};
 pub use checkpoint::all_finite;
+pub use dml_stages::train_config::ConfigError;
 pub use error::{Result, TrainError};
 pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};

@@ -14,123 +14,13 @@
 //!   among its negatives. Draws come from a ChaCha8 stream keyed by (seed, step), so a resumed
 //!   run draws exactly what an uninterrupted one would.
 
+pub use dml_stages::train_config::{BetaScope, MarginLossConfig, NegativeSampling};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::distance::{distance_stats, PairMasks};
 use super::{check_batch, require_pairs, LossOutput};
 use crate::train::error::{Result, TrainError};
-
-/// Settings of the margin loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MarginLossConfig {
-    /// α, the margin around the boundary β (0.2).
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    /// Initial β (1.2).
-    #[serde(default = "default_beta_init")]
-    pub beta_init: f64,
-    /// Whether β is trained (true) or held at `beta_init`.
-    #[serde(default = "default_true")]
-    pub learn_beta: bool,
-    /// One β for all classes, or one per class.
-    #[serde(default)]
-    pub beta_scope: BetaScope,
-    /// Number of training classes; required when `beta_scope` is `per_class`.
-    #[serde(default)]
-    pub num_classes: Option<usize>,
-    /// ν, the weight of the β regulariser (0).
-    #[serde(default)]
-    pub nu: f64,
-    /// How negatives are chosen.
-    #[serde(default)]
-    pub sampling: NegativeSampling,
-}
-
-fn default_alpha() -> f64 {
-    0.2
-}
-fn default_beta_init() -> f64 {
-    1.2
-}
-fn default_true() -> bool {
-    true
-}
-
-impl Default for MarginLossConfig {
-    fn default() -> Self {
-        MarginLossConfig {
-            alpha: default_alpha(),
-            beta_init: default_beta_init(),
-            learn_beta: true,
-            beta_scope: BetaScope::default(),
-            num_classes: None,
-            nu: 0.0,
-            sampling: NegativeSampling::default(),
-        }
-    }
-}
-
-/// Whether β is shared or per class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BetaScope {
-    /// A single β.
-    #[default]
-    Global,
-    /// β indexed by the anchor's class.
-    PerClass,
-}
-
-/// Negative selection for the margin loss.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum NegativeSampling {
-    /// One negative per positive pair, drawn with probability ∝ 1/q(d).
-    DistanceWeighted {
-        /// Lower clamp on distances before weighting (0.5).
-        #[serde(default = "default_cutoff")]
-        cutoff: f64,
-        /// Negatives at this distance or farther are never drawn (1.4 = α + β₀).
-        #[serde(default = "default_nonzero_cutoff")]
-        nonzero_loss_cutoff: f64,
-    },
-    /// Every negative pair of the batch.
-    All,
-}
-
-fn default_cutoff() -> f64 {
-    0.5
-}
-fn default_nonzero_cutoff() -> f64 {
-    1.4
-}
-
-impl Default for NegativeSampling {
-    fn default() -> Self {
-        NegativeSampling::DistanceWeighted {
-            cutoff: default_cutoff(),
-            nonzero_loss_cutoff: default_nonzero_cutoff(),
-        }
-    }
-}
-
-impl MarginLossConfig {
-    /// Number of β values this configuration trains.
-    pub fn beta_len(&self) -> Result<i64> {
-        match self.beta_scope {
-            BetaScope::Global => Ok(1),
-            BetaScope::PerClass => match self.num_classes {
-                Some(n) if n > 0 => Ok(n as i64),
-                _ => Err(TrainError::Config(
-                    "margin loss with beta_scope = per_class needs num_classes > 0".into(),
-                )),
-            },
-        }
-    }
-}
 
 /// Draws, for every anchor, one negative per positive it has, by distance-weighted sampling.
 /// Returns (anchor, negative) row pairs in anchor order.

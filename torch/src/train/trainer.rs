@@ -3,61 +3,17 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+pub use dml_stages::train_config::{Precision, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint;
 use super::error::{Result, TrainError};
-use super::losses::{Loss, LossModule};
-use super::model::{build_model, EmbeddingNet, ModelConfig};
-use super::optim::{OptimConfig, Optimizer};
+use super::losses::LossModule;
+use super::model::{build_model, EmbeddingNet};
+use super::optim::Optimizer;
 use super::torch_state::{self, lock_torch_rng, Autocast};
-
-/// Numeric precision of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// Everything in f32.
-    #[default]
-    F32,
-    /// bf16 autocast for the forward pass, on CUDA and on CPUs with native bf16
-    /// (AVX512-BF16/AMX; refused elsewhere): convolutions and matrix products in bf16, the
-    /// weights, the loss and the optimiser in f32.
-    Bf16,
-}
-
-/// Everything that shapes a training run except the data and the step count.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// The embedding network.
-    #[serde(default)]
-    pub model: ModelConfig,
-    /// The ranking loss.
-    #[serde(default)]
-    pub loss: Loss,
-    /// Optimiser, learning rate and schedule.
-    #[serde(default)]
-    pub optimizer: OptimConfig,
-    /// Forward-pass precision.
-    #[serde(default)]
-    pub precision: Precision,
-    /// On CUDA: cuDNN's deterministic algorithms instead of autotuned ones (slower; the CPU
-    /// is deterministic either way). Left out of the serialised form when false, so the
-    /// settings of existing runs and checkpoints read the same.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub deterministic: bool,
-}
-
-impl TrainConfig {
-    /// Checks every part once, before anything runs.
-    pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
-        self.loss.validate()?;
-        self.optimizer.validate()
-    }
-}
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -5,9 +5,9 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
-use crate::train::losses::{Margin, MarginLossConfig};
-use crate::train::model::{Embedder, Head};
-use crate::train::optim::{Algorithm, LrSchedule};
+use crate::train::losses::{Loss, Margin, MarginLossConfig};
+use crate::train::model::{Embedder, Head, ModelConfig};
+use crate::train::optim::{Algorithm, LrSchedule, OptimConfig};
 use crate::train::Backbone;
 
 fn tiny_config(loss: Loss, algorithm: Algorithm) -> TrainConfig {

@@ -1,5 +1,5 @@
 include!("../build-support/torch_link.rs");
 
 fn main() {
-    link_torch();
+    link_torch(None);
 }

@@ -1,0 +1,268 @@
+//! Running a stage in the training worker, the one executable that links libtorch.
+//!
+//! `dml` never loads libtorch: browsing, planning, `eval` and the data and evaluation stages
+//! start in milliseconds. The train and embed stages hand their resolved job to
+//! `dml-torch run-stage` (see [`crate::device::worker_path`]): a [`WorkerRequest`] as JSON
+//! on its stdin; it answers with one [`WorkerEvent`] per line on its stdout (progress bars,
+//! the manifest notes, then `ok` or `error`) and logs to the shared stderr. It writes the
+//! artifact's files straight into the engine's temporary directory, so the engine commits
+//! them as for any other stage. The worker dies with `dml` (`PR_SET_PDEATHSIG`), and a
+//! fault hook in the worker takes `dml` down with it ([`fault_abort`]), so an interrupted
+//! run leaves what a killed single process would have left.
+use crate::device::worker_path;
+use anyhow::{anyhow, Context};
+use dml_pipeline::{BoxError, RunContext};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Environment variable holding the pid of the `dml` that started a worker.
+pub const PARENT_PID_VAR: &str = "DML_PARENT_PID";
+/// Environment variable holding the log filter the worker uses (`dml`'s own).
+pub const LOG_VAR: &str = "DML_WORKER_LOG";
+
+/// What `dml` sends on the worker's stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRequest {
+    /// `train` or `embed`.
+    pub stage: String,
+    /// The stage's resolved job ([`crate::train::TrainJob`], [`crate::embed::EmbedJob`]).
+    pub job: serde_json::Value,
+    /// The node id (`train[train.loss.name=npairs]`), for messages.
+    pub node: String,
+    /// The artifact's key.
+    pub key: String,
+    /// Where to write the artifact's files.
+    pub out_dir: PathBuf,
+    /// Input artifact directories by role.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// The per-key checkpoint directory (train only), removed by the engine on commit.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The scheduler's device slot (the GPU index), for stages on the accelerator.
+    pub device_index: Option<usize>,
+}
+
+/// One line the worker writes on its stdout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// A progress bar starts (`ctx.progress(len, template)`).
+    Bar {
+        /// The worker's number for it.
+        id: usize,
+        /// Its length.
+        len: u64,
+        /// Its indicatif template.
+        template: String,
+    },
+    /// A bar moved or its message changed.
+    Tick {
+        /// Which bar.
+        id: usize,
+        /// Position.
+        pos: u64,
+        /// Message.
+        msg: String,
+    },
+    /// A bar finished (and is cleared).
+    Done {
+        /// Which bar.
+        id: usize,
+    },
+    /// The manifest notes, sent once before `ok`.
+    Notes {
+        /// Note name → value.
+        notes: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The stage failed; the message carries the whole cause chain.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+    /// The artifact's files are written.
+    Ok,
+}
+
+/// Runs `stage` in the worker with the inputs of `roles` and, with `checkpoints`, the key's
+/// checkpoint directory; forwards its progress and notes to `ctx`.
+pub fn run_in_worker(
+    ctx: &mut RunContext<'_>,
+    stage: &str,
+    job: serde_json::Value,
+    roles: &[&str],
+    checkpoints: bool,
+) -> Result<(), BoxError> {
+    let mut inputs = BTreeMap::new();
+    for role in roles {
+        inputs.insert(role.to_string(), ctx.input(role)?.to_path_buf());
+    }
+    let request = WorkerRequest {
+        stage: stage.to_string(),
+        job,
+        node: ctx.node().to_string(),
+        key: ctx.key().to_string(),
+        out_dir: ctx.out_dir().to_path_buf(),
+        inputs,
+        checkpoint_dir: if checkpoints {
+            Some(ctx.key_cache_dir("checkpoints")?)
+        } else {
+            None
+        },
+        device_index: ctx.device_index(),
+    };
+    let worker = worker_path()?;
+    let mut cmd = Command::new(&worker);
+    cmd.arg("run-stage")
+        .env(PARENT_PID_VAR, std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting the training worker `{}`", worker.display()))?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        serde_json::to_writer(&mut stdin, &request)?;
+        stdin.flush()?;
+    }
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut bars: HashMap<usize, ProgressBar> = HashMap::new();
+    let mut outcome: Option<Result<(), String>> = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the training worker's output")?;
+        let event: WorkerEvent = match serde_json::from_str(&line) {
+            Ok(e) => e,
+            // Something else printed on stdout (a library): pass it on.
+            Err(_) => {
+                eprintln!("{line}");
+                continue;
+            }
+        };
+        match event {
+            WorkerEvent::Bar { id, len, template } => {
+                bars.insert(id, ctx.progress(len, &template));
+            }
+            WorkerEvent::Tick { id, pos, msg } => {
+                if let Some(b) = bars.get(&id) {
+                    b.set_position(pos);
+                    b.set_message(msg);
+                }
+            }
+            WorkerEvent::Done { id } => {
+                if let Some(b) = bars.remove(&id) {
+                    b.finish_and_clear();
+                }
+            }
+            WorkerEvent::Notes { notes } => {
+                for (k, v) in notes {
+                    ctx.note(&k, v);
+                }
+            }
+            WorkerEvent::Error { message } => outcome = Some(Err(message)),
+            WorkerEvent::Ok => outcome = Some(Ok(())),
+        }
+    }
+    for b in bars.into_values() {
+        b.finish_and_clear();
+    }
+    let status = child.wait().context("waiting for the training worker")?;
+    match (outcome, status.success()) {
+        (Some(Ok(())), true) => Ok(()),
+        (Some(Err(message)), _) => Err(anyhow!(message).into()),
+        (_, _) => Err(anyhow!(
+            "the training worker `{}` {}",
+            worker.display(),
+            describe(status)
+        )
+        .into()),
+    }
+}
+
+/// "was killed by signal 9 (SIGKILL)" or "exited with status 3".
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c} without saying why"),
+        (None, Some(s)) => {
+            let name = match s {
+                libc::SIGKILL => " (SIGKILL: out of memory?)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGINT => " (SIGINT)",
+                _ => "",
+            };
+            format!("was killed by signal {s}{name}")
+        }
+        _ => format!("ended with {status}"),
+    }
+}
+
+/// The child gets SIGKILL when the thread that started it (hence `dml`) dies, so a killed
+/// `dml` never leaves a worker training on.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A test hook's crash: in a worker, `dml` is killed first (as `kill -9` of the run
+/// would), then this process aborts.
+pub fn fault_abort() -> ! {
+    if let Some(pid) = std::env::var(PARENT_PID_VAR)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: sending a signal has no memory effects here.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_json_object_a_line() {
+        let events = [
+            WorkerEvent::Bar {
+                id: 0,
+                len: 400,
+                template: "{prefix} {pos}/{len}".into(),
+            },
+            WorkerEvent::Tick {
+                id: 0,
+                pos: 3,
+                msg: "loss 0.5".into(),
+            },
+            WorkerEvent::Done { id: 0 },
+            WorkerEvent::Error {
+                message: "a\nb".into(),
+            },
+            WorkerEvent::Ok,
+        ];
+        for e in events {
+            let line = serde_json::to_string(&e).unwrap();
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(serde_json::from_str::<WorkerEvent>(&line).unwrap(), e);
+        }
+        assert_eq!(
+            serde_json::to_string(&WorkerEvent::Ok).unwrap(),
+            r#"{"event":"ok"}"#
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The train stage's body, run in the worker: resume from the key's checkpoint, stream the
+//! planned P×K batches through the loader, step, validate, checkpoint, check the result is
+//! finite, and write `model.safetensors`, `model.json`, `train_log.parquet` and `loss.png`.
+use crate::context::{write_file, WorkerCtx};
+use crate::loader::Batch;
+use crate::train::{self, Trainer};
+use crate::validator::Validator;
+use anyhow::{anyhow, Context};
+use dml_artifacts::tables::{self, TrainLogRow};
+use dml_datasets::{self as ds, Split};
+use dml_pipeline::BoxError;
+use dml_stages::device::DeviceKind;
+use dml_stages::plots;
+use dml_stages::resume::{self, Checkpoints};
+use dml_stages::roles;
+use dml_stages::train::{train_config, TrainJob};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// Trains `job` on the inputs `ctx` names, writing the artifact's files.
+pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
+    let cfg = train_config(&job.settings);
+    let seed = job.settings.seed;
+    // The kind was fixed when the key was computed; the scheduler's device slot says
+    // which GPU of that kind (N sweep points on N GPUs).
+    let device = match job.device {
+        DeviceKind::Cuda => {
+            train::resolve_device_in_slot(&job.settings.device, ctx.device_index())?
+        }
+        DeviceKind::Cpu => Device::Cpu,
+    };
+    let mut trainer = Trainer::new(&cfg, device, seed)?;
+    let out = ctx.out_dir().to_path_buf();
+    write_file(&out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
+    if job.untrained {
+        trainer.save_weights(&out.join("model.safetensors"))?;
+        return Ok(());
+    }
+    let cache = Arc::new(ds::DecodeCache::open(ctx.input(roles::DECODE)?)?);
+    let index = tables::read_index(&ctx.input(roles::INDEX)?.join("index.parquet"))?;
+    let plan = tables::read_plan(&ctx.input(roles::PLAN)?.join("plan.parquet"))?;
+    let steps: BTreeMap<u32, Vec<tables::PlanRow>> =
+        plan.iter().fold(BTreeMap::new(), |mut m, r| {
+            m.entry(r.step).or_insert_with(Vec::new).push(*r);
+            m
+        });
+    let total = steps.len() as u64;
+    let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
+    let crop = job.crop;
+    let scaling = cfg.model.input_scaling().for_batches();
+    let mut validator = match &job.validation {
+        Some(v) => {
+            let planned: BTreeSet<u32> = plan.iter().map(|r| r.class_id).collect();
+            let validator = Validator::new(v, &index, &planned, cache.clone(), crop, scaling)?;
+            ctx.note("validation_images", json!(validator.images()));
+            ctx.note("validation_classes", json!(validator.classes()));
+            Some(validator)
+        }
+        None => None,
+    };
+
+    // Resumable checkpoints live outside the store, per key; the engine
+    // removes them once this artifact is committed.
+    let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
+    let mut log: Vec<TrainLogRow> = Vec::new();
+    let mut start = 0u64;
+    if let Some((step, dir)) = checkpoints.latest() {
+        let start_over = || format!("resuming from {} (delete it to start over)", dir.display());
+        trainer
+            .load(&dir.join(resume::STATE_FILE))
+            .with_context(start_over)?;
+        log = serde_json::from_str(&std::fs::read_to_string(dir.join(resume::LOG_FILE))?)
+            .with_context(start_over)?;
+        start = trainer.updates();
+        if start != step || log.len() as u64 != start {
+            return Err(anyhow!(
+                "{}: {} log rows and {start} updates in checkpoint step-{step}",
+                start_over(),
+                log.len()
+            )
+            .into());
+        }
+        if let Some(v) = validator.as_mut() {
+            v.resume(&log, &dir.join(resume::STATE_FILE))
+                .with_context(start_over)?;
+        }
+        tracing::info!("resuming {} from step {start}", ctx.node());
+        ctx.note("resumed_from_step", json!(start));
+    }
+    let lr = cfg.optimizer.learning_rate;
+    let lower_lr = format!("lower train.optimizer.learning_rate (now {lr:e}) and rerun");
+    let kept = |checkpoints: &Checkpoints| match checkpoints.latest() {
+        Some((step, dir)) => format!(
+            "the last good checkpoint (step {step}) is kept in {}",
+            dir.display()
+        ),
+        None => "no checkpoint was kept".to_string(),
+    };
+    let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
+
+    // Batches are assembled ahead of the model by the loader's threads.
+    let threads = crate::loader::default_threads(device);
+    let mut loader = crate::loader::BatchLoader::start(
+        crate::loader::LoaderSpec {
+            cache: cache.clone(),
+            batches: batches.clone(),
+            crop,
+            seed,
+            policy: job.augment,
+            scaling,
+            device,
+        },
+        start,
+        total,
+        threads,
+    )?;
+    ctx.note("loader_threads", json!(threads));
+    let bar = ctx.progress(
+        total,
+        "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+    );
+    bar.set_position(start);
+    let abort_at: Option<u64> = std::env::var("DML_FAULT_ABORT_AFTER_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    // Test hook: slow every step down, so a test can kill training midway.
+    let step_delay = std::env::var("DML_FAULT_STEP_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(std::time::Duration::from_millis);
+    let every = u64::from(job.settings.checkpoint_every.max(1));
+    let started = Instant::now();
+    let mut images_done = 0usize;
+    let mut last_images: Option<Tensor> = None;
+    let mut waited = 0.0f64;
+    // Throughput after the first steps (allocator warm-up, cuDNN autotuning).
+    let warm_steps = ((total - start) / 5).min(5);
+    let mut steady_from: Option<(Instant, usize)> = None;
+    loop {
+        let wait_started = Instant::now();
+        let Some(received) = loader.next_batch() else {
+            break;
+        };
+        let loaded = received?;
+        let data_wait_s = wait_started.elapsed().as_secs_f64();
+        waited += data_wait_s;
+        let step = loaded.step;
+        let (images, labels_t) = loaded.to_device(device);
+        if let Some(d) = step_delay {
+            std::thread::sleep(d);
+        }
+        let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
+            let hint = match e {
+                train::TrainError::NonFiniteLoss { .. } => {
+                    format!("; training diverged; {lower_lr}")
+                }
+                _ => String::new(),
+            };
+            anyhow!(
+                "{e}; training stopped at step {step}; {}{hint}",
+                kept(&checkpoints)
+            )
+        })?;
+        if !stats.mean_norm.is_finite() {
+            return Err(anyhow!(
+                "the embeddings are no longer finite at step {step} (mean norm {}, loss {}); \
+                 training diverged; {}; {lower_lr}",
+                stats.mean_norm,
+                stats.loss,
+                kept(&checkpoints)
+            )
+            .into());
+        }
+        images_done += labels_t.size()[0] as usize;
+        last_images = Some(images);
+        if step + 1 - start == warm_steps {
+            steady_from = Some((Instant::now(), images_done));
+        }
+        let seconds = elapsed_before + started.elapsed().as_secs_f64();
+        let mut row = TrainLogRow {
+            step: step as u32,
+            loss: stats.loss,
+            lr: stats.lr,
+            seconds,
+            active_fraction: stats.active_fraction,
+            mean_pos_dist: stats.mean_pos_dist,
+            mean_neg_dist: stats.mean_neg_dist,
+            mean_norm: stats.mean_norm,
+            data_wait_s,
+            val_recall_at_1: None,
+            val_map_at_r: None,
+        };
+        let done = step + 1;
+        if let Some(v) = validator.as_mut().filter(|v| v.due(done, total)) {
+            let score = v.evaluate(&trainer, step as u32)?;
+            row.val_recall_at_1 = Some(score.recall_at_1);
+            row.val_map_at_r = Some(score.map_at_r);
+        }
+        log.push(row);
+        let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
+            stats.loss,
+            stats.lr,
+            ips,
+            100.0 * stats.active_fraction,
+            validator.as_ref().map(|v| v.progress()).unwrap_or_default()
+        ));
+        bar.inc(1);
+        if done % every == 0 && done < total {
+            // Weights, optimiser state, the best validation weights and the log as one
+            // unit; never a non-finite one.
+            checkpoints
+                .publish(done, |dir| {
+                    let state = dir.join(resume::STATE_FILE);
+                    let saved = match &validator {
+                        Some(v) => {
+                            let (tensors, meta) = v.checkpoint_extras();
+                            trainer.save_with(&state, tensors, meta)
+                        }
+                        None => trainer.save(&state),
+                    };
+                    saved.map_err(|e| {
+                        let hint = match e {
+                            train::TrainError::NonFiniteTensor { .. } => {
+                                format!("; training diverged; {lower_lr}")
+                            }
+                            _ => String::new(),
+                        };
+                        anyhow!("checkpoint after step {done}: {e}{hint}")
+                    })?;
+                    std::fs::write(dir.join(resume::LOG_FILE), serde_json::to_string(&log)?)?;
+                    Ok(())
+                })
+                .map_err(|e| anyhow!("{e}; {}", kept(&checkpoints)))?;
+        }
+        if abort_at == Some(done) {
+            // Test hook: an interruption right after a checkpoint.
+            dml_stages::worker::fault_abort();
+        }
+    }
+    drop(loader);
+    bar.finish_and_clear();
+    let kept_weights = match validator.as_ref() {
+        Some(v) => {
+            v.write_embeddings(&out.join("validation.arrow"))?;
+            Some(v.finish(&mut trainer)?)
+        }
+        None => None,
+    };
+    // A network whose loss stayed finite can still embed to infinity (batch-norm
+    // statistics or weights that overflowed): check the weights about to be saved
+    // before anything is committed.
+    if let Some(images) = &last_images {
+        let e = trainer.embed(images)?;
+        if !train::all_finite(&e) {
+            return Err(anyhow!(
+                "the trained network's embeddings of the last batch are not finite \
+                 (evaluation mode); training diverged; {}; {lower_lr}",
+                kept(&checkpoints)
+            )
+            .into());
+        }
+    }
+    trainer
+        .save_weights(&out.join("model.safetensors"))
+        .map_err(|e| match e {
+            train::TrainError::NonFiniteTensor { .. } => {
+                anyhow!("{e}: training diverged; {}; {lower_lr}", kept(&checkpoints))
+            }
+            e => anyhow!(e),
+        })?;
+    if let Some(k) = &kept_weights {
+        // model.json: the settings, and which weights these are.
+        let mut model = serde_json::to_value(&cfg)?;
+        if let Some(o) = model.as_object_mut() {
+            o.insert("validation".into(), json!(k));
+        }
+        let path = out.join("model.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&model)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tables::write_parquet(
+        &out.join("train_log.parquet"),
+        &tables::train_log_to_batch(&log),
+    )?;
+    let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+    let title = format!("{} — {}", ctx.node(), cfg.loss.name());
+    match (&job.validation, &kept_weights) {
+        (Some(v), Some(k)) => {
+            let val: Vec<(f64, f64, f64)> = log
+                .iter()
+                .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
+                .collect();
+            plots::training_curves(
+                &out.join("loss.png"),
+                &title,
+                &curve,
+                &plots::ValidationCurve {
+                    label: v.on.label(),
+                    points: &val,
+                    kept_step: (v.keep == dml_stages::validation::Keep::Best)
+                        .then_some(f64::from(k.score.step)),
+                },
+            )?;
+        }
+        _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
+    }
+    let secs = started.elapsed().as_secs_f64();
+    ctx.note("steps", json!(total));
+    ctx.note(
+        "images_per_second",
+        json!(images_done as f64 / secs.max(1e-9)),
+    );
+    ctx.note("train_seconds", json!(elapsed_before + secs));
+    let steady = match steady_from {
+        Some((t, n)) if images_done > n => {
+            (images_done - n) as f64 / t.elapsed().as_secs_f64().max(1e-9)
+        }
+        _ => images_done as f64 / secs.max(1e-9),
+    };
+    ctx.note("steady_images_per_second", json!(steady));
+    let steps_run = total.saturating_sub(start).max(1) as f64;
+    ctx.note("mean_data_wait_s", json!(waited / steps_run));
+    ctx.note("data_wait_fraction", json!(waited / secs.max(1e-9)));
+    if let Some(last) = log.last() {
+        ctx.note("final_loss", json!(last.loss));
+        ctx.note("final_active_fraction", json!(last.active_fraction));
+    }
+    if let (Some(v), Some(k)) = (validator.as_ref(), kept_weights) {
+        ctx.note("validation_on", json!(k.on));
+        ctx.note("validation_keep", json!(k.keep));
+        ctx.note("kept_step", json!(k.score.step));
+        ctx.note("val_recall_at_1", json!(k.score.recall_at_1));
+        ctx.note("val_map_at_r", json!(k.score.map_at_r));
+        ctx.note("validation_evaluations", json!(v.evaluations()));
+        ctx.note("validation_seconds", json!(v.seconds()));
+    }
+    Ok(())
+}
+
+/// Per step: cache indices and labels. Images skipped by the decode stage are
+/// replaced by another decodable image of the same class (and counted).
+fn substitute_skipped(
+    steps: &BTreeMap<u32, Vec<tables::PlanRow>>,
+    index: &[tables::IndexRow],
+    cache: &ds::DecodeCache,
+    ctx: &mut WorkerCtx,
+) -> Result<Arc<Vec<Batch>>, BoxError> {
+    let mut by_class: HashMap<u32, Vec<usize>> = HashMap::new();
+    for r in index {
+        if !cache.is_missing(r.image_id as usize) && r.split == Split::Train.as_str() {
+            by_class
+                .entry(r.class_id)
+                .or_default()
+                .push(r.image_id as usize);
+        }
+    }
+    let mut substituted = 0usize;
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, (step, rows)) in steps.iter().enumerate() {
+        if *step as usize != i {
+            return Err(anyhow!("plan.parquet skips step {i}").into());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut labels = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut id = r.image_id as usize;
+            if cache.is_missing(id) {
+                let pool = by_class.get(&r.class_id).filter(|p| !p.is_empty()).ok_or_else(|| {
+                    anyhow!("every image of class {} was skipped as unreadable; nothing to train on", r.class_id)
+                })?;
+                id = pool[(r.slot as usize + *step as usize) % pool.len()];
+                substituted += 1;
+            }
+            ids.push(id);
+            labels.push(i64::from(r.class_id));
+        }
+        out.push((ids, labels));
+    }
+    if substituted > 0 {
+        ctx.note("substituted_unreadable_images", json!(substituted));
+    }
+    Ok(Arc::new(out))
+}
