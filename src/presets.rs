@@ -493,3 +493,68 @@ pub fn unknown(name: &str) -> anyhow::Error {
         .unwrap_or_default();
     anyhow::anyhow!("unknown preset `{name}`{hint}; `dml presets` lists them")
 }
+
+#[cfg(test)]
+mod key_paths {
+    use dml_pipeline::flatten_settings;
+    use std::collections::BTreeMap;
+
+    /// Paths in stage keys that no config file holds, and what they are derived from.
+    const DERIVED: &[(&str, &str)] = &[
+        ("train.untrained", "the untrained baseline's train node"),
+        (
+            "train.validation.splits",
+            "train.validation.on and the dataset kind",
+        ),
+        (
+            "train.validation.protocol",
+            "train.validation.on and retrieve.protocol",
+        ),
+        ("train.validation.distance", "retrieve.distance"),
+        (
+            "embed.splits",
+            "the dataset kind (query + gallery for In-shop)",
+        ),
+        ("embed.device", "train.device, resolved to its kind"),
+        (
+            "report.runs",
+            "each experiment's name, sweep point and method",
+        ),
+    ];
+
+    #[test]
+    fn every_key_setting_is_a_config_path_or_declared_derived() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = format!("dataset.root={}", dir.path().display());
+        let mut checked = 0;
+        for preset in super::all() {
+            let sets = [root.clone(), "train.model.pretrained=\"\"".into()];
+            let loaded = crate::config::load(None, Some(preset.name), &sets[..1])
+                .or_else(|_| crate::config::load(None, Some(preset.name), &sets))
+                .unwrap_or_else(|e| panic!("preset {}: {e:#}", preset.name));
+            let experiments = loaded.dag_experiments();
+            let Ok(graph) = dml_stages::dag::build(&experiments) else {
+                continue;
+            };
+            let mut config: BTreeMap<String, String> = BTreeMap::new();
+            for e in &experiments {
+                config.extend(flatten_settings(&serde_json::to_value(&e.config).unwrap()));
+            }
+            for node in graph.nodes() {
+                for path in flatten_settings(&node.stage.settings()).keys() {
+                    let derived = DERIVED
+                        .iter()
+                        .any(|(d, _)| path == d || path.starts_with(&format!("{d}.")));
+                    assert!(
+                        derived || config.contains_key(path),
+                        "preset {}: node {} keys on `{path}`, which is neither a setting nor declared derived",
+                        preset.name,
+                        node.id
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} key paths checked");
+    }
+}

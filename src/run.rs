@@ -261,7 +261,7 @@ pub fn run(
     record.seconds = started.elapsed().as_secs_f64();
     record.outcome = match &result {
         Ok(()) => "ok".into(),
-        Err(e) => e.to_string(),
+        Err(e) => dml_pipeline::error_chain(e),
     };
     let record_path = record.save(&store)?;
     if let Some(r) = &remote {

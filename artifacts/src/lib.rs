@@ -17,6 +17,7 @@
 
 mod canonical;
 mod error;
+pub mod fsx;
 mod live;
 mod lock;
 mod manifest;

@@ -7,13 +7,15 @@ pub enum PipelineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stage failed; the message carries the stage's own error chain.
-    #[error("stage `{node}` failed: {message}")]
+    /// A stage failed; its own error, with its causes, is the source (print the
+    /// whole chain with [`error_chain`] or anyhow's `{:#}`).
+    #[error("stage `{node}` failed")]
     StageFailed {
         /// The node id.
         node: String,
-        /// The error and its causes, joined.
-        message: String,
+        /// What the stage returned.
+        #[source]
+        source: crate::BoxError,
     },
     /// A setting does not fit the data an artifact holds (checked before any
     /// dependant runs; the artifact itself is fine and kept).

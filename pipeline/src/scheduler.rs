@@ -223,7 +223,7 @@ pub fn execute(
                         st.outcomes[i] = outcome;
                     }
                     Err(e) => {
-                        let msg = e.to_string();
+                        let msg = error_chain(&e);
                         progress.suspend(|| on_event(Event::Failed(node, &msg)));
                         st.outcomes[i] = Outcome::Failed(msg);
                         st.failed = true;
@@ -342,9 +342,9 @@ fn build_node(
     graph.nodes()[i]
         .stage
         .run(&mut ctx)
-        .map_err(|e| PipelineError::StageFailed {
+        .map_err(|source| PipelineError::StageFailed {
             node: node.id.clone(),
-            message: error_chain(e.as_ref()),
+            source,
         })?;
     // Test hook: die after the outputs are written and before the commit, as a
     // killed process would, to prove that nothing half-written becomes visible.

@@ -54,7 +54,28 @@ impl Stage for DecodeStage {
         1
     }
     fn settings(&self) -> serde_json::Value {
-        json!({ "image": { "resize": self.resize }, "index": { "skip_bad_images": self.skip_bad } })
+        #[derive(serde::Serialize)]
+        struct Resize {
+            resize: u32,
+        }
+        #[derive(serde::Serialize)]
+        struct SkipBad {
+            skip_bad_images: bool,
+        }
+        #[derive(serde::Serialize)]
+        struct DecodeKey {
+            image: Resize,
+            index: SkipBad,
+        }
+        serde_json::to_value(DecodeKey {
+            image: Resize {
+                resize: self.resize,
+            },
+            index: SkipBad {
+                skip_bad_images: self.skip_bad,
+            },
+        })
+        .expect("the decode key serialises")
     }
     fn identity(&self) -> String {
         format!("{:?}", self.root)

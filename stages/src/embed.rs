@@ -7,7 +7,6 @@ use crate::worker;
 use dml_datasets::Split;
 use dml_pipeline::{BoxError, RunContext, Stage};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::Arc;
 
 /// What the worker needs to embed: what [`EmbedStage`] resolved.
@@ -23,6 +22,26 @@ pub struct EmbedJob {
     pub device: DeviceKind,
     /// `train.device` as written (`auto` picks the scheduler's device slot).
     pub device_spec: String,
+}
+
+/// The embed key's settings. `embed.splits` and `embed.device` are derived (from the
+/// dataset kind and `train.device`), not settings of their own.
+#[derive(Serialize)]
+struct EmbedKey<'a> {
+    embed: EmbedTable<'a>,
+    image: CropKey,
+}
+
+#[derive(Serialize)]
+struct EmbedTable<'a> {
+    batch_size: u32,
+    splits: &'a [String],
+    device: &'static str,
+}
+
+#[derive(Serialize)]
+struct CropKey {
+    crop: u32,
 }
 
 /// Embeds the evaluation split(s) with the trained network (in the training worker).
@@ -63,10 +82,16 @@ impl Stage for EmbedStage {
         1
     }
     fn settings(&self) -> serde_json::Value {
-        json!({
-            "embed": { "batch_size": self.job.settings.batch_size, "splits": self.job.splits, "device": self.job.device.name() },
-            "image": { "crop": self.job.crop },
+        let j = &self.job;
+        serde_json::to_value(EmbedKey {
+            embed: EmbedTable {
+                batch_size: j.settings.batch_size,
+                splits: &j.splits,
+                device: j.device.name(),
+            },
+            image: CropKey { crop: j.crop },
         })
+        .expect("the embed key serialises")
     }
     fn uses_device(&self) -> bool {
         self.job.device == DeviceKind::Cuda

@@ -6,6 +6,7 @@
 use crate::config::ExperimentConfig;
 use crate::plots;
 use anyhow::anyhow;
+use dml_artifacts::fsx;
 use dml_pipeline::{BoxError, RunContext, Stage};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -208,7 +209,7 @@ pub fn write_report(
         let loss_png = train_dir.join("loss.png");
         let loss_file = format!("loss_{i}.png");
         if loss_png.exists() {
-            std::fs::copy(&loss_png, out.join(&loss_file))?;
+            fsx::copy(&loss_png, &out.join(&loss_file))?;
         }
         rows.push(json!({
             "run": run.name,
@@ -233,13 +234,13 @@ pub fn write_report(
     let table = build_frame(&rows)?;
     let groups = aggregate(&table)?;
     let md = markdown(&rows, &groups)?;
-    std::fs::write(out.join("report.md"), &md)?;
-    std::fs::write(
-        out.join("report.json"),
+    fsx::write(&out.join("report.md"), &md)?;
+    fsx::write(
+        &out.join("report.json"),
         serde_json::to_string_pretty(&json!({ "runs": rows, "groups": frame_to_json(&groups)? }))?,
     )?;
     let mut table = table;
-    let file = std::fs::File::create(out.join("report.parquet"))?;
+    let file = fsx::create(&out.join("report.parquet"))?;
     ParquetWriter::new(file)
         .finish(&mut table)
         .map_err(|e| anyhow!("writing report.parquet: {e}"))?;

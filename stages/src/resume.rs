@@ -4,6 +4,7 @@
 //! leaves a whole checkpoint or none. Older ones are removed only once a newer one
 //! is in place, and the whole folder only once the train artifact is committed
 //! (by the engine, see `RunContext::key_cache_dir`).
+use dml_artifacts::fsx;
 use dml_pipeline::BoxError;
 use std::path::{Path, PathBuf};
 
@@ -54,9 +55,9 @@ impl Checkpoints {
             .dir
             .join(format!(".step-{step}.tmp-{}", std::process::id()));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+            fsx::remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
+        fsx::create_dir_all(&tmp)?;
         let written = write(&tmp).and_then(|()| {
             for entry in std::fs::read_dir(&tmp)? {
                 sync(&entry?.path())?;
@@ -74,9 +75,9 @@ impl Checkpoints {
         }
         let target = self.dir.join(format!("step-{step}"));
         if target.exists() {
-            std::fs::remove_dir_all(&target)?;
+            fsx::remove_dir_all(&target)?;
         }
-        std::fs::rename(&tmp, &target)?;
+        fsx::rename(&tmp, &target)?;
         sync(&self.dir)?;
         for entry in std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()) {
             let path = entry.path();

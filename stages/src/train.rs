@@ -5,14 +5,13 @@ use crate::config::{ImageSettings, TrainSettings};
 use crate::device::{self, DeviceKind};
 use crate::resume::Checkpoints;
 use crate::roles;
-use crate::train_config::{Precision, TrainConfig};
+use crate::train_config::{Loss, ModelConfig, OptimConfig, Precision, TrainConfig};
 use crate::validation::ValidationPlan;
 use crate::worker;
 use anyhow::{bail, Context};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,23 +95,83 @@ pub fn train_config(s: &TrainSettings) -> TrainConfig {
     }
 }
 
-/// The augmentation's part of the train key: only what differs from the default (so the
-/// keys of runs made before these settings existed stay valid), and the random-resized
-/// ranges only when that crop is used.
-fn augment_key(a: &ds::AugmentPolicy) -> serde_json::Map<String, serde_json::Value> {
-    let d = ds::AugmentPolicy::default();
-    let mut m = serde_json::Map::new();
-    if a.flip != d.flip {
-        m.insert("flip".into(), json!(a.flip));
+/// The train key's settings: `[train]` as it shapes the weights, and the `[image]` crop and
+/// augmentation. Serialised to the JSON the key hashes; a field that is `None` is left out,
+/// so settings that did not exist when older artifacts were made leave their keys as
+/// they were.
+#[derive(Serialize)]
+struct TrainKey<'a> {
+    train: TrainTable<'a>,
+    image: ImageKey,
+}
+
+#[derive(Serialize)]
+struct TrainTable<'a> {
+    model: &'a ModelConfig,
+    seed: u64,
+    /// The resolved device kind (not its spelling: `auto` and `cpu` agree on a CPU host).
+    device: &'static str,
+    /// The untrained baseline has no loss, optimiser or precision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<&'a Loss>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optimizer: Option<&'a OptimConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<Precision>,
+    /// Only when true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deterministic: Option<bool>,
+    /// Only when validating.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'a ValidationPlan>,
+    /// Only for the untrained baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    untrained: Option<bool>,
+}
+
+/// `image.crop`, and of the augmentation only what differs from the default (the
+/// random-resized ranges only when that crop is used).
+#[derive(Serialize)]
+struct ImageKey {
+    crop: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flip: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_crop: Option<ds::TrainCrop>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    random_resized_scale: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    random_resized_ratio: Option<[f64; 2]>,
+}
+
+impl TrainJob {
+    fn key(&self) -> TrainKey<'_> {
+        let s = &self.settings;
+        let trained = !self.untrained;
+        let d = ds::AugmentPolicy::default();
+        let a = &self.augment;
+        let resized = a.crop == ds::TrainCrop::RandomResized;
+        TrainKey {
+            train: TrainTable {
+                model: &s.model,
+                seed: s.seed,
+                device: self.device.name(),
+                loss: trained.then_some(&s.loss),
+                optimizer: trained.then_some(&s.optimizer),
+                precision: trained.then_some(s.precision),
+                deterministic: (trained && s.deterministic).then_some(true),
+                validation: self.validation.as_ref(),
+                untrained: self.untrained.then_some(true),
+            },
+            image: ImageKey {
+                crop: self.crop,
+                flip: (trained && a.flip != d.flip).then_some(a.flip),
+                train_crop: (trained && a.crop != d.crop).then_some(a.crop),
+                random_resized_scale: (trained && resized).then_some(a.scale),
+                random_resized_ratio: (trained && resized).then_some(a.ratio),
+            },
+        }
     }
-    if a.crop != d.crop {
-        m.insert("train_crop".into(), json!(a.crop));
-    }
-    if a.crop == ds::TrainCrop::RandomResized {
-        m.insert("random_resized_scale".into(), json!(a.scale));
-        m.insert("random_resized_ratio".into(), json!(a.ratio));
-    }
-    m
 }
 
 impl Stage for TrainStage {
@@ -123,34 +182,7 @@ impl Stage for TrainStage {
         1
     }
     fn settings(&self) -> serde_json::Value {
-        let job = &self.job;
-        let mut t = serde_json::to_value(&job.settings).unwrap_or_default();
-        if let Some(o) = t.as_object_mut() {
-            // Not part of the output: where checkpoints go, and the device spelling
-            // (only the resolved kind is).
-            o.remove("checkpoint_every");
-            o.insert("device".into(), json!(job.device.name()));
-            if !job.settings.deterministic {
-                o.remove("deterministic");
-            }
-            // Off (the default) leaves the key as it was before validation existed.
-            o.remove("validation");
-            if let Some(v) = &job.validation {
-                o.insert("validation".into(), json!(v));
-            }
-            if job.untrained {
-                for k in ["loss", "optimizer", "precision", "deterministic"] {
-                    o.remove(k);
-                }
-                o.insert("untrained".into(), json!(true));
-            }
-        }
-        let mut image = serde_json::Map::new();
-        image.insert("crop".into(), json!(job.crop));
-        if !job.untrained {
-            image.extend(augment_key(&job.augment));
-        }
-        json!({ "train": t, "image": image })
+        serde_json::to_value(self.job.key()).expect("the train key serialises")
     }
     fn uses_device(&self) -> bool {
         self.job.device == DeviceKind::Cuda

@@ -1,7 +1,7 @@
 //! What a stage body sees in the worker ([`WorkerCtx`]): the engine's `RunContext` questions
 //! answered from the request, with progress and notes sent back to `dml` as
 //! [`WorkerEvent`] lines on stdout.
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use dml_stages::worker::{WorkerEvent, WorkerRequest};
 use indicatif::ProgressBar;
 use std::io::Write;
@@ -185,5 +185,5 @@ fn send_changes(bars: &Mutex<Vec<Watched>>, events: &Events) {
 
 /// `std::fs::write` whose error names the file.
 pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+    Ok(dml_artifacts::fsx::write(path, contents)?)
 }

@@ -232,7 +232,7 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
                         };
                         anyhow!("checkpoint after step {done}: {e}{hint}")
                     })?;
-                    std::fs::write(dir.join(resume::LOG_FILE), serde_json::to_string(&log)?)?;
+                    write_file(&dir.join(resume::LOG_FILE), serde_json::to_string(&log)?)?;
                     Ok(())
                 })
                 .map_err(|e| anyhow!("{e}; {}", kept(&checkpoints)))?;

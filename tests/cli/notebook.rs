@@ -5,8 +5,7 @@
 //! Needs in the Python on PATH (or `$PYTHON`): polars, pyarrow, numpy, Pillow,
 //! matplotlib; and nbconvert + ipykernel to execute the `.ipynb` itself (without
 //! them only the script form runs).
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

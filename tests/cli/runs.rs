@@ -1,7 +1,6 @@
 //! Comparing runs through the real CLI: `dml run --json`'s outcome, `dml runs`, `dml diff`
 //! with metrics and `dml report` over several runs, all read from the artifacts in the store.
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn json_file(path: &Path) -> serde_json::Value {

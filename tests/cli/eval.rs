@@ -1,6 +1,5 @@
 //! `dml eval` on files written by pyarrow, against a brute-force numpy scorer.
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Writes embeddings with pyarrow and prints brute-force metrics as JSON.

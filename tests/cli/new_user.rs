@@ -1,8 +1,7 @@
 //! What a new user touches, through the real `dml` binary: files from pandas,
 //! polars and pyarrow; the evaluation rules; switching the loss; errors before
 //! anything expensive; logs without a terminal; Ctrl-C; explanations; help.
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};

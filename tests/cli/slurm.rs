@@ -6,8 +6,7 @@
 //!
 //! Without Slurm installed the test says so and passes, except under CI
 //! (`CI` set), where it fails: CI must really run it.
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -2,8 +2,7 @@
 //! verification that rebuilds, self-verifying manifests, what gc may and may not
 //! remove, `latest/` links, a full disk, checkpoints published as one unit,
 //! diverging training, and browsing a read-only store.
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

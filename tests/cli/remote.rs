@@ -1,8 +1,7 @@
 //! The shared remote cache against a real S3 server: moto's, started on
 //! 127.0.0.1 for the test (scripts/python-extras.sh installs `moto[server]`).
 //! Without moto the tests say so and pass, except under CI, where they fail.
-mod common;
-use common::*;
+use crate::common::*;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

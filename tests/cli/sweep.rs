@@ -1,7 +1,6 @@
 //! Sweeps as one DAG: shared stages run once, --jobs, resume after an
 //! interruption, the combined report, diff, and rebuilding from a record.
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 
 fn sweep_config() -> String {

@@ -2,8 +2,7 @@
 //! Recall@1 and MAP@R against a brute-force computation on the same embeddings, the
 //! class-disjoint holdout, `keep = "best"` returning that step's weights (also across a
 //! resume), and what the table does to keys.
-mod common;
-use common::*;
+use crate::common::*;
 use dml_artifacts::tables::{self, Embeddings, TrainLogRow};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

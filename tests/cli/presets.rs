@@ -2,8 +2,7 @@
 //! (checked against the values of REFERENCE.md written out here, not against
 //! `src/presets.rs`), resolves on small on-disk fixtures in each dataset's exact
 //! format, and one row per dataset runs end to end on its fixture, shrunk.
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use toml::Value;

@@ -1,7 +1,6 @@
 //! End-to-end training: determinism, resume after an interruption, what
 //! retrains and what does not, NaN handling, the report.
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn cpu_training_is_byte_identical_across_fresh_stores() {
