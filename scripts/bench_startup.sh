@@ -75,7 +75,7 @@ suite() { # binary, tag
   measure "$tag dml presets" "$bin" presets
   measure "$tag dml ls (empty store)" "$bin" --store "$work/empty" ls
   measure "$tag dml run --dry-run" "$bin" --store "$work/empty" run --dry-run
-  measure "$tag dml eval, Recall@K + MAP@R" "$bin" eval cub_scale.parquet --metrics recall,map_r
+  measure "$tag dml eval, Recall@K + MAP@R" "$bin" eval cub_scale.parquet --metrics recall,map@r
   measure "$tag dml eval, NMI (k-means, k = 100)" "$bin" eval cub_scale.parquet --metrics nmi
 }
 

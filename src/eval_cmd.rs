@@ -21,7 +21,7 @@ count-as-miss counts them as Recall@K misses instead.
 
 Example:
   dml eval emb.parquet --embedding-column vec --labels-column label \\
-      --protocol query-gallery --k 1,10,20 --metrics recall,map_r,nmi --json")]
+      --protocol query-gallery --k 1,10,20 --metrics recall,map@r,nmi --json")]
 pub struct EvalArgs {
     /// An Arrow IPC or Parquet file with a list / fixed-size-list float column.
     pub embeddings: PathBuf,
@@ -43,8 +43,9 @@ pub struct EvalArgs {
     /// Queries without any positive in the gallery: exclude (and count them) or count-as-miss.
     #[arg(long, default_value = "exclude")]
     pub queries_without_positives: String,
-    /// What to compute: recall, map_r, nmi (all by default).
-    #[arg(long, value_delimiter = ',', default_value = "recall,map_r,nmi")]
+    /// What to compute: recall, map@r (with R-precision), nmi — spelled as in metrics.json
+    /// (all by default; `map_r` is read as map@r).
+    #[arg(long, value_delimiter = ',', default_value = "recall,map@r,nmi")]
     pub metrics: Vec<String>,
     /// euclidean or cosine.
     #[arg(long, default_value = "euclidean")]
@@ -63,12 +64,22 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let distance: dml_metrics::Distance =
         serde_json::from_value(serde_json::json!(args.distance.to_lowercase()))
             .with_context(|| format!("--distance `{}`: use euclidean or cosine", args.distance))?;
-    for m in &args.metrics {
-        if !["recall", "map_r", "nmi"].contains(&m.as_str()) {
-            bail!("--metrics `{m}`: choose from recall, map_r, nmi");
+    let map_at_r = evaluate::names::MAP_AT_R;
+    let metrics: Vec<&str> = args
+        .metrics
+        .iter()
+        .map(|m| match m.as_str() {
+            // The spelling before metrics had one name everywhere.
+            "map_r" => map_at_r,
+            m => m,
+        })
+        .collect();
+    for m in &metrics {
+        if !["recall", map_at_r, evaluate::names::NMI].contains(m) {
+            bail!("--metrics `{m}`: choose from recall, {map_at_r}, nmi");
         }
     }
-    let want = |m: &str| args.metrics.iter().any(|x| x == m);
+    let want = |m: &str| metrics.contains(&m);
     let table = Table::read(
         &args.embeddings,
         &args.embedding_column,
@@ -76,12 +87,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         Some(&args.split_column),
     )?;
     let sel = evaluate::select(&table, protocol)?;
-    let retrieval = if want("recall") || want("map_r") {
+    let retrieval = if want("recall") || want(map_at_r) {
         Some(evaluate::retrieval(&sel, table.dim, &args.k, distance)?)
     } else {
         None
     };
-    let clustering = if want("nmi") {
+    let clustering = if want(evaluate::names::NMI) {
         Some(evaluate::clustering(&sel, table.dim, args.seed, distance)?.0)
     } else {
         None
@@ -89,11 +100,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let mut out = evaluate::metrics_json(retrieval.as_ref(), clustering.as_ref(), rule);
     if let Some(o) = out.as_object_mut() {
         if !want("recall") {
-            o.retain(|k, _| !k.starts_with("recall@"));
+            o.retain(|k, _| !k.starts_with(evaluate::names::RECALL_PREFIX));
         }
-        if !want("map_r") {
-            o.remove("map@r");
-            o.remove("r_precision");
+        if !want(map_at_r) {
+            o.remove(map_at_r);
+            o.remove(evaluate::names::R_PRECISION);
         }
         if retrieval.is_none() {
             o.insert("queries".into(), sel.q_labels.len().into());

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Manifest};
 use dml_pipeline::{file_safe, RecordNode, RunRecord};
+use dml_stages::evaluate::MetricsFile;
 use dml_stages::report::RunLabel;
 use serde::Serialize;
 use serde_json::Value;
@@ -213,14 +214,15 @@ fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
         .as_ref()
         .and_then(|d| read_json(&d.join("metrics.json")))
     {
-        p.metrics.recall_at_1 = r.get("recall@1").and_then(Value::as_f64);
-        p.metrics.map_at_r = r.get("map@r").and_then(Value::as_f64);
+        let r = MetricsFile::from_json(&r);
+        p.metrics.recall_at_1 = r.recall_at(1);
+        p.metrics.map_at_r = r.map_at_r;
     }
     if let Some(c) = cluster
         .as_ref()
         .and_then(|d| read_json(&d.join("metrics.json")))
     {
-        p.metrics.nmi = c.get("nmi").and_then(Value::as_f64);
+        p.metrics.nmi = MetricsFile::from_json(&c).nmi;
     }
     if let Some(m) = train
         .as_ref()

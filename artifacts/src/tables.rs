@@ -702,3 +702,39 @@ pub fn read_train_log(path: &Path) -> Result<Vec<TrainLogRow>, StoreError> {
         })
         .collect())
 }
+
+/// `neighbors.parquet`: each query's nearest gallery items, rank 1 first.
+pub fn neighbors_to_batch(
+    query_image_id: Vec<u32>,
+    rank: Vec<u32>,
+    neighbor_image_id: Vec<u32>,
+    distance: Vec<f32>,
+) -> RecordBatch {
+    use arrow::array::Float32Array;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query_image_id", DataType::UInt32, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("neighbor_image_id", DataType::UInt32, false),
+        Field::new("distance", DataType::Float32, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(query_image_id)),
+        Arc::new(UInt32Array::from(rank)),
+        Arc::new(UInt32Array::from(neighbor_image_id)),
+        Arc::new(Float32Array::from(distance)),
+    ];
+    RecordBatch::try_new(schema, cols).expect("neighbor columns match their schema")
+}
+
+/// `clusters.parquet`: the k-means cluster of each image.
+pub fn clusters_to_batch(image_id: Vec<u32>, cluster: Vec<u32>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image_id", DataType::UInt32, false),
+        Field::new("cluster", DataType::UInt32, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(image_id)),
+        Arc::new(UInt32Array::from(cluster)),
+    ];
+    RecordBatch::try_new(schema, cols).expect("cluster columns match their schema")
+}

@@ -2,6 +2,7 @@
 //!
 //! Every struct denies unknown fields and fills defaults, so writing a default
 //! explicitly changes nothing, and only this resolved form is ever hashed.
+use crate::evaluate::Protocol;
 use serde::{Deserialize, Serialize};
 
 /// One experiment: a dataset and the settings of every stage.
@@ -32,6 +33,38 @@ pub struct ExperimentConfig {
     pub report: ReportSettings,
     /// Where stages run: in this process, or as Slurm jobs (never part of a key).
     pub executor: ExecutorSettings,
+}
+
+impl ExperimentConfig {
+    /// Decides what the user left to the dataset — `retrieve.ks = []` (the literature's Ks)
+    /// and `retrieve.protocol = "auto"` — the one place that does; stages read the result.
+    /// Idempotent. (The device kind is decided when the DAG is built: it depends on the
+    /// host, not on the settings.)
+    pub fn resolved(mut self) -> Self {
+        if self.retrieve.ks.is_empty() {
+            self.retrieve.ks = default_ks(self.dataset.kind);
+        }
+        self.retrieve.protocol = resolve_protocol(self.retrieve.protocol, self.dataset.kind);
+        self
+    }
+}
+
+/// The Ks a dataset is reported at (the literature's).
+pub fn default_ks(kind: DatasetKindName) -> Vec<usize> {
+    match kind {
+        DatasetKindName::Sop => dml_metrics::SOP_KS.to_vec(),
+        DatasetKindName::Inshop => dml_metrics::INSHOP_KS.to_vec(),
+        _ => dml_metrics::CUB_KS.to_vec(),
+    }
+}
+
+/// The protocol `Auto` stands for on a dataset.
+pub fn resolve_protocol(p: Protocol, kind: DatasetKindName) -> Protocol {
+    match (p, kind) {
+        (Protocol::Auto, DatasetKindName::Inshop) => Protocol::QueryGallery,
+        (Protocol::Auto, _) => Protocol::LeaveOneOut,
+        (p, _) => p,
+    }
 }
 
 impl Default for ExperimentConfig {

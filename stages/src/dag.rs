@@ -1,11 +1,15 @@
 //! Assembling the stage DAG of one experiment, or of a sweep's grid, sharing
 //! every node whose settings and inputs agree (one index, one plan per P×K…).
+use crate::cluster::ClusterStage;
 use crate::config::{DatasetKindName, ExperimentConfig};
-use crate::data_stages::{IndexStage, PlanStage, SynthStage};
 use crate::decode::{DecodeStage, ImageRoot};
 use crate::embed::EmbedStage;
-use crate::eval_stages::{ClusterStage, RetrieveStage};
+use crate::index::IndexStage;
+use crate::plan::PlanStage;
 use crate::report::{ReportStage, RunLabel};
+use crate::retrieve::RetrieveStage;
+use crate::roles;
+use crate::synth::SynthStage;
 use crate::train::TrainStage;
 use crate::validation::ValidationPlan;
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
@@ -136,7 +140,8 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
     let mut report_inputs: Vec<(String, usize)> = Vec::new();
     let mut labels = Vec::new();
     for (e, exp) in experiments.iter().enumerate() {
-        let c = &exp.config;
+        let resolved = exp.config.clone().resolved();
+        let c = &resolved;
         let kind = c.dataset.kind;
         let synth = (kind == DatasetKindName::Synthetic)
             .then(|| b.add(e, Arc::new(SynthStage::new(c.synthetic)), &[]));
@@ -146,7 +151,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         };
         let with_synth = |mut v: Vec<(&'static str, usize)>| {
             if let Some(s) = synth {
-                v.push(("synth", s));
+                v.push((roles::SYNTH, s));
             }
             v
         };
@@ -157,12 +162,12 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
                 c.plan.clone(),
                 crate::validation::Holdout::of(&c.train.validation),
             )),
-            &[("index", index)],
+            &[(roles::INDEX, index)],
         );
         let decode = b.add(
             e,
             DecodeStage::new(&c.image, c.index.skip_bad_images, root),
-            &with_synth(vec![("index", index)]),
+            &with_synth(vec![(roles::INDEX, index)]),
         );
         let train = b.add(
             e,
@@ -173,22 +178,30 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
                 false,
                 ValidationPlan::resolve(c)?,
             )?,
-            &[("plan", plan), ("decode", decode), ("index", index)],
+            &[
+                (roles::PLAN, plan),
+                (roles::DECODE, decode),
+                (roles::INDEX, index),
+            ],
         );
         let embed = b.add(
             e,
             EmbedStage::new(&c.embed, &c.image, kind, &c.train.device)?,
-            &[("train", train), ("decode", decode), ("index", index)],
+            &[
+                (roles::TRAIN, train),
+                (roles::DECODE, decode),
+                (roles::INDEX, index),
+            ],
         );
         let retrieve = b.add(
             e,
-            RetrieveStage::new(c.retrieve.clone(), kind),
-            &[("embed", embed)],
+            RetrieveStage::new(c.retrieve.clone()),
+            &[(roles::EMBED, embed)],
         );
         let cluster = b.add(
             e,
-            ClusterStage::new(c.cluster.clone(), &c.retrieve, kind),
-            &[("embed", embed)],
+            ClusterStage::new(c.cluster.clone(), &c.retrieve),
+            &[(roles::EMBED, embed)],
         );
         report_inputs.push((format!("retrieve/{e}"), retrieve));
         report_inputs.push((format!("cluster/{e}"), cluster));
@@ -205,19 +218,23 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
                 e,
                 l,
                 EmbedStage::new(&c.embed, &c.image, kind, &c.train.device)?,
-                &[("train", train0), ("decode", decode), ("index", index)],
+                &[
+                    (roles::TRAIN, train0),
+                    (roles::DECODE, decode),
+                    (roles::INDEX, index),
+                ],
             );
             let retrieve0 = b.add_labelled(
                 e,
                 l,
-                RetrieveStage::new(c.retrieve.clone(), kind),
-                &[("embed", embed0)],
+                RetrieveStage::new(c.retrieve.clone()),
+                &[(roles::EMBED, embed0)],
             );
             let cluster0 = b.add_labelled(
                 e,
                 l,
-                ClusterStage::new(c.cluster.clone(), &c.retrieve, kind),
-                &[("embed", embed0)],
+                ClusterStage::new(c.cluster.clone(), &c.retrieve),
+                &[(roles::EMBED, embed0)],
             );
             report_inputs.push((format!("baseline_retrieve/{e}"), retrieve0));
             report_inputs.push((format!("baseline_cluster/{e}"), cluster0));

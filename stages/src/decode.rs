@@ -1,6 +1,7 @@
 //! The `decode` stage: every indexed image resized once into a memory-mapped
 //! cache (`images.u8` + its header) that train and embed read.
 use crate::config::ImageSettings;
+use crate::roles;
 use anyhow::anyhow;
 use dml_artifacts::tables;
 use dml_datasets as ds;
@@ -22,7 +23,7 @@ pub enum ImageRoot {
 impl ImageRoot {
     fn resolve(&self, ctx: &RunContext<'_>) -> Result<PathBuf, BoxError> {
         Ok(match self {
-            ImageRoot::Synth => ctx.input("synth")?.join("images"),
+            ImageRoot::Synth => ctx.input(roles::SYNTH)?.join("images"),
             ImageRoot::Dir(p) => p.clone(),
         })
     }
@@ -82,7 +83,7 @@ impl Stage for DecodeStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let root = self.root.resolve(ctx)?;
-        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
+        let index = tables::read_index(&ctx.input(roles::INDEX)?.join("index.parquet"))?;
         let paths: Vec<String> = index.iter().map(|r| r.path.clone()).collect();
         let bar = ctx.progress(1, "{prefix:>10} decoding {msg}");
         bar.set_message(format!("{} images at {}²", paths.len(), self.resize));

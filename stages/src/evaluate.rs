@@ -2,6 +2,7 @@
 //! seed's merged In-shop), shared by the `retrieve`/`cluster` stages and `dml eval`.
 use anyhow::{bail, Context, Result};
 use dml_artifacts::tables;
+use dml_datasets::Split;
 use dml_metrics::{ClusteringMetrics, Distance, Exclude, RetrievalMetrics};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -167,8 +168,8 @@ pub fn select(table: &Table, protocol: Protocol) -> Result<Selection> {
             (all.clone(), all, Exclude::SameIndex)
         }
         Protocol::QueryGallery => (
-            table.split_rows("query")?,
-            table.split_rows("gallery")?,
+            table.split_rows(Split::Query.as_str())?,
+            table.split_rows(Split::Gallery.as_str())?,
             Exclude::None,
         ),
     };
@@ -283,6 +284,74 @@ pub fn clustering(
 /// The metrics as one JSON object: `recall@K`, `map@r`, `r_precision`,
 /// `queries`, `gallery`, `nmi`, … (only those computed). `rule` picks the
 /// Recall@K convention for queries without positives (and is recorded).
+/// How each metric is spelled in `metrics.json` (and so in notebooks): the one place that
+/// says it. In Rust the fields are `recall`, `map_at_r`, `r_precision`, `nmi`.
+pub mod names {
+    /// Mean average precision at R.
+    pub const MAP_AT_R: &str = "map@r";
+    /// R-precision.
+    pub const R_PRECISION: &str = "r_precision";
+    /// Normalised mutual information of the k-means clustering.
+    pub const NMI: &str = "nmi";
+    /// The prefix of Recall@K (`recall@1`).
+    pub const RECALL_PREFIX: &str = "recall@";
+
+    /// `recall@K`.
+    pub fn recall_at(k: usize) -> String {
+        format!("{RECALL_PREFIX}{k}")
+    }
+}
+
+/// The headline metrics of a `metrics.json` (retrieve's, cluster's, or `dml eval --json`'s),
+/// read back typed; a metric the file lacks is `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsFile {
+    /// Recall@K by K, ascending.
+    pub recall: Vec<(usize, f64)>,
+    /// MAP@R.
+    pub map_at_r: Option<f64>,
+    /// R-precision.
+    pub r_precision: Option<f64>,
+    /// NMI.
+    pub nmi: Option<f64>,
+}
+
+impl MetricsFile {
+    /// Reads the metrics of a JSON object.
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        let mut recall: Vec<(usize, f64)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, x)| {
+                let k: usize = k.strip_prefix(names::RECALL_PREFIX)?.parse().ok()?;
+                Some((k, x.as_f64()?))
+            })
+            .collect();
+        recall.sort_by_key(|&(k, _)| k);
+        MetricsFile {
+            recall,
+            map_at_r: num(names::MAP_AT_R),
+            r_precision: num(names::R_PRECISION),
+            nmi: num(names::NMI),
+        }
+    }
+
+    /// Reads `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = dml_artifacts::fsx::read_to_string(path)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Self::from_json(&v))
+    }
+
+    /// Recall@`k`, if reported.
+    pub fn recall_at(&self, k: usize) -> Option<f64> {
+        self.recall.iter().find(|&&(j, _)| j == k).map(|&(_, v)| v)
+    }
+}
+
 pub fn metrics_json(
     r: Option<&RetrievalMetrics>,
     c: Option<&ClusteringMetrics>,
@@ -295,10 +364,10 @@ pub fn metrics_json(
             NoPositives::CountAsMiss => &r.recall_all_queries,
         };
         for (k, v) in recall {
-            m.insert(format!("recall@{k}"), (*v).into());
+            m.insert(names::recall_at(*k), (*v).into());
         }
-        m.insert("map@r".into(), r.map_at_r.into());
-        m.insert("r_precision".into(), r.r_precision.into());
+        m.insert(names::MAP_AT_R.into(), r.map_at_r.into());
+        m.insert(names::R_PRECISION.into(), r.r_precision.into());
         m.insert("queries".into(), r.queries.into());
         m.insert("gallery".into(), r.gallery.into());
         m.insert(
@@ -308,7 +377,7 @@ pub fn metrics_json(
         m.insert("queries_without_positives_rule".into(), json_of(rule));
     }
     if let Some(c) = c {
-        m.insert("nmi".into(), c.nmi.into());
+        m.insert(names::NMI.into(), c.nmi.into());
         m.insert("kmeans_inertia".into(), c.inertia.into());
         m.insert("kmeans_iterations".into(), c.iterations.into());
         m.insert("kmeans_converged".into(), c.converged.into());

@@ -1,19 +1,22 @@
 //! The stages — synth, index, plan, decode, train, embed, retrieve, cluster, report — and the
 //! DAG that joins them, without libtorch: train and embed resolve their settings and key
 //! here and run in the training worker (`dml-torch`, see [`worker`]).
+pub mod cluster;
 pub mod config;
 pub mod dag;
-pub mod data_stages;
 pub mod decode;
 pub mod device;
 pub mod embed;
-pub mod eval_stages;
 pub mod evaluate;
+pub mod index;
+pub mod plan;
 pub mod plots;
 pub mod preflight;
 pub mod report;
 pub mod resume;
+pub mod retrieve;
 pub mod roles;
+pub mod synth;
 pub mod train;
 pub mod train_config;
 pub mod validation;

@@ -3,10 +3,10 @@
 //! (split sizes, against the Ks), run on the index artifact before any stage
 //! that reads it starts.
 use crate::config::{DatasetKindName, ExperimentConfig};
-use crate::eval_stages::{default_ks, resolve_protocol};
 use crate::evaluate::Protocol;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::tables::IndexRow;
+use dml_datasets::Split;
 use std::collections::BTreeSet;
 use std::io::Read;
 
@@ -46,11 +46,11 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
 /// The experiments' checks against their index: test images to evaluate, and
 /// Recall@K cut-offs the gallery can serve.
 pub fn check_index(c: &ExperimentConfig, rows: &[IndexRow]) -> Result<()> {
-    let count = |split: &str| rows.iter().filter(|r| r.split == split).count();
-    let protocol = resolve_protocol(c.retrieve.protocol, c.dataset.kind);
-    let (queries, available) = match protocol {
+    let count = |split: Split| rows.iter().filter(|r| r.split == split.as_str()).count();
+    let c = &c.clone().resolved();
+    let (queries, available) = match c.retrieve.protocol {
         Protocol::QueryGallery => {
-            let (q, g) = (count("query"), count("gallery"));
+            let (q, g) = (count(Split::Query), count(Split::Gallery));
             if q == 0 || g == 0 {
                 bail!(
                     "retrieve.protocol = query_gallery needs `query` and `gallery` images, but the index has {q} query and {g} gallery images{}",
@@ -64,10 +64,10 @@ pub fn check_index(c: &ExperimentConfig, rows: &[IndexRow]) -> Result<()> {
             (q, g)
         }
         _ => {
-            let test = if protocol == Protocol::InshopMerged {
-                count("query") + count("gallery")
+            let test = if c.retrieve.protocol == Protocol::InshopMerged {
+                count(Split::Query) + count(Split::Gallery)
             } else {
-                count("test")
+                count(Split::Test)
             };
             if test == 0 {
                 bail!(
@@ -78,11 +78,7 @@ pub fn check_index(c: &ExperimentConfig, rows: &[IndexRow]) -> Result<()> {
             (test, test - 1)
         }
     };
-    let ks = if c.retrieve.ks.is_empty() {
-        default_ks(c.dataset.kind)
-    } else {
-        c.retrieve.ks.clone()
-    };
+    let ks = &c.retrieve.ks;
     if let Some(&k) = ks.iter().max().filter(|&&k| k > available) {
         let fitting: Vec<String> = ks
             .iter()

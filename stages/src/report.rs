@@ -4,6 +4,7 @@
 //! axis is swept (aggregated with polars); `report.md`, `report.json`,
 //! `report.parquet`, `recall.png`, `r1.png` and each run's loss curve.
 use crate::config::ExperimentConfig;
+use crate::evaluate::MetricsFile;
 use crate::plots;
 use anyhow::anyhow;
 use dml_artifacts::fsx;
@@ -98,15 +99,14 @@ impl ReportStage {
     }
 }
 
-fn read_json(dir: &Path, file: &str) -> Result<Value, BoxError> {
-    let path = dir.join(file);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
-    Ok(serde_json::from_str(&text)?)
+/// The `metrics.json` of an input artifact.
+fn read_metrics(dir: &Path) -> Result<MetricsFile, BoxError> {
+    Ok(MetricsFile::read(&dir.join("metrics.json"))?)
 }
 
-fn num(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+/// A metric, NaN where the file lacks it.
+fn or_nan(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
 }
 
 impl Stage for ReportStage {
@@ -161,48 +161,28 @@ pub fn write_report(
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let r = read_json(&inputs.dir(&format!("retrieve/{i}"))?, "metrics.json")?;
-        let c = read_json(&inputs.dir(&format!("cluster/{i}"))?, "metrics.json")?;
+        let r = read_metrics(&inputs.dir(&format!("retrieve/{i}"))?)?;
+        let c = read_metrics(&inputs.dir(&format!("cluster/{i}"))?)?;
         let train_dir = inputs.dir(&format!("train/{i}"))?;
         let train_notes = inputs.notes(&format!("train/{i}"));
-        let ks: Vec<usize> = r
-            .as_object()
-            .map(|o| {
-                o.keys()
-                    .filter_map(|k| k.strip_prefix("recall@")?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut ks = ks;
-        ks.sort_unstable();
-        let recall: Vec<(usize, f64)> = ks
-            .iter()
-            .map(|&k| (k, num(&r, &format!("recall@{k}"))))
-            .collect();
+        let recall = r.recall.clone();
         curves.push(plots::RecallCurve {
             label: run.name.clone(),
             points: recall.clone(),
             untrained: false,
         });
         let baseline = if run.baseline {
-            let br = read_json(
-                &inputs.dir(&format!("baseline_retrieve/{i}"))?,
-                "metrics.json",
-            )?;
-            let bc = read_json(
-                &inputs.dir(&format!("baseline_cluster/{i}"))?,
-                "metrics.json",
-            )?;
+            let br = read_metrics(&inputs.dir(&format!("baseline_retrieve/{i}"))?)?;
+            let bc = read_metrics(&inputs.dir(&format!("baseline_cluster/{i}"))?)?;
             curves.push(plots::RecallCurve {
                 label: run.name.clone(),
-                points: ks
+                points: recall
                     .iter()
-                    .map(|&k| (k, num(&br, &format!("recall@{k}"))))
-                    .filter(|p| p.1.is_finite())
+                    .filter_map(|&(k, _)| Some((k, br.recall_at(k)?)))
                     .collect(),
                 untrained: true,
             });
-            Some((num(&br, "recall@1"), num(&bc, "nmi")))
+            Some((or_nan(br.recall_at(1)), or_nan(bc.nmi)))
         } else {
             None
         };
@@ -221,10 +201,10 @@ pub fn write_report(
             "margin": run.margin,
             "p": run.p,
             "k": run.k,
-            "nmi": num(&c, "nmi"),
+            "nmi": or_nan(c.nmi),
             "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
-            "map_at_r": num(&r, "map@r"),
-            "r_precision": num(&r, "r_precision"),
+            "map_at_r": or_nan(r.map_at_r),
+            "r_precision": or_nan(r.r_precision),
             "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
             "untrained_recall@1": baseline.map(|b| b.0),
             "untrained_nmi": baseline.map(|b| b.1),

@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
+/// The P (classes per batch) the seed trains with when a loss fixes K: 60 pairs for N-pairs
+/// and angular (K = 2), 30 quadruplets for contrastive (K = 4): 120 images either way.
+fn seed_p(k: usize) -> usize {
+    const SEED_BATCH: usize = 120;
+    SEED_BATCH / k
+}
+
 /// Everything the training worker needs besides the inputs: what [`TrainStage`] resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainJob {
@@ -54,7 +61,7 @@ impl TrainStage {
                 bail!(
                     "train.loss `{}` needs batches of K = {k} images per class, but plan.k = {plan_k}; set --set plan.k={k} (the seed uses P = {} there)",
                     settings.loss.name(),
-                    if k == 2 { 60 } else { 30 }
+                    seed_p(k)
                 );
             }
         }

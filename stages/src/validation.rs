@@ -6,11 +6,10 @@
 //! and the plan (plain data, part of the keys); `dml_torch::validator` runs them.
 use crate::config::ExperimentConfig;
 pub use crate::config::{Keep, ValidationSet, ValidationSettings};
-use crate::eval_stages::resolve_protocol;
 use crate::evaluate::Protocol;
 use anyhow::{bail, Result};
 use dml_artifacts::tables::IndexRow;
-use dml_datasets as ds;
+use dml_datasets::{self as ds, Split};
 use dml_metrics::Distance;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -37,7 +36,7 @@ impl Holdout {
     pub fn classes(&self, index: &[IndexRow]) -> Result<BTreeSet<u32>> {
         let train: Vec<u32> = index
             .iter()
-            .filter(|r| r.split == "train")
+            .filter(|r| r.split == Split::Train.as_str())
             .map(|r| r.class_id)
             .collect();
         Ok(
@@ -67,7 +66,7 @@ pub struct ValidationPlan {
     #[serde(flatten)]
     pub holdout: Option<Holdout>,
     /// The index splits validated on (`train` for the holdout).
-    pub splits: Vec<String>,
+    pub splits: Vec<Split>,
     /// Leave-one-out for the holdout; the run's retrieval protocol for the test split.
     pub protocol: Protocol,
     /// The run's retrieval distance.
@@ -89,15 +88,17 @@ impl ValidationPlan {
                         v.holdout_fraction
                     );
                 }
-                (vec!["train".to_string()], Protocol::LeaveOneOut)
+                (vec![Split::Train], Protocol::LeaveOneOut)
             }
             ValidationSet::Test => {
-                let protocol = resolve_protocol(c.retrieve.protocol, c.dataset.kind);
+                let protocol = c.retrieve.protocol;
                 let splits = match protocol {
-                    Protocol::LeaveOneOut | Protocol::Auto => vec!["test"],
-                    Protocol::QueryGallery | Protocol::InshopMerged => vec!["query", "gallery"],
+                    Protocol::LeaveOneOut | Protocol::Auto => vec![Split::Test],
+                    Protocol::QueryGallery | Protocol::InshopMerged => {
+                        vec![Split::Query, Split::Gallery]
+                    }
                 };
-                (splits.into_iter().map(String::from).collect(), protocol)
+                (splits, protocol)
             }
         };
         Ok(Some(ValidationPlan {

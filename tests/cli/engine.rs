@@ -26,11 +26,11 @@ fn second_identical_run_runs_nothing_and_a_plan_setting_reruns_only_plan() {
     assert!(second.iter().all(|(_, s)| s == "cached"), "{second:?}");
 
     let p = plan(&store, &args(cfg, &["--set", "plan.seed=1"]));
-    let by = |id: &str| p.iter().find(|n| n.0 == id).unwrap().clone();
-    assert_eq!(by("synth").1, "cached");
-    assert_eq!(by("index").1, "cached");
-    assert_eq!(by("plan").1, "run");
-    assert_eq!(by("plan").2, "plan.seed changed 0 → 1");
+    let by = |id: &str| p.iter().find(|n| n.id == id).unwrap().clone();
+    assert_eq!(by("synth").status, "cached");
+    assert_eq!(by("index").status, "cached");
+    assert_eq!(by("plan").status, "run");
+    assert_eq!(by("plan").reason, "plan.seed changed 0 → 1");
 
     let third = run_json(&store, &args(cfg, &["--set", "plan.seed=1"]));
     assert_eq!(status_of(&third, "plan"), "ran");
@@ -43,9 +43,7 @@ fn keys_change_downstream_only_and_explicit_defaults_change_nothing() {
     let store = tmp.path().join("store");
     let cfg = write_config(tmp.path(), TINY);
     let cfg = cfg.to_str().unwrap();
-    let key = |p: &[(String, String, String, String)], id: &str| {
-        p.iter().find(|n| n.0 == id).unwrap().3.clone()
-    };
+    let key = |p: &[Planned], id: &str| p.iter().find(|n| n.id == id).unwrap().key.clone();
     let base = plan(&store, &args(cfg, &[]));
     // Writing a default explicitly (plan.allow_repeated_classes defaults to false).
     let explicit = plan(
@@ -61,8 +59,8 @@ fn keys_change_downstream_only_and_explicit_defaults_change_nothing() {
         ),
     );
     assert_eq!(
-        base.iter().map(|n| &n.3).collect::<Vec<_>>(),
-        explicit.iter().map(|n| &n.3).collect::<Vec<_>>()
+        base.iter().map(|n| &n.key).collect::<Vec<_>>(),
+        explicit.iter().map(|n| &n.key).collect::<Vec<_>>()
     );
     // A plan setting: plan changes, index and synth do not.
     let p2 = plan(&store, &args(cfg, &["--set", "plan.k=3"]));
@@ -87,7 +85,7 @@ fn golden_keys_for_a_fixed_config() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), TINY);
     let p = plan(&tmp.path().join("store"), &args(cfg.to_str().unwrap(), &[]));
-    let keys: Vec<(&str, &str)> = p.iter().map(|n| (n.0.as_str(), n.3.as_str())).collect();
+    let keys: Vec<(&str, &str)> = p.iter().map(|n| (n.id.as_str(), n.key.as_str())).collect();
     assert_eq!(keys, GOLDEN_KEYS.to_vec());
 }
 // index and plan changed when the index stage's code version went 1 → 2 (the
@@ -141,13 +139,13 @@ fn external_dataset_touch_reruns_nothing_and_a_changed_byte_reruns_index() {
     changed[last] ^= 0xff;
     std::fs::write(&img, &changed).unwrap();
     let p = plan(&store, &a);
-    assert_eq!(p[0].1, "run");
+    assert_eq!(p[0].status, "run");
     assert_eq!(
-        p[0].2,
+        p[0].reason,
         "dataset files changed: class_00/img_0.png (content)"
     );
-    assert_eq!(p[1].1, "run");
-    assert_eq!(p[1].2, "input index changed");
+    assert_eq!(p[1].status, "run");
+    assert_eq!(p[1].reason, "input index changed");
 }
 
 #[test]
@@ -212,12 +210,12 @@ fn a_corrupted_artifact_is_detected_and_rebuilt() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&file, &bytes).unwrap();
     let p = plan(&store, &args(cfg, &[]));
-    let node = p.iter().find(|n| n.0 == "plan").unwrap();
-    assert_eq!(node.1, "run");
+    let node = p.iter().find(|n| n.id == "plan").unwrap();
+    assert_eq!(node.status, "run");
     assert!(
-        node.2.starts_with("artifact failed verification"),
+        node.reason.starts_with("artifact failed verification"),
         "{}",
-        node.2
+        node.reason
     );
     let next = run_json(&store, &args(cfg, &[]));
     assert_eq!(status_of(&next, "plan"), "ran");
@@ -496,7 +494,7 @@ fn a_missing_training_worker_is_named_and_the_stages_before_train_are_kept() {
     );
     // Planning needed no worker: everything before train was built and stays.
     let p = plan(&store, &[cfg.to_str().unwrap(), "--until", "train"]);
-    for (id, status, _, _) in &p {
+    for Planned { id, status, .. } in &p {
         let want = if id.starts_with("train") {
             "run"
         } else {

@@ -168,7 +168,7 @@ fn the_loss_switches_from_the_command_line_and_k_is_checked_first() {
         ],
     );
     let p = plan(&store, &[cfg, "--set", "train.loss=npairs"]);
-    assert!(p.iter().any(|n| n.0 == "train"));
+    assert!(p.iter().any(|n| n.id == "train"));
     // Contrastive needs K = 4: said before anything runs, with the exact --set.
     let e = fails(&store, &["run", cfg, "--set", "train.loss=contrastive"]);
     assert!(e.contains("--set plan.k=4"), "{e}");
@@ -304,11 +304,11 @@ fn ctrl_c_says_what_was_kept() {
     );
 }
 
-fn reason<'a>(p: &'a [(String, String, String, String)], id: &str) -> &'a str {
+fn reason<'a>(p: &'a [Planned], id: &str) -> &'a str {
     &p.iter()
-        .find(|n| n.0 == id)
+        .find(|n| n.id == id)
         .unwrap_or_else(|| panic!("no {id} in {p:?}"))
-        .2
+        .reason
 }
 
 #[test]

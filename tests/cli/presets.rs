@@ -322,7 +322,7 @@ fn assert_dataset_settings(name: &str, v: &Value, seed: &Seed) {
 fn keys(store: &Path, args: &[&str]) -> BTreeMap<String, String> {
     plan(store, args)
         .into_iter()
-        .map(|(id, _, _, key)| (id, key))
+        .map(|n| (n.id, n.key))
         .collect()
 }
 

@@ -208,7 +208,7 @@ fn a_sweep_runs_as_slurm_jobs() {
     ok(&local, &["run", cfg]);
     let local_keys: Vec<(String, String)> = plan(&local, &[cfg])
         .into_iter()
-        .map(|(id, _, _, key)| (id, key))
+        .map(|n| (n.id, n.key))
         .collect();
 
     // Through Slurm, following the jobs.
@@ -260,11 +260,9 @@ fn a_sweep_runs_as_slurm_jobs() {
         assert_eq!(m["provenance"]["job_id"], n["job_id"], "{}", n["id"]);
     }
     let shared_plan = plan(&shared, &[cfg]);
-    assert!(shared_plan.iter().all(|(_, s, _, _)| s == "cached"));
-    let shared_keys: Vec<(String, String)> = shared_plan
-        .into_iter()
-        .map(|(id, _, _, key)| (id, key))
-        .collect();
+    assert!(shared_plan.iter().all(|n| n.status == "cached"));
+    let shared_keys: Vec<(String, String)> =
+        shared_plan.into_iter().map(|n| (n.id, n.key)).collect();
     assert_eq!(local_keys, shared_keys, "provenance never enters a key");
 
     // Byte-identical models and embeddings.
@@ -501,7 +499,7 @@ fn exec_stage_builds_one_node_from_the_store() {
         ],
     );
     assert_eq!(keys, with_executor, "[executor] is in no key");
-    let key = |id: &str| keys.iter().find(|k| k.0 == id).unwrap().3.clone();
+    let key = |id: &str| keys.iter().find(|k| k.id == id).unwrap().key.clone();
     let request = tmp.path().join("request.json");
     let config = serde_json::json!({
         "name": "tiny",
@@ -564,8 +562,14 @@ fn exec_stage_builds_one_node_from_the_store() {
     assert_eq!(manifest["provenance"]["executor"], "slurm");
     assert_eq!(manifest["provenance"]["job_id"], "4242");
     let after = plan(&store, &[cfg]);
-    assert_eq!(after.iter().find(|n| n.0 == "synth").unwrap().1, "cached");
-    assert_eq!(after.iter().find(|n| n.0 == "index").unwrap().1, "run");
+    assert_eq!(
+        after.iter().find(|n| n.id == "synth").unwrap().status,
+        "cached"
+    );
+    assert_eq!(
+        after.iter().find(|n| n.id == "index").unwrap().status,
+        "run"
+    );
 
     let out = dml()
         .env("PATH", "/nonexistent")

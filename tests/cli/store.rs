@@ -80,21 +80,21 @@ fn verify_rebuilds_a_corrupt_artifact_and_what_was_computed_from_it() {
     corrupt_keeping_mtime(&index.join("index.parquet"));
     // Size and mtime unchanged: trusted without --verify, caught with it.
     let p = plan(&store, &with(cfg, &UNTIL_PLAN));
-    assert!(p.iter().all(|n| n.1 == "cached"), "{p:?}");
+    assert!(p.iter().all(|n| n.status == "cached"), "{p:?}");
     let p = plan(&store, &with(cfg, &["--until", "plan", "--verify"]));
-    let by = |id: &str| p.iter().find(|n| n.0 == id).unwrap().clone();
-    assert_eq!(by("synth").1, "cached");
-    assert_eq!(by("index").1, "run");
+    let by = |id: &str| p.iter().find(|n| n.id == id).unwrap().clone();
+    assert_eq!(by("synth").status, "cached");
+    assert_eq!(by("index").status, "run");
     assert!(
         by("index")
-            .2
+            .reason
             .contains("failed verification: its file `index.parquet` does not match"),
         "{:?}",
         by("index")
     );
-    assert_eq!(by("plan").1, "run");
+    assert_eq!(by("plan").status, "run");
     assert_eq!(
-        by("plan").2,
+        by("plan").reason,
         "input index failed verification; rebuilding what was computed from it"
     );
 
@@ -170,10 +170,10 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
         edit(&mut m);
         std::fs::write(&manifest_path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
         let p = plan(&store, &with(cfg, &UNTIL_PLAN));
-        let node = p.iter().find(|n| n.0 == "plan").unwrap();
-        assert_eq!(node.1, "run", "{what}: {node:?}");
+        let node = p.iter().find(|n| n.id == "plan").unwrap();
+        assert_eq!(node.status, "run", "{what}: {node:?}");
         assert!(
-            node.2.contains("its digest does not match"),
+            node.reason.contains("its digest does not match"),
             "{what}: {node:?}"
         );
         std::fs::write(&manifest_path, &original).unwrap();
@@ -184,13 +184,13 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
     old.as_object_mut().unwrap().remove("digest");
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
     let p = plan(&store, &with(cfg, &UNTIL_PLAN));
-    assert!(p.iter().all(|n| n.1 == "cached"), "{p:?}");
+    assert!(p.iter().all(|n| n.status == "cached"), "{p:?}");
     old["settings"]["plan"]["seed"] = 7.into();
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
     let p = plan(&store, &with(cfg, &UNTIL_PLAN));
-    let node = p.iter().find(|n| n.0 == "plan").unwrap();
-    assert_eq!(node.1, "run");
-    assert!(node.2.contains("give the key"), "{node:?}");
+    let node = p.iter().find(|n| n.id == "plan").unwrap();
+    assert_eq!(node.status, "run");
+    assert!(node.reason.contains("give the key"), "{node:?}");
     // A real run repairs it.
     let out = run_json(&store, &with(cfg, &UNTIL_PLAN));
     assert_eq!(status_of(&out, "plan"), "ran");
@@ -648,7 +648,7 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
     let path = ok(&ro, &["path", "plan"]);
     assert!(path.trim().starts_with(ro.to_str().unwrap()), "{path}");
     let p = plan(&ro, &a);
-    assert!(p.iter().all(|n| n.1 == "cached"), "{p:?}");
+    assert!(p.iter().all(|n| n.status == "cached"), "{p:?}");
     let e = fails(&ro, &{
         let mut v = vec!["run"];
         v.extend_from_slice(&a);

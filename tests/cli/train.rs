@@ -77,9 +77,7 @@ fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg]);
     let p = plan(&store, &[cfg, "--set", "retrieve.ks=[1, 3]"]);
-    let status = |p: &[(String, String, String, String)], id: &str| {
-        p.iter().find(|n| n.0 == id).unwrap().1.clone()
-    };
+    let status = |p: &[Planned], id: &str| p.iter().find(|n| n.id == id).unwrap().status.clone();
     assert_eq!(status(&p, "train"), "cached");
     assert_eq!(status(&p, "embed"), "cached");
     assert_eq!(status(&p, "retrieve"), "run");
@@ -92,9 +90,9 @@ fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
     assert_eq!(status(&p, "train"), "run");
     assert!(p
         .iter()
-        .find(|n| n.0 == "train")
+        .find(|n| n.id == "train")
         .unwrap()
-        .2
+        .reason
         .contains("train.loss.name changed hard_triplet → lifted_structure"));
     assert_eq!(status(&p, "embed"), "run");
     // The untrained baseline depends on neither the loss nor the plan.
@@ -236,9 +234,9 @@ fn augmentation_and_precision_settings_retrain_but_never_redecode() {
         "{}",
         m["notes"]
     );
-    let status = |p: &[(String, String, String, String)], id: &str| {
-        let n = p.iter().find(|n| n.0 == id).unwrap();
-        (n.1.clone(), n.2.clone())
+    let status = |p: &[Planned], id: &str| {
+        let n = p.iter().find(|n| n.id == id).unwrap();
+        (n.status.clone(), n.reason.clone())
     };
     let until = ["--until", "train"];
     let with = |set: &str| {

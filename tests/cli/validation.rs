@@ -322,7 +322,10 @@ fn validation_off_leaves_keys_alone_and_on_changes_the_right_ones() {
     let keys = |sets: &[&str]| -> Vec<(String, String)> {
         let mut a = vec![cfg];
         a.extend_from_slice(sets);
-        plan(&store, &a).into_iter().map(|n| (n.0, n.3)).collect()
+        plan(&store, &a)
+            .into_iter()
+            .map(|n| (n.id, n.key))
+            .collect()
     };
     let key = |k: &[(String, String)], id: &str| k.iter().find(|n| n.0 == id).unwrap().1.clone();
     let base = keys(&[]);

@@ -6,7 +6,7 @@
 use crate::train::Trainer;
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::tables::{self, Embeddings, IndexRow, TrainLogRow};
-use dml_datasets as ds;
+use dml_datasets::{self as ds, Split};
 use dml_stages::evaluate::{self, Table};
 use dml_stages::validation::{Keep, ValidationPlan, ValidationSet};
 use serde::Serialize;
@@ -99,12 +99,12 @@ impl Validator {
                 }
                 index
                     .iter()
-                    .filter(|r| r.split == "train" && held.contains(&r.class_id))
+                    .filter(|r| r.split == Split::Train.as_str() && held.contains(&r.class_id))
                     .collect()
             }
             None => index
                 .iter()
-                .filter(|r| plan.splits.contains(&r.split))
+                .filter(|r| plan.splits.iter().any(|s| s.as_str() == r.split))
                 .collect(),
         };
         let rows: Vec<&IndexRow> = rows

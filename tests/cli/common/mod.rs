@@ -44,27 +44,38 @@ pub fn fails(store: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `(id, status, reason, key)` of each node of `dml run --dry-run --json`.
-pub fn plan(store: &Path, args: &[&str]) -> Vec<(String, String, String, String)> {
+/// One node of `dml run --dry-run --json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// The node id (`train[train.loss.name=npairs]`).
+    pub id: String,
+    /// `cached`, `run` or `remote`.
+    pub status: String,
+    /// Why, as `dml run` says it.
+    pub reason: String,
+    /// The artifact key.
+    pub key: String,
+}
+
+/// The nodes of `dml run --dry-run --json ARGS…`.
+pub fn plan(store: &Path, args: &[&str]) -> Vec<Planned> {
     let mut all = vec!["run", "--dry-run", "--json"];
     all.extend_from_slice(args);
     let out = ok(store, &all);
     let v: serde_json::Value = serde_json::from_str(&out).expect("dry-run JSON");
+    let text = |n: &serde_json::Value, k: &str| n[k].as_str().unwrap().to_string();
     v.as_array()
         .expect("array")
         .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["status"].as_str().unwrap().to_string(),
-                n["reason"].as_str().unwrap().to_string(),
-                n["key"].as_str().unwrap().to_string(),
-            )
+        .map(|n| Planned {
+            id: text(n, "id"),
+            status: text(n, "status"),
+            reason: text(n, "reason"),
+            key: text(n, "key"),
         })
         .collect()
 }
 
-/// The whole `dml run --json` outcome: `{record, outcome, nodes: [...], points: [...]}`.
 pub fn run_outcome(store: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["run", "--json"];
     all.extend_from_slice(args);

@@ -1,12 +1,8 @@
-//! The data stages: `synth` (the built-in generated set), `index` (dataset →
-//! `index.parquet`) and `plan` (P×K batches → `plan.parquet`).
-use crate::config::{
-    DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings, PlanSettings,
-    SyntheticSettings,
-};
-use crate::validation::Holdout;
-use anyhow::{anyhow, bail, Context};
-use dml_artifacts::tables::{self, IndexRow, PlanRow};
+//! The `index` stage: a dataset listed, fingerprinted and written as `index.parquet`.
+use crate::config::{DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings};
+use crate::roles;
+use anyhow::{anyhow, bail};
+use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, PlanEnv, RunContext, Stage};
 use rayon::prelude::*;
@@ -14,34 +10,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-/// Generates the synthetic set into the store.
-pub struct SynthStage {
-    settings: SyntheticSettings,
-}
-
-impl SynthStage {
-    /// A synth stage.
-    pub fn new(settings: SyntheticSettings) -> Self {
-        SynthStage { settings }
-    }
-}
-
-impl Stage for SynthStage {
-    fn name(&self) -> &'static str {
-        "synth"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn settings(&self) -> serde_json::Value {
-        json!({ "synthetic": self.settings })
-    }
-    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
-        ds::generate(&self.settings, &ctx.out_dir().join("images"))?;
-        Ok(())
-    }
-}
 
 /// Lists a dataset, fingerprints its files, and writes `index.parquet`.
 pub struct IndexStage {
@@ -136,7 +104,10 @@ impl Stage for IndexStage {
             files.retain(|f| !missing.contains(f));
         }
         let abs = std::fs::canonicalize(&root).unwrap_or(root.clone());
-        let cache_name = blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..16].to_string();
+        // One stat cache per dataset root, named by a short hash of its absolute path.
+        const NAME_HEX_DIGITS: usize = 16;
+        let cache_name =
+            blake3::hash(abs.to_string_lossy().as_bytes()).to_hex()[..NAME_HEX_DIGITS].to_string();
         let cache_path = env
             .store
             .cache_dir("stat")?
@@ -175,7 +146,7 @@ impl Stage for IndexStage {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let synthetic = self.dataset.kind == DatasetKindName::Synthetic;
         let root = if synthetic {
-            ctx.input("synth")?.join("images")
+            ctx.input(roles::SYNTH)?.join("images")
         } else {
             PathBuf::from(&self.dataset.root)
         };
@@ -183,7 +154,7 @@ impl Stage for IndexStage {
         let (listing, digests): (ds::Listing, HashMap<String, (u64, String)>) = if synthetic {
             let listing = self.list(&root)?;
             let manifest = ctx
-                .input_manifest("synth")
+                .input_manifest(roles::SYNTH)
                 .ok_or_else(|| anyhow!("synth manifest missing"))?;
             let digests = manifest
                 .files
@@ -323,90 +294,4 @@ fn changed_images(
         out.push(format!("and {more} more"));
     }
     out
-}
-
-/// Plans P×K batches for every training step.
-pub struct PlanStage {
-    settings: PlanSettings,
-    /// Training classes held out for validation (`[train.validation]` on a holdout).
-    holdout: Option<Holdout>,
-}
-
-impl PlanStage {
-    /// A plan stage; a `holdout`'s classes are left out of every batch.
-    pub fn new(settings: PlanSettings, holdout: Option<Holdout>) -> Self {
-        PlanStage { settings, holdout }
-    }
-}
-
-impl Stage for PlanStage {
-    fn name(&self) -> &'static str {
-        "plan"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn settings(&self) -> serde_json::Value {
-        let mut s = json!({ "plan": self.settings });
-        // Without a holdout the key is what it always was.
-        if let (Some(h), Some(o)) = (&self.holdout, s.as_object_mut()) {
-            o.extend(h.plan_settings().as_object().cloned().unwrap_or_default());
-        }
-        s
-    }
-    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
-        let index = tables::read_index(&ctx.input("index")?.join("index.parquet"))?;
-        let held = match &self.holdout {
-            Some(h) => h.classes(&index)?,
-            None => Default::default(),
-        };
-        let mut classes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for r in index
-            .iter()
-            .filter(|r| r.split == "train" && !held.contains(&r.class_id))
-        {
-            classes.entry(r.class_id).or_default().push(r.image_id);
-        }
-        if !held.is_empty() {
-            ctx.note("holdout_classes", json!(held));
-        }
-        if classes.is_empty() {
-            return Err(anyhow!("the index has no train split to plan batches from").into());
-        }
-        let s = &self.settings;
-        let planner = ds::PkPlanner {
-            p: s.p,
-            k: s.k,
-            steps: s.steps,
-            seed: s.seed,
-            allow_repeated_classes: s.allow_repeated_classes,
-        };
-        let planned = planner.plan(&classes).map_err(|e| match e {
-            // Name the holdout: it is why a small dataset has too few classes left.
-            ds::DatasetError::TooFewClasses { .. } if !held.is_empty() => anyhow!(
-                "{e}, after train.validation held out {} of the {} training classes for validation (or set --set train.validation.every=0 to train on all of them)",
-                held.len(),
-                held.len() + classes.len()
-            ),
-            e => anyhow!(e),
-        });
-        let rows: Vec<PlanRow> = planned
-            .context("planning P×K batches")?
-            .into_iter()
-            .map(|r| PlanRow {
-                step: r.step,
-                slot: r.slot,
-                image_id: r.image_id,
-                class_id: r.class_id,
-            })
-            .collect();
-        tables::write_parquet(
-            &ctx.out_dir().join("plan.parquet"),
-            &tables::plan_to_batch(&rows),
-        )?;
-        let small = classes.values().filter(|v| (v.len() as u32) < s.k).count();
-        ctx.note("train_classes", json!(classes.len()));
-        ctx.note("classes_with_fewer_than_k_images", json!(small));
-        Ok(())
-    }
 }

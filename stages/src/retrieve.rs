@@ -1,0 +1,90 @@
+//! The `retrieve` stage: exact Recall@K, MAP@R and R-precision, and each query's nearest
+//! neighbours (`neighbors.parquet`).
+#[cfg(doc)]
+use crate::config::ExperimentConfig;
+use crate::config::RetrieveSettings;
+use crate::evaluate::{self, Protocol, Table};
+use crate::roles;
+use dml_artifacts::tables;
+use dml_pipeline::{BoxError, RunContext, Stage};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The embed input's `embeddings.arrow`.
+pub(crate) fn read_embeddings(ctx: &RunContext<'_>) -> Result<Table, BoxError> {
+    let path = ctx.input(roles::EMBED)?.join("embeddings.arrow");
+    Ok(Table::read(&path, "embedding", "class_id", Some("split"))?)
+}
+
+/// Writes `v` as pretty JSON, naming the file in errors.
+pub(crate) fn write_json(path: &std::path::Path, v: &serde_json::Value) -> Result<(), BoxError> {
+    dml_artifacts::fsx::write(path, serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+/// Exact retrieval metrics.
+pub struct RetrieveStage {
+    settings: RetrieveSettings,
+}
+
+impl RetrieveStage {
+    /// A retrieve stage on resolved settings ([`ExperimentConfig::resolved`]: the Ks and
+    /// the protocol decided), so that the key holds the values used.
+    pub fn new(settings: RetrieveSettings) -> Arc<Self> {
+        debug_assert!(!settings.ks.is_empty() && settings.protocol != Protocol::Auto);
+        Arc::new(RetrieveStage { settings })
+    }
+}
+
+impl Stage for RetrieveStage {
+    fn name(&self) -> &'static str {
+        "retrieve"
+    }
+    fn version(&self) -> u32 {
+        // 2: Recall@K leaves out queries without positives (retrieve.queries_without_positives).
+        2
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({ "retrieve": self.settings })
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
+        let s = &self.settings;
+        let table = read_embeddings(ctx)?;
+        let sel = evaluate::select(&table, s.protocol)?;
+        let metrics = evaluate::retrieval(&sel, table.dim, &s.ks, s.distance)?;
+        // The nearest neighbours of every query, for notebooks and failure analysis.
+        let available =
+            sel.g_labels.len() - usize::from(sel.exclude == dml_metrics::Exclude::SameIndex);
+        let depth = s.neighbors.min(available);
+        if depth > 0 {
+            let nb = dml_metrics::knn(
+                &sel.queries,
+                &sel.gallery,
+                table.dim,
+                depth,
+                s.distance,
+                sel.exclude,
+            )?;
+            let mut q = Vec::with_capacity(nb.idx.len());
+            let mut rank = Vec::with_capacity(nb.idx.len());
+            let mut n = Vec::with_capacity(nb.idx.len());
+            for (i, chunk) in nb.idx.chunks(depth).enumerate() {
+                for (r, &g) in chunk.iter().enumerate() {
+                    q.push(sel.q_ids[i]);
+                    rank.push(r as u32 + 1);
+                    n.push(sel.g_ids[g as usize]);
+                }
+            }
+            let batch = tables::neighbors_to_batch(q, rank, n, nb.dist);
+            tables::write_parquet(&ctx.out_dir().join("neighbors.parquet"), &batch)?;
+        }
+        let mut m = evaluate::metrics_json(Some(&metrics), None, s.queries_without_positives);
+        if let Some(o) = m.as_object_mut() {
+            o.insert("protocol".into(), json!(s.protocol));
+            o.insert("distance".into(), json!(s.distance));
+        }
+        write_json(&ctx.out_dir().join("metrics.json"), &m)?;
+        ctx.note("metrics", m);
+        Ok(())
+    }
+}
