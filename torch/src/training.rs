@@ -4,7 +4,7 @@
 use crate::context::{write_file, WorkerCtx};
 use crate::loader::Batch;
 use crate::train::{self, Trainer};
-use crate::validator::Validator;
+use crate::validator::{Kept, Validator};
 use anyhow::{anyhow, Context};
 use dml_artifacts::tables::{self, TrainLogRow};
 use dml_datasets::{self as ds, Split};
@@ -65,31 +65,7 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
     // Resumable checkpoints live outside the store, per key; the engine
     // removes them once this artifact is committed.
     let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
-    let mut log: Vec<TrainLogRow> = Vec::new();
-    let mut start = 0u64;
-    if let Some((step, dir)) = checkpoints.latest() {
-        let start_over = || format!("resuming from {} (delete it to start over)", dir.display());
-        trainer
-            .load(&dir.join(resume::STATE_FILE))
-            .with_context(start_over)?;
-        log = serde_json::from_str(&std::fs::read_to_string(dir.join(resume::LOG_FILE))?)
-            .with_context(start_over)?;
-        start = trainer.updates();
-        if start != step || log.len() as u64 != start {
-            return Err(anyhow!(
-                "{}: {} log rows and {start} updates in checkpoint step-{step}",
-                start_over(),
-                log.len()
-            )
-            .into());
-        }
-        if let Some(v) = validator.as_mut() {
-            v.resume(&log, &dir.join(resume::STATE_FILE))
-                .with_context(start_over)?;
-        }
-        tracing::info!("resuming {} from step {start}", ctx.node());
-        ctx.note("resumed_from_step", json!(start));
-    }
+    let (start, mut log) = resume(&checkpoints, &mut trainer, validator.as_mut(), ctx)?;
     let lr = cfg.optimizer.learning_rate;
     let lower_lr = format!("lower train.optimizer.learning_rate (now {lr:e}) and rerun");
     let kept = |checkpoints: &Checkpoints| match checkpoints.latest() {
@@ -279,36 +255,12 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         if let Some(o) = model.as_object_mut() {
             o.insert("validation".into(), json!(k));
         }
-        let path = out.join("model.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&model)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_file(
+            &out.join("model.json"),
+            serde_json::to_string_pretty(&model)?,
+        )?;
     }
-    tables::write_parquet(
-        &out.join("train_log.parquet"),
-        &tables::train_log_to_batch(&log),
-    )?;
-    let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
-    let title = format!("{} — {}", ctx.node(), cfg.loss.name());
-    match (&job.validation, &kept_weights) {
-        (Some(v), Some(k)) => {
-            let val: Vec<(f64, f64, f64)> = log
-                .iter()
-                .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
-                .collect();
-            plots::training_curves(
-                &out.join("loss.png"),
-                &title,
-                &curve,
-                &plots::ValidationCurve {
-                    label: v.on.label(),
-                    points: &val,
-                    kept_step: (v.keep == dml_stages::validation::Keep::Best)
-                        .then_some(f64::from(k.score.step)),
-                },
-            )?;
-        }
-        _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
-    }
+    write_log_and_curves(&out, ctx.node(), &cfg, job, &log, kept_weights.as_ref())?;
     let secs = started.elapsed().as_secs_f64();
     ctx.note("steps", json!(total));
     ctx.note(
@@ -338,6 +290,82 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         ctx.note("val_map_at_r", json!(k.score.map_at_r));
         ctx.note("validation_evaluations", json!(v.evaluations()));
         ctx.note("validation_seconds", json!(v.seconds()));
+    }
+    Ok(())
+}
+
+/// Continues from the key's latest checkpoint, if any: the weights, optimiser state, log
+/// and best validation weights as one unit. Returns the step to start from and the log
+/// so far.
+fn resume(
+    checkpoints: &Checkpoints,
+    trainer: &mut Trainer,
+    validator: Option<&mut Validator>,
+    ctx: &mut WorkerCtx,
+) -> Result<(u64, Vec<TrainLogRow>), BoxError> {
+    let Some((step, dir)) = checkpoints.latest() else {
+        return Ok((0, Vec::new()));
+    };
+    let start_over = || format!("resuming from {} (delete it to start over)", dir.display());
+    trainer
+        .load(&dir.join(resume::STATE_FILE))
+        .with_context(start_over)?;
+    let log: Vec<TrainLogRow> = serde_json::from_str(&dml_artifacts::fsx::read_to_string(
+        &dir.join(resume::LOG_FILE),
+    )?)
+    .with_context(start_over)?;
+    let start = trainer.updates();
+    if start != step || log.len() as u64 != start {
+        return Err(anyhow!(
+            "{}: {} log rows and {start} updates in checkpoint step-{step}",
+            start_over(),
+            log.len()
+        )
+        .into());
+    }
+    if let Some(v) = validator {
+        v.resume(&log, &dir.join(resume::STATE_FILE))
+            .with_context(start_over)?;
+    }
+    tracing::info!("resuming {} from step {start}", ctx.node());
+    ctx.note("resumed_from_step", json!(start));
+    Ok((start, log))
+}
+
+/// `train_log.parquet` and `loss.png` (with the validation panel when validating).
+fn write_log_and_curves(
+    out: &std::path::Path,
+    node: &str,
+    cfg: &train::TrainConfig,
+    job: &TrainJob,
+    log: &[TrainLogRow],
+    kept: Option<&Kept>,
+) -> Result<(), BoxError> {
+    tables::write_parquet(
+        &out.join("train_log.parquet"),
+        &tables::train_log_to_batch(log),
+    )?;
+    let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+    let title = format!("{node} — {}", cfg.loss.name());
+    match (&job.validation, kept) {
+        (Some(v), Some(k)) => {
+            let val: Vec<(f64, f64, f64)> = log
+                .iter()
+                .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
+                .collect();
+            plots::training_curves(
+                &out.join("loss.png"),
+                &title,
+                &curve,
+                &plots::ValidationCurve {
+                    label: v.on.label(),
+                    points: &val,
+                    kept_step: (v.keep == dml_stages::validation::Keep::Best)
+                        .then_some(f64::from(k.score.step)),
+                },
+            )?;
+        }
+        _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
     }
     Ok(())
 }
