@@ -115,7 +115,8 @@ impl Stage for ReportStage {
     }
     fn version(&self) -> u32 {
         // 2: loss plots linked to their runs; untrained curves in recall.png.
-        2
+        // 3: the validation R@1 of the kept weights (report.md, val_r@1 in report.parquet).
+        3
     }
     fn settings(&self) -> Value {
         json!({ "report": { "runs": self.runs } })
@@ -209,6 +210,10 @@ pub fn write_report(
             "untrained_recall@1": baseline.map(|b| b.0),
             "untrained_nmi": baseline.map(|b| b.1),
             "loss_plot": loss_png.exists().then_some(loss_file),
+            // [train.validation]: the kept weights' validation R@1, where and at which step.
+            "val_recall_at_1": train_notes.get("val_recall_at_1").and_then(Value::as_f64),
+            "validation_on": train_notes.get("validation_on").and_then(Value::as_str),
+            "kept_step": train_notes.get("kept_step").and_then(Value::as_u64),
         }));
     }
     let table = build_frame(&rows)?;
@@ -302,6 +307,7 @@ fn build_frame(rows: &[Value]) -> Result<DataFrame, BoxError> {
     cols.push(Column::new("train_seconds".into(), f("train_seconds")));
     cols.push(Column::new("untrained_r@1".into(), f("untrained_recall@1")));
     cols.push(Column::new("untrained_nmi".into(), f("untrained_nmi")));
+    cols.push(Column::new("val_r@1".into(), f("val_recall_at_1")));
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
@@ -415,6 +421,10 @@ fn markdown(rows: &[Value], groups: &DataFrame) -> Result<String, BoxError> {
     if baseline {
         header.extend(["untrained R@1".into(), "untrained NMI".into()]);
     }
+    let validated = rows.iter().any(|r| r["val_recall_at_1"].is_number());
+    if validated {
+        header.push("validation R@1 (kept step)".into());
+    }
     writeln!(md, "| {} |", header.join(" | "))?;
     writeln!(md, "|{}", " --- |".repeat(header.len()))?;
     for r in rows {
@@ -450,6 +460,20 @@ fn markdown(rows: &[Value], groups: &DataFrame) -> Result<String, BoxError> {
             cells.push(pct(r["untrained_recall@1"].as_f64()));
             cells.push(match r["untrained_nmi"].as_f64() {
                 Some(x) => format!("{x:.3}"),
+                None => "—".into(),
+            });
+        }
+        if validated {
+            cells.push(match r["val_recall_at_1"].as_f64() {
+                Some(v) => format!(
+                    "{} {} @{}",
+                    pct(Some(v)),
+                    match r["validation_on"].as_str() {
+                        Some("test") => "test split",
+                        _ => "holdout",
+                    },
+                    r["kept_step"]
+                ),
                 None => "—".into(),
             });
         }

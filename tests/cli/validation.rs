@@ -199,6 +199,14 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     close(v["recall_at_1"].as_f64().unwrap(), r1, "outcome R@1");
     close(v["map_at_r"].as_f64().unwrap(), map, "outcome MAP@R");
 
+    // The report shows the kept weights' validation R@1, where and at which step.
+    let md = std::fs::read_to_string(store.join("latest/val/report/report.md")).unwrap();
+    assert!(md.contains("validation R@1 (kept step)"), "{md}");
+    assert!(
+        md.contains(&format!("{:.2} holdout @11", 100.0 * r1)),
+        "{md}"
+    );
+
     // loss.png has the validation panel under the loss curve.
     let png = image::open(train.join("loss.png")).unwrap();
     assert_eq!((png.width(), png.height()), (900, 800));
