@@ -468,8 +468,8 @@ fn nearest_positives(
             let Some(members) = class_rows.get(&q_labels[rows[0] as usize]) else {
                 return Vec::new();
             };
-            let mut ids = by_class[members.clone()].to_vec();
-            ids.sort_unstable();
+            // Ascending already: `by_class` is sorted by (label, index).
+            let ids = by_class[members.clone()].to_vec();
             let mut sinks = vec![MinSink(u64::MAX); rows.len()];
             search.scan_subset(&ids, rows, &mut sinks);
             rows.iter()

@@ -63,7 +63,8 @@ impl WorkerCtx {
                 if last {
                     return;
                 }
-                std::thread::sleep(TICK);
+                // `finish` unparks it, so the stage's end waits for no tick.
+                std::thread::park_timeout(TICK);
             })
         };
         WorkerCtx {
@@ -80,6 +81,7 @@ impl WorkerCtx {
     pub(crate) fn finish(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
