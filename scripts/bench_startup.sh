@@ -7,7 +7,8 @@
 # /usr/bin/time and prints the median wall seconds and peak RSS:
 #   dml presets, dml ls (empty store), dml run --dry-run (default preset), and
 #   dml eval on CUB-scale embeddings (5,924 × 512, 100 classes, leave-one-out:
-#   all metrics, Recall@{1,2,4,8} alone, and NMI alone) —
+#   all metrics, Recall@{1,2,4,8} alone from Parquet and from Arrow IPC (what
+#   the embed stage writes), and NMI alone) —
 # and, on the same file, a Python process doing the retrieval part with faiss
 # IndexFlatL2 (k = 9 neighbours, the query itself dropped, Recall@K in numpy;
 # needs faiss-cpu and pyarrow in $PYTHON), with the time inside faiss printed too.
@@ -38,7 +39,10 @@ labels = np.sort(rng.integers(0, classes, n))
 centres = rng.normal(size=(classes, d)).astype(np.float32)
 x = centres[labels] + 3.0 * rng.normal(size=(n, d)).astype(np.float32)
 emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)
-pq.write_table(pa.table({"class_id": labels.astype(np.int64), "embedding": emb}), "cub_scale.parquet")
+table = pa.table({"class_id": labels.astype(np.int64), "embedding": emb})
+pq.write_table(table, "cub_scale.parquet")
+with pa.ipc.new_file("cub_scale.arrow", table.schema) as w:  # what the embed stage writes
+    w.write_table(table)
 np.save("x.npy", x); np.save("y.npy", labels)
 EOF
 
@@ -81,6 +85,7 @@ suite() { # binary, tag
   measure "$tag dml run --dry-run" "$bin" --store "$work/empty" run --dry-run
   measure "$tag dml eval, all metrics" "$bin" eval cub_scale.parquet
   measure "$tag dml eval, Recall@K only" "$bin" eval cub_scale.parquet --metrics recall
+  measure "$tag dml eval, Recall@K only, Arrow IPC" "$bin" eval cub_scale.arrow --metrics recall
   measure "$tag dml eval, NMI (k-means, k = 100)" "$bin" eval cub_scale.parquet --metrics nmi
 }
 

@@ -82,6 +82,9 @@ pub fn read_table(path: &Path) -> Result<RecordBatch, StoreError> {
         Some(b) => b.schema(),
         None => return Err(table_err(path, "the file holds no rows")),
     };
+    if batches.len() == 1 {
+        return Ok(batches.into_iter().next().expect("one batch"));
+    }
     arrow::compute::concat_batches(&schema, &batches).map_err(|e| table_err(path, e))
 }
 
@@ -113,6 +116,35 @@ pub fn column_as_matrix(
     path: &Path,
 ) -> Result<(usize, Vec<f32>), StoreError> {
     let rows = array.len();
+    let non_finite = |bad: usize, first: usize| {
+        table_err(
+            path,
+            format!(
+                "column `{name}` has NaN or infinite values in {bad} rows (first: row {first})"
+            ),
+        )
+    };
+    // The common case (what `dml` and pyarrow write): a fixed-size list of
+    // float32 without nulls is one contiguous buffer, copied at once.
+    if let DataType::FixedSizeList(_, d) = array.data_type() {
+        let list = array.as_fixed_size_list();
+        let d = usize::try_from(*d).unwrap_or(0);
+        if rows > 0 && d > 0 && list.null_count() == 0 && list.value_type() == DataType::Float32 {
+            let start = list.value_offset_at(0);
+            let values = list.values().as_primitive::<Float32Type>().values()
+                [start..start + rows * d]
+                .to_vec();
+            let mut bad = values
+                .chunks(d)
+                .enumerate()
+                .filter(|(_, x)| !x.iter().all(|v| v.is_finite()))
+                .map(|(i, _)| i);
+            if let Some(first) = bad.next() {
+                return Err(non_finite(1 + bad.count(), first));
+            }
+            return Ok((d, values));
+        }
+    }
     let mut dim: Option<usize> = None;
     let mut values = Vec::new();
     let mut bad = 0usize;
@@ -167,12 +199,7 @@ pub fn column_as_matrix(
         }
     }
     if let Some(first) = first_bad {
-        return Err(table_err(
-            path,
-            format!(
-                "column `{name}` has NaN or infinite values in {bad} rows (first: row {first})"
-            ),
-        ));
+        return Err(non_finite(bad, first));
     }
     if rows == 0 {
         return Err(table_err(path, "the file holds no rows"));
@@ -547,6 +574,41 @@ mod tests {
         let p2 = tmp.path().join("embeddings.parquet");
         write_parquet(&p2, &e.to_batch()).unwrap();
         assert_eq!(Embeddings::read(&p2).unwrap(), e);
+    }
+
+    /// A fixed-size list (the contiguous fast path), sliced so that it starts
+    /// at an offset, gives what the same rows as a variable-length list give,
+    /// values and errors alike.
+    #[test]
+    fn fixed_size_lists_and_lists_read_the_same_matrix() {
+        use arrow::array::{Array, FixedSizeListArray, Float32Array, ListArray};
+        use arrow::buffer::OffsetBuffer;
+        let matrix = |values: Vec<f32>| -> [ArrayRef; 2] {
+            let item = Arc::new(Field::new("item", DataType::Float32, true));
+            let child: ArrayRef = Arc::new(Float32Array::from(values));
+            let fixed = FixedSizeListArray::new(item.clone(), 3, child.clone(), None);
+            let list = ListArray::new(item, OffsetBuffer::from_lengths([3; 5]), child, None);
+            [Arc::new(fixed.slice(1, 3)), Arc::new(list.slice(1, 3))]
+        };
+        let p = Path::new("m.parquet");
+        let values: Vec<f32> = (0..15).map(|v| v as f32).collect();
+        for array in matrix(values.clone()) {
+            let (dim, got) = column_as_matrix(&array, "emb", p).unwrap();
+            assert_eq!(
+                (dim, got),
+                (3, values[3..12].to_vec()),
+                "{}",
+                array.data_type()
+            );
+        }
+        let mut bad = values;
+        bad[7] = f32::NAN; // row 2 of 5: row 1 of the slice
+        bad[10] = f32::INFINITY; // row 3: row 2 of the slice
+        bad[13] = f32::NAN; // row 4: outside the slice
+        for array in matrix(bad) {
+            let err = column_as_matrix(&array, "emb", p).unwrap_err().to_string();
+            assert!(err.contains("in 2 rows (first: row 1)"), "{err}");
+        }
     }
 
     #[test]

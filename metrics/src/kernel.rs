@@ -21,12 +21,19 @@
 //! [`RowSink`]. Memory is the packed gallery plus one query block: never a
 //! query × gallery matrix.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Number of query rows scanned together by one task. A multiple of every
 /// kernel's `MR`; large enough that each gallery panel loaded from L3 is reused
 /// many times from L1, small enough for a block of queries to stay in L2.
 pub(crate) const QUERY_BLOCK: usize = 120;
+
+/// Rows per block of the symmetric scan ([`PackedGallery::scan_pair`]): a
+/// multiple of every kernel's `MR` and `NR`, so that a block starts on a whole
+/// query tile and a whole gallery panel; a pair of blocks (the gathered rows
+/// and the packed panels, 384 KiB each at 256 dimensions) stays in L2.
+pub(crate) const SYM_BLOCK: usize = 192;
 
 /// Receives, for one query row, the gallery candidates that pass its threshold.
 pub(crate) trait RowSink {
@@ -35,7 +42,10 @@ pub(crate) trait RowSink {
     /// candidate it must compare by index too can do so.
     fn threshold(&self) -> f32;
     /// Offers gallery item `j` at distance `d` (`d <= threshold()` at the time
-    /// the tile was filtered). For a given row, offers arrive in increasing `j`.
+    /// the tile was filtered, so possibly above the current threshold). Offers
+    /// for a row arrive in no particular order of `j` (the symmetric scan
+    /// offers each pair to both of its rows), and a sink gives the same result
+    /// whatever the order: ties are decided by index, never by arrival.
     fn offer(&mut self, d: f32, j: u32);
 }
 
@@ -321,21 +331,19 @@ impl PackedGallery {
         if m == 0 || self.n == 0 {
             return;
         }
-        let dim = self.dim;
         let mr = self.isa.mr();
-        // Gather the block's rows into tiles of `mr` rows, each laid out
-        // depth-major (`tile[p * mr + i]`) so the kernel broadcasts from a
-        // pointer that advances by `mr` per step, and padded to whole tiles
-        // so it never branches on a partial one.
-        let mut buf = vec![0.0f32; m.div_ceil(mr) * mr * dim];
+        let mut buf = vec![0.0f32; m.div_ceil(mr) * mr * self.dim];
         let mut aux = Vec::with_capacity(m);
         let mut excl = Vec::with_capacity(m);
         for i in 0..m {
             let r = rows.get(i);
-            let tile = &mut buf[(i / mr) * mr * dim..(i / mr + 1) * mr * dim];
-            for (p, &v) in q.data[r * dim..(r + 1) * dim].iter().enumerate() {
-                tile[p * mr + i % mr] = v;
-            }
+            gather_row(
+                &mut buf,
+                mr,
+                self.dim,
+                i,
+                &q.data[r * self.dim..(r + 1) * self.dim],
+            );
             aux.push(q.aux[r]);
             excl.push(if exclude_self { r as u32 } else { u32::MAX });
         }
@@ -345,15 +353,92 @@ impl PackedGallery {
             excl: &excl,
             m,
         };
+        self.dispatch(&block, 0..self.n.div_ceil(self.isa.nr()), sinks, None);
+    }
+
+    /// The symmetric scan of one pair of row blocks of a matrix that is both
+    /// the queries (`rows`, gathered once) and this gallery, under
+    /// leave-one-out.
+    ///
+    /// * With `col_sinks`, `i` lies wholly before `j`: every pair `(a, b)`,
+    ///   `a ∈ i`, `b ∈ j`, is computed once and offered to `row_sinks[a − i.start]`
+    ///   as `(d, b)` and to `col_sinks[b − j.start]` as `(d, a)`. The distance
+    ///   is the bits [`scan_block`](Self::scan_block) gives either order of the
+    ///   pair: the dot product is one FMA chain of commuting products and
+    ///   `a_a + b_b` commutes, because the two sides' terms are the same
+    ///   vector's (squared norms, or `1` and `0` for cosine).
+    /// * Without, `i == j` (a diagonal block): each row is offered every other
+    ///   row of the block.
+    ///
+    /// Both ranges start at a multiple of [`SYM_BLOCK`].
+    pub(crate) fn scan_pair<S: RowSink>(
+        &self,
+        rows: &PackedRows,
+        i: Range<usize>,
+        j: Range<usize>,
+        row_sinks: &mut [S],
+        col_sinks: Option<&mut [S]>,
+    ) {
+        let (mr, nr) = (self.isa.mr(), self.isa.nr());
+        debug_assert_eq!(rows.isa, self.isa);
+        debug_assert!(i.start.is_multiple_of(mr) && j.start.is_multiple_of(nr));
+        debug_assert!(i.end <= rows.aux.len() && j.end <= self.n);
+        debug_assert_eq!(row_sinks.len(), i.len());
+        if i.is_empty() || j.is_empty() {
+            return;
+        }
+        let excl: Vec<u32> = match col_sinks {
+            Some(_) => {
+                debug_assert!(i.end <= j.start);
+                vec![u32::MAX; i.len()]
+            }
+            None => {
+                debug_assert_eq!(i, j);
+                (i.start as u32..i.end as u32).collect()
+            }
+        };
+        let block = Block {
+            q: &rows.tiles[(i.start / mr) * mr * self.dim..],
+            aux: &rows.aux[i.clone()],
+            excl: &excl,
+            m: i.len(),
+        };
+        let panels = j.start / nr..j.end.div_ceil(nr);
+        match col_sinks {
+            Some(sinks) => {
+                debug_assert_eq!(sinks.len(), j.len());
+                let mut thr = vec![f32::NEG_INFINITY; panels.len() * nr];
+                for (t, s) in thr.iter_mut().zip(sinks.iter()) {
+                    *t = s.threshold();
+                }
+                let mut cols = Cols {
+                    sinks,
+                    thr,
+                    row0: i.start as u32,
+                };
+                self.dispatch(&block, panels, row_sinks, Some(&mut cols));
+            }
+            None => self.dispatch(&block, panels, row_sinks, None),
+        }
+    }
+
+    /// Runs the kernel for `block` over the gallery panels `panels`.
+    fn dispatch<S: RowSink>(
+        &self,
+        block: &Block<'_>,
+        panels: Range<usize>,
+        sinks: &mut [S],
+        cols: Option<&mut Cols<'_, S>>,
+    ) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx512` is only chosen (or, in tests, only listed)
             // when the CPU reports AVX-512F.
-            Isa::Avx512 => unsafe { x86::scan_avx512(self, &block, sinks) },
+            Isa::Avx512 => unsafe { x86::scan_avx512(self, block, panels, sinks, cols) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
-            Isa::Avx2 => unsafe { x86::scan_avx2(self, &block, sinks) },
-            Isa::Portable => scan_portable(self, &block, sinks),
+            Isa::Avx2 => unsafe { x86::scan_avx2(self, block, panels, sinks, cols) },
+            Isa::Portable => scan_portable(self, block, panels, sinks, cols),
         }
     }
 
@@ -395,16 +480,94 @@ struct Block<'a> {
     m: usize,
 }
 
+/// Writes query row `x` as row `i` of a gather buffer: tiles of `mr` rows,
+/// each laid out depth-major (`tile[p * mr + i % mr]`), so the kernel
+/// broadcasts from a pointer that advances by `mr` per step, padded to whole
+/// tiles so that it never branches on a partial one.
+#[inline]
+fn gather_row(buf: &mut [f32], mr: usize, dim: usize, i: usize, x: &[f32]) {
+    let tile = &mut buf[(i / mr) * mr * dim..(i / mr + 1) * mr * dim];
+    for (p, &v) in x.iter().enumerate() {
+        tile[p * mr + i % mr] = v;
+    }
+}
+
+/// Every row of a query matrix gathered once into the kernel's tiles, for
+/// the symmetric scan (which reads each block of rows many times).
+pub(crate) struct PackedRows {
+    isa: Isa,
+    tiles: Vec<f32>,
+    aux: Vec<f32>,
+}
+
+impl PackedRows {
+    /// Gathers `q` for the kernel of `gallery`.
+    pub(crate) fn new(q: QueryRows<'_>, gallery: &PackedGallery) -> Self {
+        use rayon::prelude::*;
+        let (isa, dim) = (gallery.isa, q.dim);
+        let mr = isa.mr();
+        let n = q.aux.len();
+        let mut tiles = vec![0.0f32; n.div_ceil(mr) * mr * dim];
+        if dim > 0 {
+            tiles
+                .par_chunks_mut(mr * dim)
+                .enumerate()
+                .for_each(|(t, tile)| {
+                    for i in 0..mr.min(n - t * mr) {
+                        let r = t * mr + i;
+                        gather_row(tile, mr, dim, i, &q.data[r * dim..(r + 1) * dim]);
+                    }
+                });
+        }
+        PackedRows {
+            isa,
+            tiles,
+            aux: q.aux.to_vec(),
+        }
+    }
+}
+
+/// The column side of a symmetric scan: the sinks of the gallery items in the
+/// scanned panels and their thresholds, padded to whole panels with `-inf`
+/// (which no distance passes).
+struct Cols<'a, S> {
+    sinks: &'a mut [S],
+    thr: Vec<f32>,
+    /// Index of the block's first row, reported to the column sinks.
+    row0: u32,
+}
+
+impl<S: RowSink> Cols<'_, S> {
+    /// Hands the lanes set in `mask` (bit `b` = column `base + b` of the
+    /// scanned panels) to their column sinks as candidate `row`.
+    #[inline(always)]
+    fn offer(&mut self, mut mask: u64, dist: &[f32], base: usize, row: u32) {
+        while mask != 0 {
+            let b = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let sink = &mut self.sinks[base + b];
+            sink.offer(dist[b], row);
+            self.thr[base + b] = sink.threshold();
+        }
+    }
+}
+
 /// Portable kernel: 4 × 8 tiles in plain Rust, for CPUs without AVX2+FMA
 /// and other architectures (where `mul_add` is a native instruction; on an
 /// x86-64 without FMA it is a slow but exact libm call).
-fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) {
+fn scan_portable<S: RowSink>(
+    g: &PackedGallery,
+    b: &Block<'_>,
+    panels: Range<usize>,
+    sinks: &mut [S],
+    mut cols: Option<&mut Cols<'_, S>>,
+) {
     const MR: usize = 4;
     const NR: usize = 8;
     let dim = g.dim;
     let tiles = b.m.div_ceil(MR);
     let mut dist = [0.0f32; NR];
-    for pnl in 0..g.n.div_ceil(NR) {
+    for (local, pnl) in panels.enumerate() {
         let panel = &g.panel_data()[pnl * dim * NR..(pnl + 1) * dim * NR];
         let baux = &g.aux[pnl * NR..(pnl + 1) * NR];
         for t in 0..tiles {
@@ -423,14 +586,24 @@ fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) 
                 let r = t * MR + i;
                 let thr = sinks[r].threshold();
                 let mut mask = 0u64;
+                let mut cmask = 0u64;
                 for j in 0..NR {
                     dist[j] = combine(b.aux[r], baux[j], g.scale, acc_row[j]);
                     if dist[j] <= thr {
                         mask |= 1 << j;
                     }
+                    if let Some(c) = cols.as_deref() {
+                        if dist[j] <= c.thr[local * NR + j] {
+                            cmask |= 1 << j;
+                        }
+                    }
                 }
                 if mask != 0 {
                     g.offer_lanes(mask, &dist, pnl * NR, b.excl[r], &mut sinks[r]);
+                }
+                if let (true, Some(c)) = (cmask != 0, cols.as_deref_mut()) {
+                    let row = c.row0 + r as u32;
+                    c.offer(cmask, &dist, local * NR, row);
                 }
             }
         }
@@ -441,8 +614,9 @@ fn scan_portable<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) 
 mod x86 {
     //! AVX-512 and AVX2 register-tile kernels (x86-64 only).
 
-    use super::{Block, PackedGallery, RowSink};
+    use super::{Block, Cols, PackedGallery, RowSink};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     /// 12 × 32 tiles: 24 zmm accumulators, two gallery loads and one
     /// broadcast per depth step (27 of the 32 zmm registers).
@@ -450,7 +624,9 @@ mod x86 {
     pub(super) unsafe fn scan_avx512<S: RowSink>(
         g: &PackedGallery,
         b: &Block<'_>,
+        panels: Range<usize>,
         sinks: &mut [S],
+        mut cols: Option<&mut Cols<'_, S>>,
     ) {
         const MR: usize = 12;
         const NR: usize = 32;
@@ -459,7 +635,7 @@ mod x86 {
         let scale = _mm512_set1_ps(g.scale);
         let zero = _mm512_setzero_ps();
         let mut tile = [[0.0f32; NR]; MR];
-        for pnl in 0..g.n.div_ceil(NR) {
+        for (local, pnl) in panels.enumerate() {
             let gp = g.panel_data().as_ptr().add(pnl * dim * NR);
             let b0 = _mm512_loadu_ps(g.aux.as_ptr().add(pnl * NR));
             let b1 = _mm512_loadu_ps(g.aux.as_ptr().add(pnl * NR + 16));
@@ -496,10 +672,26 @@ mod x86 {
                     let m0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(d0, thr);
                     let m1 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(d1, thr);
                     let mask = u64::from(m0) | (u64::from(m1) << 16);
-                    if mask != 0 {
+                    let cmask = match cols.as_deref() {
+                        Some(c) => {
+                            let ct = c.thr.as_ptr().add(local * NR);
+                            let c0 = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(d0, _mm512_loadu_ps(ct));
+                            let c1 =
+                                _mm512_cmp_ps_mask::<_CMP_LE_OQ>(d1, _mm512_loadu_ps(ct.add(16)));
+                            u64::from(c0) | (u64::from(c1) << 16)
+                        }
+                        None => 0,
+                    };
+                    if mask | cmask != 0 {
                         _mm512_storeu_ps(row.as_mut_ptr(), d0);
                         _mm512_storeu_ps(row.as_mut_ptr().add(16), d1);
-                        g.offer_lanes(mask, row, pnl * NR, b.excl[r], &mut sinks[r]);
+                        if mask != 0 {
+                            g.offer_lanes(mask, row, pnl * NR, b.excl[r], &mut sinks[r]);
+                        }
+                        if let (true, Some(c)) = (cmask != 0, cols.as_deref_mut()) {
+                            let id = c.row0 + r as u32;
+                            c.offer(cmask, row, local * NR, id);
+                        }
                     }
                 }
             }
@@ -509,7 +701,13 @@ mod x86 {
     /// 6 × 16 tiles: 12 ymm accumulators, two gallery loads and one
     /// broadcast per depth step (15 of the 16 ymm registers).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scan_avx2<S: RowSink>(g: &PackedGallery, b: &Block<'_>, sinks: &mut [S]) {
+    pub(super) unsafe fn scan_avx2<S: RowSink>(
+        g: &PackedGallery,
+        b: &Block<'_>,
+        panels: Range<usize>,
+        sinks: &mut [S],
+        mut cols: Option<&mut Cols<'_, S>>,
+    ) {
         const MR: usize = 6;
         const NR: usize = 16;
         let dim = g.dim;
@@ -517,7 +715,7 @@ mod x86 {
         let scale = _mm256_set1_ps(g.scale);
         let zero = _mm256_setzero_ps();
         let mut tile = [[0.0f32; NR]; MR];
-        for pnl in 0..g.n.div_ceil(NR) {
+        for (local, pnl) in panels.enumerate() {
             let gp = g.panel_data().as_ptr().add(pnl * dim * NR);
             let b0 = _mm256_loadu_ps(g.aux.as_ptr().add(pnl * NR));
             let b1 = _mm256_loadu_ps(g.aux.as_ptr().add(pnl * NR + 8));
@@ -554,10 +752,27 @@ mod x86 {
                     let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(d0, thr)) as u32;
                     let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(d1, thr)) as u32;
                     let mask = u64::from(m0 | (m1 << 8));
-                    if mask != 0 {
+                    let cmask = match cols.as_deref() {
+                        Some(c) => {
+                            let ct = c.thr.as_ptr().add(local * NR);
+                            let c0 = _mm256_cmp_ps::<_CMP_LE_OQ>(d0, _mm256_loadu_ps(ct));
+                            let c1 = _mm256_cmp_ps::<_CMP_LE_OQ>(d1, _mm256_loadu_ps(ct.add(8)));
+                            let c0 = _mm256_movemask_ps(c0) as u32;
+                            let c1 = _mm256_movemask_ps(c1) as u32;
+                            u64::from(c0 | (c1 << 8))
+                        }
+                        None => 0,
+                    };
+                    if mask | cmask != 0 {
                         _mm256_storeu_ps(row.as_mut_ptr(), d0);
                         _mm256_storeu_ps(row.as_mut_ptr().add(8), d1);
-                        g.offer_lanes(mask, row, pnl * NR, b.excl[r], &mut sinks[r]);
+                        if mask != 0 {
+                            g.offer_lanes(mask, row, pnl * NR, b.excl[r], &mut sinks[r]);
+                        }
+                        if let (true, Some(c)) = (cmask != 0, cols.as_deref_mut()) {
+                            let id = c.row0 + r as u32;
+                            c.offer(cmask, row, local * NR, id);
+                        }
                     }
                 }
             }
@@ -621,15 +836,18 @@ pub(crate) fn key_index(key: u64) -> u32 {
 /// Keeps the `k` nearest candidates of a row, ties to the lower index.
 ///
 /// Candidates are appended to a buffer of `2k` entries while they beat the
-/// current threshold (the k-th smallest distance seen so far, `+inf` until `k`
+/// current bound (the k-th smallest [`key`] seen so far, `+inf` until `k`
 /// have been seen); when the buffer fills, a linear-time selection keeps the
-/// best `k` and tightens the threshold. Offers arrive in increasing index, so
-/// a candidate that ties the threshold ranks after the k-th and is rejected
-/// with the same single comparison.
+/// best `k` and tightens the bound. The bound is a key, distance and index
+/// together, so a candidate that ties the k-th distance is kept exactly when
+/// its index is lower, in whatever order the candidates arrive.
 pub(crate) struct TopK {
     k: usize,
     cap: usize,
     primed: bool,
+    /// Candidates whose key is at least this are rejected.
+    bound: u64,
+    /// The bound's distance: what the kernel filters with.
     thr: f32,
     buf: Vec<u64>,
 }
@@ -641,6 +859,7 @@ impl TopK {
             k: 0,
             cap: 0,
             primed: false,
+            bound: u64::MAX,
             thr: f32::INFINITY,
             buf: Vec::new(),
         };
@@ -662,18 +881,30 @@ impl TopK {
     pub(crate) fn reset_below(&mut self, k: usize, bound: f32) {
         debug_assert!(k >= 1);
         self.k = k;
-        self.cap = (2 * k).max(k + 16);
+        self.cap = Self::capacity(k);
         self.primed = false;
-        self.thr = bound;
+        // Every key at `bound` (any index) is at least `key(bound, 0)`.
+        self.set_bound(key(bound, 0));
         self.buf.clear();
         self.buf.reserve(self.cap);
+    }
+
+    /// The candidates a selector of `k` buffers.
+    pub(crate) fn capacity(k: usize) -> usize {
+        (2 * k).max(k + 16)
+    }
+
+    #[inline(always)]
+    fn set_bound(&mut self, bound: u64) {
+        self.bound = bound;
+        self.thr = key_dist(bound);
     }
 
     fn compact(&mut self) {
         let k = self.k;
         self.buf.select_nth_unstable(k - 1);
         self.buf.truncate(k);
-        self.thr = key_dist(self.buf[k - 1]);
+        self.set_bound(self.buf[k - 1]);
     }
 
     /// The kept candidates as [`key`]s, nearest first (fewer than `k` only if
@@ -694,19 +925,20 @@ impl RowSink for TopK {
     }
     #[inline(always)]
     fn offer(&mut self, d: f32, j: u32) {
-        // Strict: an equal distance arrives with a larger index than every
-        // kept candidate, so it ranks after the current k-th.
-        if d.is_nan() || d >= self.thr {
+        if d.is_nan() {
             return;
         }
-        self.buf.push(key(d, j));
+        let e = key(d, j);
+        if e >= self.bound {
+            return;
+        }
+        self.buf.push(e);
         if !self.primed && self.buf.len() == self.k {
-            // The first k seen: the k-th smallest is their maximum.
+            // The first k kept: the k-th smallest is their maximum (below
+            // the bound, since each of them was).
             self.primed = true;
-            let kth = key_dist(self.buf.iter().copied().max().unwrap_or(0));
-            if kth < self.thr {
-                self.thr = kth;
-            }
+            let kth = self.buf.iter().copied().max().unwrap_or(0);
+            self.set_bound(kth);
         } else if self.buf.len() == self.cap {
             self.compact();
         }
@@ -781,6 +1013,98 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every kernel's symmetric pair scan: each pair `i ≠ j` reaches both
+    /// rows once, with the scalar formula's bits.
+    #[test]
+    fn pair_scans_offer_each_pair_to_both_rows_bitwise() {
+        /// Records every offered distance of a row, refusing repeats.
+        #[derive(Clone)]
+        struct Once(Vec<f32>);
+        impl RowSink for Once {
+            fn threshold(&self) -> f32 {
+                f32::INFINITY
+            }
+            fn offer(&mut self, d: f32, j: u32) {
+                assert!(self.0[j as usize].is_nan(), "pair offered twice");
+                self.0[j as usize] = d;
+            }
+        }
+        let (n, dim) = (2 * SYM_BLOCK + 37, 19);
+        let x = random_rows(n, dim, 5);
+        let xa = squared_norms(&x, dim);
+        let blocks: Vec<Range<usize>> = (0..n.div_ceil(SYM_BLOCK))
+            .map(|b| b * SYM_BLOCK..((b + 1) * SYM_BLOCK).min(n))
+            .collect();
+        for isa in Isa::available() {
+            let packed = PackedGallery::with_isa(isa, &x, dim, &xa, -2.0, None);
+            let q = QueryRows {
+                data: &x,
+                aux: &xa,
+                dim,
+            };
+            let rows = PackedRows::new(q, &packed);
+            let mut sinks = vec![Once(vec![f32::NAN; n]); n];
+            for (a, ra) in blocks.iter().enumerate() {
+                packed.scan_pair(&rows, ra.clone(), ra.clone(), &mut sinks[ra.clone()], None);
+                for rb in &blocks[a + 1..] {
+                    let (head, tail) = sinks.split_at_mut(rb.start);
+                    packed.scan_pair(
+                        &rows,
+                        ra.clone(),
+                        rb.clone(),
+                        &mut head[ra.clone()],
+                        Some(&mut tail[..rb.len()]),
+                    );
+                }
+            }
+            for i in 0..n {
+                for j in 0..n {
+                    let got = sinks[i].0[j];
+                    if i == j {
+                        assert!(got.is_nan(), "{isa:?}: row {i} offered itself");
+                        continue;
+                    }
+                    let want = combine(
+                        xa[i],
+                        xa[j],
+                        -2.0,
+                        dot_seq(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]),
+                    );
+                    assert_eq!(got.to_bits(), want.to_bits(), "{isa:?} at {i},{j}");
+                }
+            }
+        }
+    }
+
+    /// Candidates offered in any order select the same `k`, ties by index.
+    #[test]
+    fn topk_does_not_depend_on_the_order_of_offers() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        for k in [1usize, 3, 20, 100] {
+            let vals: Vec<(f32, u32)> = (0..400)
+                .map(|j| (rng.gen_range(0..12) as f32 * 0.5, j))
+                .collect();
+            let select = |order: &[(f32, u32)]| {
+                let mut t = TopK::new(k);
+                for &(d, j) in order {
+                    if d <= t.threshold() {
+                        t.offer(d, j);
+                    }
+                }
+                t.finish().to_vec()
+            };
+            let want = select(&vals);
+            let mut reversed = vals.clone();
+            reversed.reverse();
+            assert_eq!(select(&reversed), want, "k = {k} reversed");
+            let mut shuffled = vals.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.gen_range(0..=i));
+            }
+            assert_eq!(select(&shuffled), want, "k = {k} shuffled");
         }
     }
 

@@ -9,13 +9,14 @@
 
 use crate::error::MetricsError;
 use crate::kernel::{
-    key_dist, key_index, normalized_rows, squared_norms, PackedGallery, QueryRows, RowSink, Rows,
-    TopK, QUERY_BLOCK,
+    key_dist, key_index, normalized_rows, squared_norms, PackedGallery, PackedRows, QueryRows,
+    RowSink, Rows, TopK, QUERY_BLOCK, SYM_BLOCK,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// The distance neighbours are ranked by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,11 +108,13 @@ pub(crate) fn check_rows(
     if rows > max {
         return Err(MetricsError::TooManyRows { what, rows, max });
     }
-    if let Some(pos) = data.par_iter().position_first(|v| !v.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what,
-            row: pos / dim,
-        });
+    // Whole rows at a time: the test vectorises, and rayon's per-item
+    // overhead is paid per row, not per value.
+    if let Some(row) = data
+        .par_chunks(dim)
+        .position_first(|x| !x.iter().all(|v| v.is_finite()))
+    {
+        return Err(MetricsError::NonFinite { what, row });
     }
     Ok(rows)
 }
@@ -139,6 +142,18 @@ pub(crate) struct Search<'a> {
     nq: usize,
     exclude: Exclude,
     distance: Distance,
+    /// Leave-one-out of a matrix against itself: each pair's distance can be
+    /// computed once for both of its rows ([`scan_symmetric`](Self::scan_symmetric)).
+    symmetric: bool,
+}
+
+/// Whether two matrices hold the same bits (the same slice, normally).
+fn same_rows(a: &[f32], b: &[f32]) -> bool {
+    std::ptr::eq(a, b)
+        || (a.len() == b.len()
+            && a.par_chunks(4096)
+                .zip(b.par_chunks(4096))
+                .all(|(x, y)| x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits())))
 }
 
 impl<'a> Search<'a> {
@@ -151,7 +166,12 @@ impl<'a> Search<'a> {
         exclude: Exclude,
     ) -> Result<Self, MetricsError> {
         let nq = check_rows("queries", queries, dim)?;
-        let ng = check_rows("gallery", gallery, dim)?;
+        let symmetric = exclude == Exclude::SameIndex && same_rows(queries, gallery);
+        let ng = if symmetric {
+            nq
+        } else {
+            check_rows("gallery", gallery, dim)?
+        };
         if exclude == Exclude::SameIndex && nq != ng {
             return Err(MetricsError::LeaveOneOutShape {
                 queries: nq,
@@ -160,11 +180,21 @@ impl<'a> Search<'a> {
         }
         let (queries, gallery, qaux, gaux, scale) = match distance {
             Distance::Euclidean => {
-                let (qa, ga) = (squared_norms(queries, dim), squared_norms(gallery, dim));
+                let qa = squared_norms(queries, dim);
+                let ga = if symmetric {
+                    qa.clone()
+                } else {
+                    squared_norms(gallery, dim)
+                };
                 (Cow::Borrowed(queries), Cow::Borrowed(gallery), qa, ga, -2.0)
             }
             Distance::Cosine => {
-                let (q, g) = (normalized_rows(queries, dim), normalized_rows(gallery, dim));
+                let q = normalized_rows(queries, dim);
+                let g = if symmetric {
+                    q.clone()
+                } else {
+                    normalized_rows(gallery, dim)
+                };
                 (
                     Cow::Owned(q),
                     Cow::Owned(g),
@@ -186,7 +216,51 @@ impl<'a> Search<'a> {
             nq,
             exclude,
             distance,
+            symmetric,
         })
+    }
+
+    /// Whether [`scan_symmetric`](Self::scan_symmetric) applies.
+    pub(crate) fn symmetric(&self) -> bool {
+        self.symmetric
+    }
+
+    /// Offers every admissible pair to the sinks of both of its rows
+    /// (`sinks[i]` is row `i`'s), computing each pair's distance once: the
+    /// leave-one-out scan of a matrix against itself with half the arithmetic
+    /// of [`scan`](Self::scan), and the same distance bits. Needs
+    /// [`symmetric`](Self::symmetric) and a sink for every row at once.
+    ///
+    /// The rows are cut into blocks of [`SYM_BLOCK`]. Each diagonal block is
+    /// scanned against itself, then each pair of distinct blocks once, in the
+    /// rounds of a round-robin tournament: no block plays twice in a round, so
+    /// a round's pairs run in parallel, each owning both its blocks' sinks
+    /// (the locks are never contended). Offers reach a row in an order that
+    /// depends on the schedule, which the sinks' results do not.
+    pub(crate) fn scan_symmetric<S: RowSink + Send>(&self, sinks: &mut [S]) {
+        debug_assert!(self.symmetric);
+        debug_assert_eq!(sinks.len(), self.nq);
+        let n = self.nq;
+        let q = QueryRows {
+            data: &self.queries,
+            aux: &self.qaux,
+            dim: self.dim,
+        };
+        let rows = PackedRows::new(q, &self.packed);
+        let range = |b: usize| b * SYM_BLOCK..((b + 1) * SYM_BLOCK).min(n);
+        let blocks: Vec<Mutex<&mut [S]>> = sinks.chunks_mut(SYM_BLOCK).map(Mutex::new).collect();
+        let lock = |b: usize| blocks[b].lock().unwrap_or_else(|e| e.into_inner());
+        (0..blocks.len()).into_par_iter().for_each(|b| {
+            self.packed
+                .scan_pair(&rows, range(b), range(b), &mut lock(b), None);
+        });
+        for round in round_robin(blocks.len()) {
+            round.into_par_iter().for_each(|(a, b)| {
+                let (mut sa, mut sb) = (lock(a), lock(b));
+                self.packed
+                    .scan_pair(&rows, range(a), range(b), &mut sa, Some(&mut sb));
+            });
+        }
     }
 
     /// Refuses a search depth of 0 or beyond what each query can rank.
@@ -303,6 +377,24 @@ impl<'a> Search<'a> {
             Distance::Cosine => d,
         }
     }
+}
+
+/// The rounds of a round-robin tournament of `n` players (the circle method,
+/// with a bye when `n` is odd): every pair `(a, b)`, `a < b < n`, once, and no
+/// player twice in a round.
+fn round_robin(n: usize) -> Vec<Vec<(usize, usize)>> {
+    let m = n + n % 2;
+    (0..m.saturating_sub(1))
+        .map(|r| {
+            (0..m / 2)
+                .filter_map(|i| {
+                    let a = if i == 0 { m - 1 } else { (r + i) % (m - 1) };
+                    let b = (r + m - 1 - i) % (m - 1);
+                    (a < n && b < n).then(|| (a.min(b), a.max(b)))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Exact `k`-nearest-neighbour search of `gallery` for every row of `queries`.
@@ -665,6 +757,85 @@ mod tests {
             knn(&[], &g, 3, 1, Distance::Euclidean, Exclude::None),
             Err(MetricsError::Empty { .. })
         ));
+    }
+
+    #[test]
+    fn round_robin_pairs_every_block_once_and_no_block_twice_a_round() {
+        for n in 0..12 {
+            let rounds = round_robin(n);
+            let mut seen = std::collections::BTreeSet::new();
+            for round in &rounds {
+                let mut players: Vec<usize> = round.iter().flat_map(|&(a, b)| [a, b]).collect();
+                players.sort_unstable();
+                let len = players.len();
+                players.dedup();
+                assert_eq!(players.len(), len, "n = {n}: a block twice in a round");
+                for &(a, b) in round {
+                    assert!(a < b && b < n);
+                    assert!(seen.insert((a, b)), "n = {n}: ({a}, {b}) twice");
+                }
+            }
+            assert_eq!(seen.len(), n * n.saturating_sub(1) / 2, "n = {n}");
+        }
+    }
+
+    /// The symmetric scan offers each row exactly the distances the plain
+    /// scan does, bit for bit, across block and tile boundaries.
+    #[test]
+    fn symmetric_scan_matches_the_plain_scan_bitwise() {
+        /// Records every offered distance of a row (each pair once).
+        #[derive(Clone)]
+        struct Dense(Vec<f32>);
+        impl RowSink for Dense {
+            fn threshold(&self) -> f32 {
+                f32::INFINITY
+            }
+            fn offer(&mut self, d: f32, j: u32) {
+                assert!(self.0[j as usize].is_nan(), "pair offered twice");
+                self.0[j as usize] = d;
+            }
+        }
+        for &(n, dim) in &[
+            (1usize, 3usize),
+            (5, 7),
+            (2 * SYM_BLOCK + 37, 19),
+            (SYM_BLOCK, 4),
+        ] {
+            for coarse in [false, true] {
+                let x = data(n, dim, 21, coarse);
+                for distance in [Distance::Euclidean, Distance::Cosine] {
+                    let search = Search::new(&x, &x, dim, distance, Exclude::SameIndex).unwrap();
+                    assert!(search.symmetric());
+                    let mut sym = vec![Dense(vec![f32::NAN; n]); n];
+                    search.scan_symmetric(&mut sym);
+                    let mut plain = vec![Dense(vec![f32::NAN; n]); n];
+                    for b in 0..search.blocks() {
+                        let rows = search.block_rows(b);
+                        search.scan(b, &mut plain[rows]);
+                    }
+                    for i in 0..n {
+                        for j in 0..n {
+                            assert_eq!(
+                                sym[i].0[j].to_bits(),
+                                plain[i].0[j].to_bits(),
+                                "{n}×{dim} {coarse} {distance:?} at ({i}, {j})"
+                            );
+                        }
+                        assert!(sym[i].0[i].is_nan(), "row {i} offered itself");
+                    }
+                }
+            }
+        }
+        // A copy of the matrix is recognised too; another matrix is not.
+        let x = data(10, 3, 22, false);
+        let copy = x.clone();
+        let search = Search::new(&x, &copy, 3, Distance::Euclidean, Exclude::SameIndex).unwrap();
+        assert!(search.symmetric());
+        let other = data(10, 3, 23, false);
+        let search = Search::new(&x, &other, 3, Distance::Euclidean, Exclude::SameIndex).unwrap();
+        assert!(!search.symmetric());
+        let search = Search::new(&x, &x, 3, Distance::Euclidean, Exclude::None).unwrap();
+        assert!(!search.symmetric());
     }
 
     #[test]

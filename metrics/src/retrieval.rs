@@ -340,6 +340,11 @@ pub fn retrieval_metrics(
     Ok(summarize(&scores, ks, ng))
 }
 
+/// The most memory the symmetric leave-one-out scan may spend on its per-row
+/// selection buffers (every row's at once); beyond it (classes of many
+/// thousands of items at a large scale) the evaluation scans block by block.
+const SYMMETRIC_SINK_BYTES: usize = 512 << 20;
+
 /// Searches and scores in one pass: Recall@K for each `K` in `ks`, MAP@R and
 /// R-precision of `queries` against `gallery`.
 ///
@@ -376,6 +381,33 @@ pub fn evaluate_retrieval(
     distance: Distance,
     exclude: Exclude,
 ) -> Result<RetrievalMetrics, MetricsError> {
+    evaluate_within(
+        queries,
+        gallery,
+        q_labels,
+        g_labels,
+        dim,
+        ks,
+        distance,
+        exclude,
+        SYMMETRIC_SINK_BYTES,
+    )
+}
+
+/// [`evaluate_retrieval`], with the symmetric scan allowed `sink_budget`
+/// bytes of selection buffers.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_within(
+    queries: &[f32],
+    gallery: &[f32],
+    q_labels: &[u32],
+    g_labels: &[u32],
+    dim: usize,
+    ks: &[usize],
+    distance: Distance,
+    exclude: Exclude,
+    sink_budget: usize,
+) -> Result<RetrievalMetrics, MetricsError> {
     let search = Search::new(queries, gallery, dim, distance, exclude)?;
     let rel = relevance(
         q_labels,
@@ -400,6 +432,53 @@ pub fn evaluate_retrieval(
         s = e;
     }
     let nearest_positive = nearest_positives(&search, q_labels, &by_class, &class_rows);
+    let score = |sink: &mut RankSink, i: usize| {
+        let first_hit = if sink.positive == u64::MAX || sink.before >= sink.cap {
+            usize::MAX
+        } else {
+            sink.before
+        };
+        let (ap, r_precision) = if sink.r > 0 {
+            let top = sink.top.finish();
+            if top.len() < sink.r {
+                return Err(MetricsError::DistanceOverflow { row: i });
+            }
+            precision_at_r(
+                q_labels[i],
+                sink.r,
+                top.iter().map(|&e| key_index(e)),
+                g_labels,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        Ok(QueryScore {
+            first_hit,
+            r: sink.r,
+            ap,
+            r_precision,
+        })
+    };
+    // The symmetric scan holds every row's sink at once; it is used when
+    // their selection buffers fit in the budget.
+    let sink_bytes: usize = rel.r.iter().map(|&r| TopK::capacity(r.max(1)) * 8).sum();
+    if search.symmetric() && sink_bytes <= sink_budget {
+        let mut sinks: Vec<RankSink> = (0..search.queries())
+            .into_par_iter()
+            .map(|i| {
+                let mut sink = RankSink::new();
+                sink.reset(nearest_positive[i], rel.max_k, rel.r[i]);
+                sink
+            })
+            .collect();
+        search.scan_symmetric(&mut sinks);
+        let scores: Vec<QueryScore> = sinks
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, sink)| score(sink, i))
+            .collect::<Result<_, MetricsError>>()?;
+        return Ok(summarize(&scores, ks, search.gallery()));
+    }
     let blocks: Vec<Vec<QueryScore>> = (0..search.blocks())
         .into_par_iter()
         .map_init(Vec::<RankSink>::new, |sinks, b| {
@@ -413,33 +492,7 @@ pub fn evaluate_retrieval(
             sinks
                 .iter_mut()
                 .zip(rows)
-                .map(|(sink, i)| {
-                    let first_hit = if sink.positive == u64::MAX || sink.before >= sink.cap {
-                        usize::MAX
-                    } else {
-                        sink.before
-                    };
-                    let (ap, r_precision) = if sink.r > 0 {
-                        let top = sink.top.finish();
-                        if top.len() < sink.r {
-                            return Err(MetricsError::DistanceOverflow { row: i });
-                        }
-                        precision_at_r(
-                            q_labels[i],
-                            sink.r,
-                            top.iter().map(|&e| key_index(e)),
-                            g_labels,
-                        )
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    Ok(QueryScore {
-                        first_hit,
-                        r: sink.r,
-                        ap,
-                        r_precision,
-                    })
-                })
+                .map(|(sink, i)| score(sink, i))
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<_, MetricsError>>()?;
@@ -769,6 +822,21 @@ mod tests {
                     retrieval_metrics(&nb, &labels, &labels, &ks, Exclude::SameIndex).unwrap();
                 let got = evaluate_leave_one_out(&x, &labels, dim, &ks, distance).unwrap();
                 assert_eq!(got, want, "{ks:?} {distance:?}");
+                // The block-by-block scan (no budget for the symmetric one's
+                // buffers) and a copy of the matrix as the gallery: the same.
+                let blockwise = evaluate_within(
+                    &x,
+                    &x.clone(),
+                    &labels,
+                    &labels,
+                    dim,
+                    &ks,
+                    distance,
+                    Exclude::SameIndex,
+                    0,
+                )
+                .unwrap();
+                assert_eq!(blockwise, want, "{ks:?} {distance:?} block by block");
                 let (q, g) = x.split_at(200 * dim);
                 let (ql, gl) = labels.split_at(200);
                 let nb = knn(q, g, dim, depth, distance, Exclude::None).unwrap();

@@ -5,6 +5,7 @@ use dml_artifacts::tables;
 use dml_datasets::Split;
 use dml_metrics::{ClusteringMetrics, Distance, Exclude, RetrievalMetrics};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
 
 /// How queries and gallery are drawn from an embeddings table.
@@ -143,15 +144,16 @@ impl Table {
 }
 
 /// Queries and gallery drawn from a table.
-pub struct Selection {
-    /// Query rows.
-    pub queries: Vec<f32>,
+pub struct Selection<'a> {
+    /// Query rows (borrowed from the table when they are all of it).
+    pub queries: Cow<'a, [f32]>,
     /// Query labels.
     pub q_labels: Vec<u32>,
     /// Query image ids.
     pub q_ids: Vec<u32>,
-    /// Gallery rows (same as queries for leave-one-out).
-    pub gallery: Vec<f32>,
+    /// Gallery rows (for leave-one-out, the same slice as the queries, so
+    /// that the search sees one matrix).
+    pub gallery: Cow<'a, [f32]>,
     /// Gallery labels.
     pub g_labels: Vec<u32>,
     /// Gallery image ids.
@@ -161,25 +163,31 @@ pub struct Selection {
 }
 
 /// Applies a (resolved, not `Auto`) protocol.
-pub fn select(table: &Table, protocol: Protocol) -> Result<Selection> {
-    let all: Vec<usize> = (0..table.labels.len()).collect();
-    let (q, g, exclude) = match protocol {
-        Protocol::LeaveOneOut | Protocol::InshopMerged | Protocol::Auto => {
-            (all.clone(), all, Exclude::SameIndex)
-        }
-        Protocol::QueryGallery => (
-            table.split_rows(Split::Query.as_str())?,
-            table.split_rows(Split::Gallery.as_str())?,
-            Exclude::None,
-        ),
-    };
+pub fn select(table: &Table, protocol: Protocol) -> Result<Selection<'_>> {
+    if let Protocol::LeaveOneOut | Protocol::InshopMerged | Protocol::Auto = protocol {
+        // Every row against every other: the table's own matrix, not copies.
+        return Ok(Selection {
+            queries: Cow::Borrowed(&table.values),
+            q_labels: table.labels.clone(),
+            q_ids: table.image_ids.clone(),
+            gallery: Cow::Borrowed(&table.values),
+            g_labels: table.labels.clone(),
+            g_ids: table.image_ids.clone(),
+            exclude: Exclude::SameIndex,
+        });
+    }
+    let (q, g) = (
+        table.split_rows(Split::Query.as_str())?,
+        table.split_rows(Split::Gallery.as_str())?,
+    );
     let (queries, q_labels, q_ids) = table.rows(&q);
     let (gallery, g_labels, g_ids) = table.rows(&g);
+    let exclude = Exclude::None;
     Ok(Selection {
-        queries,
+        queries: Cow::Owned(queries),
         q_labels,
         q_ids,
-        gallery,
+        gallery: Cow::Owned(gallery),
         g_labels,
         g_ids,
         exclude,
@@ -239,9 +247,13 @@ pub fn clustering(
     distance: Distance,
 ) -> Result<(ClusteringMetrics, Vec<u32>, Vec<u32>)> {
     let (mut values, labels, ids) = if sel.exclude == Exclude::SameIndex {
-        (sel.gallery.clone(), sel.g_labels.clone(), sel.g_ids.clone())
+        (
+            sel.gallery.to_vec(),
+            sel.g_labels.clone(),
+            sel.g_ids.clone(),
+        )
     } else {
-        let mut v = sel.queries.clone();
+        let mut v = sel.queries.to_vec();
         v.extend_from_slice(&sel.gallery);
         let mut l = sel.q_labels.clone();
         l.extend_from_slice(&sel.g_labels);
