@@ -92,11 +92,6 @@ impl<'a> RunContext<'a> {
         self.inputs.get(role).map(|(_, m)| m)
     }
 
-    /// True if the stage has an input with this role.
-    pub fn has_input(&self, role: &str) -> bool {
-        self.inputs.contains_key(role)
-    }
-
     /// This artifact's key.
     pub fn key(&self) -> &str {
         self.key

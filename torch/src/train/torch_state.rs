@@ -163,8 +163,9 @@ impl Autocast {
         }
     }
 
-    /// True when autocast is on for the CPU on this thread (for tests).
-    pub fn cpu_enabled() -> bool {
+    /// True when autocast is on for the CPU on this thread.
+    #[cfg(test)]
+    pub(crate) fn cpu_enabled() -> bool {
         // SAFETY: see `Autocast::bf16`.
         unsafe { ffi::is_autocast_enabled(DEVICE_CPU) }
     }
@@ -225,7 +226,8 @@ pub fn to_channels_last(vs: &nn::VarStore) {
 }
 
 /// True when `t` is 4-D with channels-last strides.
-pub fn is_channels_last(t: &Tensor) -> bool {
+#[cfg(test)]
+pub(crate) fn is_channels_last(t: &Tensor) -> bool {
     let (size, stride) = (t.size(), t.stride());
     size.len() == 4 && stride[1] == 1 && stride[3] == size[1] && stride[2] == size[1] * size[3]
 }
