@@ -2,7 +2,7 @@
 //! planned P×K batches through the loader, step, validate, checkpoint, check the result is
 //! finite, and write `model.safetensors`, `model.json`, `train_log.parquet` and `loss.png`.
 use crate::context::{write_file, WorkerCtx};
-use crate::loader::Batch;
+use crate::loader::{Batch, BatchLoader};
 use crate::train::{self, Trainer};
 use crate::validator::{Kept, Validator};
 use anyhow::{anyhow, Context};
@@ -14,6 +14,7 @@ use dml_stages::plots;
 use dml_stages::resume::{self, Checkpoints};
 use dml_stages::roles;
 use dml_stages::train::{train_config, TrainJob};
+use indicatif::ProgressBar;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -49,12 +50,11 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         });
     let total = steps.len() as u64;
     let batches = substitute_skipped(&steps, &index, &cache, ctx)?;
-    let crop = job.crop;
     let scaling = cfg.model.input_scaling().for_batches();
     let mut validator = match &job.validation {
         Some(v) => {
             let planned: BTreeSet<u32> = plan.iter().map(|r| r.class_id).collect();
-            let validator = Validator::new(v, &index, &planned, cache.clone(), crop, scaling)?;
+            let validator = Validator::new(v, &index, &planned, cache.clone(), job.crop, scaling)?;
             ctx.note("validation_images", json!(validator.images()));
             ctx.note("validation_classes", json!(validator.classes()));
             Some(validator)
@@ -65,25 +65,22 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
     // Resumable checkpoints live outside the store, per key; the engine
     // removes them once this artifact is committed.
     let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
-    let (start, mut log) = resume(&checkpoints, &mut trainer, validator.as_mut(), ctx)?;
-    let lr = cfg.optimizer.learning_rate;
-    let lower_lr = format!("lower train.optimizer.learning_rate (now {lr:e}) and rerun");
-    let kept = |checkpoints: &Checkpoints| match checkpoints.latest() {
-        Some((step, dir)) => format!(
-            "the last good checkpoint (step {step}) is kept in {}",
-            dir.display()
+    let (start, log) = resume(&checkpoints, &mut trainer, validator.as_mut(), ctx)?;
+    let rescue = Rescue {
+        checkpoints: &checkpoints,
+        lower_lr: format!(
+            "lower train.optimizer.learning_rate (now {:e}) and rerun",
+            cfg.optimizer.learning_rate
         ),
-        None => "no checkpoint was kept".to_string(),
     };
-    let elapsed_before = log.last().map(|r| r.seconds).unwrap_or(0.0);
 
     // Batches are assembled ahead of the model by the loader's threads.
     let threads = crate::loader::default_threads(device);
-    let mut loader = crate::loader::BatchLoader::start(
+    let loader = BatchLoader::start(
         crate::loader::LoaderSpec {
             cache: cache.clone(),
             batches: batches.clone(),
-            crop,
+            crop: job.crop,
             seed,
             policy: job.augment,
             scaling,
@@ -99,127 +96,21 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
     );
     bar.set_position(start);
-    let abort_at: Option<u64> = std::env::var("DML_FAULT_ABORT_AFTER_STEP")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    // Test hook: slow every step down, so a test can kill training midway.
-    let step_delay = std::env::var("DML_FAULT_STEP_DELAY_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(std::time::Duration::from_millis);
-    let every = u64::from(job.settings.checkpoint_every.max(1));
-    let started = Instant::now();
-    let mut images_done = 0usize;
-    let mut last_images: Option<Tensor> = None;
-    let mut waited = 0.0f64;
-    // Throughput after the first steps (allocator warm-up, cuDNN autotuning).
-    let warm_steps = ((total - start) / 5).min(5);
-    let mut steady_from: Option<(Instant, usize)> = None;
-    loop {
-        let wait_started = Instant::now();
-        let Some(received) = loader.next_batch() else {
-            break;
-        };
-        let loaded = received?;
-        let data_wait_s = wait_started.elapsed().as_secs_f64();
-        waited += data_wait_s;
-        let step = loaded.step;
-        let (images, labels_t) = loaded.to_device(device);
-        if let Some(d) = step_delay {
-            std::thread::sleep(d);
-        }
-        let stats = trainer.step(&images, &labels_t, step, total).map_err(|e| {
-            let hint = match e {
-                train::TrainError::NonFiniteLoss { .. } => {
-                    format!("; training diverged; {lower_lr}")
-                }
-                _ => String::new(),
-            };
-            anyhow!(
-                "{e}; training stopped at step {step}; {}{hint}",
-                kept(&checkpoints)
-            )
-        })?;
-        if !stats.mean_norm.is_finite() {
-            return Err(anyhow!(
-                "the embeddings are no longer finite at step {step} (mean norm {}, loss {}); \
-                 training diverged; {}; {lower_lr}",
-                stats.mean_norm,
-                stats.loss,
-                kept(&checkpoints)
-            )
-            .into());
-        }
-        images_done += labels_t.size()[0] as usize;
-        last_images = Some(images);
-        if step + 1 - start == warm_steps {
-            steady_from = Some((Instant::now(), images_done));
-        }
-        let seconds = elapsed_before + started.elapsed().as_secs_f64();
-        let mut row = TrainLogRow {
-            step: step as u32,
-            loss: stats.loss,
-            lr: stats.lr,
-            seconds,
-            active_fraction: stats.active_fraction,
-            mean_pos_dist: stats.mean_pos_dist,
-            mean_neg_dist: stats.mean_neg_dist,
-            mean_norm: stats.mean_norm,
-            data_wait_s,
-            val_recall_at_1: None,
-            val_map_at_r: None,
-        };
-        let done = step + 1;
-        if let Some(v) = validator.as_mut().filter(|v| v.due(done, total)) {
-            let score = v.evaluate(&trainer, step as u32)?;
-            row.val_recall_at_1 = Some(score.recall_at_1);
-            row.val_map_at_r = Some(score.map_at_r);
-        }
-        log.push(row);
-        let ips = images_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
-            stats.loss,
-            stats.lr,
-            ips,
-            100.0 * stats.active_fraction,
-            validator.as_ref().map(|v| v.progress()).unwrap_or_default()
-        ));
-        bar.inc(1);
-        if done % every == 0 && done < total {
-            // Weights, optimiser state, the best validation weights and the log as one
-            // unit; never a non-finite one.
-            checkpoints
-                .publish(done, |dir| {
-                    let state = dir.join(resume::STATE_FILE);
-                    let saved = match &validator {
-                        Some(v) => {
-                            let (tensors, meta) = v.checkpoint_extras();
-                            trainer.save_with(&state, tensors, meta)
-                        }
-                        None => trainer.save(&state),
-                    };
-                    saved.map_err(|e| {
-                        let hint = match e {
-                            train::TrainError::NonFiniteTensor { .. } => {
-                                format!("; training diverged; {lower_lr}")
-                            }
-                            _ => String::new(),
-                        };
-                        anyhow!("checkpoint after step {done}: {e}{hint}")
-                    })?;
-                    write_file(&dir.join(resume::LOG_FILE), serde_json::to_string(&log)?)?;
-                    Ok(())
-                })
-                .map_err(|e| anyhow!("{e}; {}", kept(&checkpoints)))?;
-        }
-        if abort_at == Some(done) {
-            // Test hook: an interruption right after a checkpoint.
-            dml_stages::worker::fault_abort();
-        }
-    }
-    drop(loader);
+    let mut steps = StepLoop {
+        trainer: &mut trainer,
+        validator: validator.as_mut(),
+        rescue: &rescue,
+        meter: Throughput::new(start, total, log.last().map_or(0.0, |r| r.seconds)),
+        log,
+        total,
+        every: u64::from(job.settings.checkpoint_every.max(1)),
+        hooks: FaultHooks::from_env(),
+        device,
+    };
+    let last_images = steps.run(loader, &bar)?;
+    let StepLoop { log, meter, .. } = steps;
     bar.finish_and_clear();
+
     let kept_weights = match validator.as_ref() {
         Some(v) => {
             v.write_embeddings(&out.join("validation.arrow"))?;
@@ -227,28 +118,7 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         }
         None => None,
     };
-    // A network whose loss stayed finite can still embed to infinity (batch-norm
-    // statistics or weights that overflowed): check the weights about to be saved
-    // before anything is committed.
-    if let Some(images) = &last_images {
-        let e = trainer.embed(images)?;
-        if !train::all_finite(&e) {
-            return Err(anyhow!(
-                "the trained network's embeddings of the last batch are not finite \
-                 (evaluation mode); training diverged; {}; {lower_lr}",
-                kept(&checkpoints)
-            )
-            .into());
-        }
-    }
-    trainer
-        .save_weights(&out.join("model.safetensors"))
-        .map_err(|e| match e {
-            train::TrainError::NonFiniteTensor { .. } => {
-                anyhow!("{e}: training diverged; {}; {lower_lr}", kept(&checkpoints))
-            }
-            e => anyhow!(e),
-        })?;
+    save_checked(&mut trainer, last_images.as_ref(), &out, &rescue)?;
     if let Some(k) = &kept_weights {
         // model.json: the settings, and which weights these are.
         let mut model = serde_json::to_value(&cfg)?;
@@ -261,23 +131,7 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         )?;
     }
     write_log_and_curves(&out, ctx.node(), &cfg, job, &log, kept_weights.as_ref())?;
-    let secs = started.elapsed().as_secs_f64();
-    ctx.note("steps", json!(total));
-    ctx.note(
-        "images_per_second",
-        json!(images_done as f64 / secs.max(1e-9)),
-    );
-    ctx.note("train_seconds", json!(elapsed_before + secs));
-    let steady = match steady_from {
-        Some((t, n)) if images_done > n => {
-            (images_done - n) as f64 / t.elapsed().as_secs_f64().max(1e-9)
-        }
-        _ => images_done as f64 / secs.max(1e-9),
-    };
-    ctx.note("steady_images_per_second", json!(steady));
-    let steps_run = total.saturating_sub(start).max(1) as f64;
-    ctx.note("mean_data_wait_s", json!(waited / steps_run));
-    ctx.note("data_wait_fraction", json!(waited / secs.max(1e-9)));
+    meter.note(ctx);
     if let Some(last) = log.last() {
         ctx.note("final_loss", json!(last.loss));
         ctx.note("final_active_fraction", json!(last.active_fraction));
@@ -292,6 +146,295 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         ctx.note("validation_seconds", json!(v.seconds()));
     }
     Ok(())
+}
+
+/// What a failed run says about recovering: where the last good checkpoint is,
+/// and, when training diverged, the learning rate to lower.
+struct Rescue<'a> {
+    checkpoints: &'a Checkpoints,
+    lower_lr: String,
+}
+
+impl Rescue<'_> {
+    fn kept(&self) -> String {
+        match self.checkpoints.latest() {
+            Some((step, dir)) => format!(
+                "the last good checkpoint (step {step}) is kept in {}",
+                dir.display()
+            ),
+            None => "no checkpoint was kept".to_string(),
+        }
+    }
+
+    /// A step that failed: a non-finite loss is divergence.
+    fn step_failed(&self, e: train::TrainError, step: u64) -> anyhow::Error {
+        let hint = match e {
+            train::TrainError::NonFiniteLoss { .. } => {
+                format!("; training diverged; {}", self.lower_lr)
+            }
+            _ => String::new(),
+        };
+        anyhow!(
+            "{e}; training stopped at step {step}; {}{hint}",
+            self.kept()
+        )
+    }
+
+    /// Non-finite embeddings: divergence that the loss did not show.
+    fn not_finite(&self, what: String) -> anyhow::Error {
+        anyhow!(
+            "{what}; training diverged; {}; {}",
+            self.kept(),
+            self.lower_lr
+        )
+    }
+
+    /// A checkpoint that could not be written (a non-finite tensor is divergence).
+    fn checkpoint_failed(&self, e: train::TrainError, done: u64) -> anyhow::Error {
+        let hint = match e {
+            train::TrainError::NonFiniteTensor { .. } => {
+                format!("; training diverged; {}", self.lower_lr)
+            }
+            _ => String::new(),
+        };
+        anyhow!("checkpoint after step {done}: {e}{hint}")
+    }
+}
+
+/// Test hooks read from the environment: abort right after a checkpoint, or
+/// slow every step down so that a test can kill training midway.
+struct FaultHooks {
+    abort_after_step: Option<u64>,
+    step_delay: Option<std::time::Duration>,
+}
+
+impl FaultHooks {
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+        FaultHooks {
+            abort_after_step: var("DML_FAULT_ABORT_AFTER_STEP"),
+            step_delay: var("DML_FAULT_STEP_DELAY_MS").map(std::time::Duration::from_millis),
+        }
+    }
+}
+
+/// Images per second and time spent waiting for data, for the manifest.
+struct Throughput {
+    start: u64,
+    total: u64,
+    /// Training seconds before this process (a resumed run's).
+    before: f64,
+    started: Instant,
+    images: usize,
+    waited: f64,
+    /// After the first steps (allocator warm-up, cuDNN autotuning): when, and
+    /// how many images had been done.
+    warm_steps: u64,
+    steady_from: Option<(Instant, usize)>,
+}
+
+impl Throughput {
+    fn new(start: u64, total: u64, before: f64) -> Self {
+        Throughput {
+            start,
+            total,
+            before,
+            started: Instant::now(),
+            images: 0,
+            waited: 0.0,
+            warm_steps: ((total - start) / 5).min(5),
+            steady_from: None,
+        }
+    }
+
+    /// Counts step `step`'s images.
+    fn step(&mut self, step: u64, images: usize, waited: f64) {
+        self.images += images;
+        self.waited += waited;
+        if step + 1 - self.start == self.warm_steps {
+            self.steady_from = Some((Instant::now(), self.images));
+        }
+    }
+
+    /// Training seconds so far, the resumed run's included.
+    fn seconds(&self) -> f64 {
+        self.before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn images_per_second(&self) -> f64 {
+        self.images as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn note(&self, ctx: &mut WorkerCtx) {
+        let secs = self.started.elapsed().as_secs_f64();
+        ctx.note("steps", json!(self.total));
+        ctx.note("images_per_second", json!(self.images_per_second()));
+        ctx.note("train_seconds", json!(self.before + secs));
+        let steady = match self.steady_from {
+            Some((t, n)) if self.images > n => {
+                (self.images - n) as f64 / t.elapsed().as_secs_f64().max(1e-9)
+            }
+            _ => self.images_per_second(),
+        };
+        ctx.note("steady_images_per_second", json!(steady));
+        let steps_run = self.total.saturating_sub(self.start).max(1) as f64;
+        ctx.note("mean_data_wait_s", json!(self.waited / steps_run));
+        ctx.note("data_wait_fraction", json!(self.waited / secs.max(1e-9)));
+    }
+}
+
+/// The step loop's state: everything a step reads or updates.
+struct StepLoop<'a> {
+    trainer: &'a mut Trainer,
+    validator: Option<&'a mut Validator>,
+    rescue: &'a Rescue<'a>,
+    meter: Throughput,
+    log: Vec<TrainLogRow>,
+    total: u64,
+    /// Checkpoint every this many steps.
+    every: u64,
+    hooks: FaultHooks,
+    device: Device,
+}
+
+impl StepLoop<'_> {
+    /// Runs every step the loader hands out: update, log, validate when due,
+    /// checkpoint. Returns the last batch's images, for the final check.
+    fn run(
+        &mut self,
+        mut loader: BatchLoader,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<Option<Tensor>> {
+        let mut last_images = None;
+        loop {
+            let wait_started = Instant::now();
+            let Some(received) = loader.next_batch() else {
+                break;
+            };
+            let loaded = received?;
+            let data_wait_s = wait_started.elapsed().as_secs_f64();
+            let step = loaded.step;
+            let (images, labels) = loaded.to_device(self.device);
+            if let Some(d) = self.hooks.step_delay {
+                std::thread::sleep(d);
+            }
+            let stats = self
+                .trainer
+                .step(&images, &labels, step, self.total)
+                .map_err(|e| self.rescue.step_failed(e, step))?;
+            if !stats.mean_norm.is_finite() {
+                return Err(self.rescue.not_finite(format!(
+                    "the embeddings are no longer finite at step {step} (mean norm {}, loss {})",
+                    stats.mean_norm, stats.loss
+                )));
+            }
+            self.meter
+                .step(step, labels.size()[0] as usize, data_wait_s);
+            last_images = Some(images);
+            let mut row = TrainLogRow {
+                step: step as u32,
+                loss: stats.loss,
+                lr: stats.lr,
+                seconds: self.meter.seconds(),
+                active_fraction: stats.active_fraction,
+                mean_pos_dist: stats.mean_pos_dist,
+                mean_neg_dist: stats.mean_neg_dist,
+                mean_norm: stats.mean_norm,
+                data_wait_s,
+                val_recall_at_1: None,
+                val_map_at_r: None,
+            };
+            let done = step + 1;
+            if let Some(v) = self
+                .validator
+                .as_deref_mut()
+                .filter(|v| v.due(done, self.total))
+            {
+                let score = v.evaluate(self.trainer, step as u32)?;
+                row.val_recall_at_1 = Some(score.recall_at_1);
+                row.val_map_at_r = Some(score.map_at_r);
+            }
+            self.log.push(row);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
+                stats.loss,
+                stats.lr,
+                self.meter.images_per_second(),
+                100.0 * stats.active_fraction,
+                self.validator
+                    .as_deref()
+                    .map(|v| v.progress())
+                    .unwrap_or_default()
+            ));
+            bar.inc(1);
+            if done % self.every == 0 && done < self.total {
+                self.checkpoint(done)?;
+            }
+            if self.hooks.abort_after_step == Some(done) {
+                // Test hook: an interruption right after a checkpoint.
+                dml_stages::worker::fault_abort();
+            }
+        }
+        Ok(last_images)
+    }
+
+    /// Weights, optimiser state, the best validation weights and the log as
+    /// one unit; never a non-finite one.
+    fn checkpoint(&self, done: u64) -> anyhow::Result<()> {
+        let rescue = self.rescue;
+        rescue
+            .checkpoints
+            .publish(done, |dir| {
+                let state = dir.join(resume::STATE_FILE);
+                let saved = match self.validator.as_deref() {
+                    Some(v) => {
+                        let (tensors, meta) = v.checkpoint_extras();
+                        self.trainer.save_with(&state, tensors, meta)
+                    }
+                    None => self.trainer.save(&state),
+                };
+                saved.map_err(|e| rescue.checkpoint_failed(e, done))?;
+                write_file(
+                    &dir.join(resume::LOG_FILE),
+                    serde_json::to_string(&self.log)?,
+                )?;
+                Ok(())
+            })
+            .map(drop)
+            .map_err(|e| anyhow!("{e}; {}", rescue.kept()))
+    }
+}
+
+/// Saves `model.safetensors` after checking that the network about to be
+/// saved still embeds the last batch to finite values in evaluation mode: a
+/// network whose loss stayed finite can still embed to infinity (batch-norm
+/// statistics or weights that overflowed).
+fn save_checked(
+    trainer: &mut Trainer,
+    last_images: Option<&Tensor>,
+    out: &std::path::Path,
+    rescue: &Rescue<'_>,
+) -> anyhow::Result<()> {
+    if let Some(images) = last_images {
+        let e = trainer.embed(images)?;
+        if !train::all_finite(&e) {
+            return Err(rescue.not_finite(
+                "the trained network's embeddings of the last batch are not finite \
+                 (evaluation mode)"
+                    .into(),
+            ));
+        }
+    }
+    trainer
+        .save_weights(&out.join("model.safetensors"))
+        .map_err(|e| match e {
+            train::TrainError::NonFiniteTensor { .. } => anyhow!(
+                "{e}: training diverged; {}; {}",
+                rescue.kept(),
+                rescue.lower_lr
+            ),
+            e => anyhow!(e),
+        })
 }
 
 /// Continues from the key's latest checkpoint, if any: the weights, optimiser state, log
