@@ -341,17 +341,18 @@ pub fn validate_keys(root: &Value) -> Result<()> {
 /// "unset" and so do not appear in them.
 fn known_keys() -> Result<Value> {
     let mut known = Value::try_from(ExperimentConfig::default()).context("serialising defaults")?;
-    for (table, key) in [
-        ("model", "pretrained"),
-        ("model", "input_scaling"),
-        ("optimizer", "beta_learning_rate"),
+    for (table, key, value) in [
+        ("model", "normalize", Value::Boolean(false)),
+        ("model", "pretrained", Value::String(String::new())),
+        ("model", "input_scaling", Value::String(String::new())),
+        ("optimizer", "beta_learning_rate", Value::Float(0.0)),
     ] {
         if let Some(t) = known
             .get_mut("train")
             .and_then(|t| t.get_mut(table))
             .and_then(Value::as_table_mut)
         {
-            t.insert(key.into(), Value::String(String::new()));
+            t.insert(key.into(), value);
         }
     }
     Ok(known)
@@ -493,11 +494,22 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
     Ok(out)
 }
 
+/// The typed, resolved configuration of a merged TOML tree, deserialised from the
+/// tree itself; a bad value's error names its setting path.
 fn typed(v: &Value) -> Result<ExperimentConfig> {
-    let text = toml::to_string(v).context("re-serialising the config")?;
-    let mut c: ExperimentConfig = toml::from_str(&text).map_err(|e| {
-        let message = e.message().trim().to_string();
-        let mut path = e.span().and_then(|s| key_path_at(&text, s.start));
+    let c: ExperimentConfig = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let message = e.inner().message().trim().to_string();
+        // `train.loss.margin`, not `retrieve.ks[0]` (the file has the list, not the item).
+        let shown = e.path().to_string();
+        let mut path = Some(
+            shown
+                .split(['[', '?'])
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('.'),
+        )
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string);
         // serde points an unknown field at its table: name the field itself.
         if let (Some(p), Some(field)) = (
             &mut path,
@@ -512,17 +524,7 @@ fn typed(v: &Value) -> Result<ExperimentConfig> {
         }
         TypeError { path, message }
     })?;
-    // Defaults that depend on another setting are filled before anything is hashed:
-    // without an explicit `train.model.normalize`, the loss's recommended one (the seed's).
-    let explicit = v
-        .get("train")
-        .and_then(|t| t.get("model"))
-        .and_then(|m| m.get("normalize"))
-        .is_some();
-    if !explicit {
-        c.train.model.normalize = c.train.loss.normalize_by_default();
-    }
-    Ok(c)
+    Ok(c.resolved())
 }
 
 /// A value of the wrong type (or a variant's unknown field), with the setting it is at.
@@ -579,31 +581,6 @@ fn variant_hint(path: &str) -> Option<String> {
     let (table, _) = path.rsplit_once('.')?;
     TAGGED.contains(&table).then(|| {
         format!("; a `{table}` takes `name` and that variant's own parameters (see `dml presets --show` or the README)")
-    })
-}
-
-/// The dotted key path at a byte offset of TOML written by `toml::to_string`
-/// (`[a.b]` headers, `key = value` lines).
-fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let line_start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next()?.trim();
-    let mut header = String::new();
-    for l in text[..line_start].lines() {
-        let l = l.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            header = h.trim().replace('"', "");
-        }
-    }
-    if line.starts_with('[') {
-        return Some(line.trim_matches(['[', ']']).replace('"', ""));
-    }
-    let key = line.split_once('=')?.0.trim().replace('"', "");
-    Some(if header.is_empty() {
-        key
-    } else {
-        format!("{header}.{key}")
     })
 }
 
@@ -711,8 +688,18 @@ mod tests {
             "{}",
             l.experiments[1].name
         );
-        // Each loss keeps its recommended normalisation.
-        assert!(!l.experiments[0].config.train.model.normalize);
+        // Each loss keeps its recommended normalisation, decided when resolved.
+        assert_eq!(l.experiments[0].config.train.model.normalize, Some(false));
+        assert_eq!(l.experiments[1].config.train.model.normalize, Some(false));
+        let semi_hard = load(None, None, &[]).unwrap();
+        assert_eq!(
+            semi_hard.experiments[0].config.train.loss.name(),
+            "semi_hard_triplet"
+        );
+        assert_eq!(
+            semi_hard.experiments[0].config.train.model.normalize,
+            Some(true)
+        );
         let err = format!(
             "{:#}",
             load(None, None, &["sweep.plan.p, plan.k=[[4, 2], [5]]".into()]).unwrap_err()
@@ -823,6 +810,19 @@ mod tests {
 
     #[test]
     fn set_values_take_the_settings_type() {
+        // Settings that are unset by default take their own type too.
+        let l = load(
+            None,
+            None,
+            &[
+                "train.model.normalize=false".into(),
+                "train.optimizer.beta_learning_rate=0.001".into(),
+            ],
+        )
+        .unwrap();
+        let c = &l.experiments[0].config;
+        assert_eq!(c.train.model.normalize, Some(false));
+        assert_eq!(c.train.optimizer.beta_learning_rate, Some(0.001));
         let l = load(None, None, &["name=2024".into(), "retrieve.ks=1,5".into()]).unwrap();
         assert_eq!(l.experiments[0].config.name, "2024");
         assert_eq!(l.experiments[0].config.retrieve.ks, [1, 5]);

@@ -36,11 +36,13 @@ pub struct ExperimentConfig {
 }
 
 impl ExperimentConfig {
-    /// Decides what the user left to the dataset — `retrieve.ks = []` (the literature's Ks)
-    /// and `retrieve.protocol = "auto"` — the one place that does; stages read the result.
+    /// Decides what the user left to the dataset and the loss — `retrieve.ks = []` (the
+    /// literature's Ks), `retrieve.protocol = "auto"` and an unset `train.model.normalize`
+    /// (the loss's recommendation) — the one place that does; stages read the result.
     /// Idempotent. (The device kind is decided when the DAG is built: it depends on the
     /// host, not on the settings.)
     pub fn resolved(mut self) -> Self {
+        self.train.model.normalize = Some(self.train.model.normalizes(&self.train.loss));
         if self.retrieve.ks.is_empty() {
             self.retrieve.ks = default_ks(self.dataset.kind);
         }

@@ -58,7 +58,7 @@ impl RunLabel {
                 .unwrap_or_default(),
             backbone: c.train.model.backbone.name().to_string(),
             method: c.train.loss.name().to_string(),
-            normalized: c.train.model.normalize,
+            normalized: c.train.model.normalizes(&c.train.loss),
             margin,
             p: c.plan.p,
             k: c.plan.k,

@@ -187,15 +187,32 @@ pub struct ModelConfig {
     /// Embedding width (128).
     #[serde(default = "default_embedding_dim")]
     pub embedding_dim: i64,
-    /// L2-normalise the embeddings (the seed's `*_normalize` heads).
-    #[serde(default)]
-    pub normalize: bool,
+    /// L2-normalise the embeddings (the seed's `*_normalize` heads). Unset: the loss's
+    /// recommended setting ([`Loss::normalize_by_default`]), decided by
+    /// [`ModelConfig::resolved`] before anything is built or hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
     /// torchvision `state_dict` (safetensors) to initialise the backbone from.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
     /// Overrides the backbone's input scaling (see [`Backbone::input_scaling`]).
     #[serde(default)]
     pub input_scaling: Option<InputScaling>,
+}
+
+impl ModelConfig {
+    /// Whether the embeddings are L2-normalised under `loss`: the setting, or the
+    /// loss's recommendation when it is unset.
+    pub fn normalizes(&self, loss: &Loss) -> bool {
+        self.normalize
+            .unwrap_or_else(|| loss.normalize_by_default())
+    }
+
+    /// The same settings with `normalize` decided for `loss`.
+    pub fn resolved(mut self, loss: &Loss) -> Self {
+        self.normalize = Some(self.normalizes(loss));
+        self
+    }
 }
 
 fn default_backbone() -> Backbone {
@@ -211,7 +228,7 @@ impl Default for ModelConfig {
             backbone: default_backbone(),
             head: Head::default(),
             embedding_dim: default_embedding_dim(),
-            normalize: false,
+            normalize: None,
             pretrained: None,
             input_scaling: None,
         }

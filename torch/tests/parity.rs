@@ -99,7 +99,7 @@ fn parity(backbone: Backbone, size: i64) {
         backbone,
         head: Head::Direct,
         embedding_dim: 8,
-        normalize: false,
+        normalize: Some(false),
         pretrained: Some(weights),
         input_scaling: None,
     };

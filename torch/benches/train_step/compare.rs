@@ -61,7 +61,7 @@ impl TrainBench {
                 backbone: self.backbone,
                 head: Head::Fc1024,
                 embedding_dim: 128,
-                normalize: false,
+                normalize: Some(false),
                 pretrained: None,
                 input_scaling: None,
             },

@@ -115,7 +115,8 @@ impl ModuleT for EmbeddingNet {
         let e = self
             .head
             .forward_t(&self.backbone.forward_t(xs, train), train);
-        if self.config.normalize {
+        // Unset only in a configuration that was never resolved: off, the default.
+        if self.config.normalize == Some(true) {
             // TF's l2_normalize: x / sqrt(max(Σx², 1e-12)).
             let norm = e
                 .square()
@@ -297,7 +298,7 @@ mod tests {
         let _rng = lock_torch_rng();
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig {
-            normalize: true,
+            normalize: Some(true),
             ..ModelConfig::default()
         };
         let net = EmbeddingNet::new(&vs.root(), &cfg).unwrap();

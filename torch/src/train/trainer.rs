@@ -54,12 +54,13 @@ impl Trainer {
     /// configured), the loss and the optimiser on `device`.
     pub fn new(config: &TrainConfig, device: Device, seed: u64) -> Result<Self> {
         config.validate()?;
-        if config.model.normalize != config.loss.normalize_by_default() {
+        let model = config.model.clone().resolved(&config.loss);
+        if model.normalize != Some(config.loss.normalize_by_default()) {
             tracing::warn!(
                 "loss {} is usually trained with normalize = {}, this run uses {}",
                 config.loss.name(),
                 config.loss.normalize_by_default(),
-                config.model.normalize
+                !config.loss.normalize_by_default()
             );
         }
         let autocast = config.precision == Precision::Bf16;
@@ -75,7 +76,7 @@ impl Trainer {
                 torch_state::set_cudnn_mode(config.deterministic);
             }
             (
-                build_model(&vs, &config.model)?,
+                build_model(&vs, &model)?,
                 LossModule::new(&config.loss, &(vs.root() / "loss"), seed)?,
             )
         };

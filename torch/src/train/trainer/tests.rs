@@ -16,7 +16,7 @@ fn tiny_config(loss: Loss, algorithm: Algorithm) -> TrainConfig {
             backbone: Backbone::SmallCnn,
             head: Head::Fc1024,
             embedding_dim: 16,
-            normalize: loss.normalize_by_default(),
+            normalize: Some(loss.normalize_by_default()),
             pretrained: None,
             input_scaling: None,
         },
