@@ -1,7 +1,7 @@
 //! Loading a configuration: preset or file, `--set` overrides, unknown-key
 //! suggestions, `[sweep]` expansion, then the typed `ExperimentConfig`.
 use anyhow::{anyhow, bail, Context, Result};
-use dml_stages::config::ExperimentConfig;
+use dml_stages::config::{ExperimentConfig, ResolvedConfig};
 use toml::Value;
 
 /// One resolved experiment of a (possibly swept) configuration.
@@ -11,8 +11,8 @@ pub struct Resolved {
     pub name: String,
     /// The sweep point: (setting path, value) pairs, empty without a sweep.
     pub point: Vec<(String, String)>,
-    /// The typed configuration.
-    pub config: ExperimentConfig,
+    /// The typed configuration, resolved.
+    pub config: ResolvedConfig,
 }
 
 /// The whole request after loading: the base name, the experiments, the raw TOML.
@@ -446,7 +446,7 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
     if let Some((axis, ..)) = axes.iter().find(|(_, _, rows)| rows.is_empty()) {
         bail!("[sweep] `{axis}` has no values");
     }
-    let base_cfg: ExperimentConfig = typed(&base)?;
+    let base_cfg = typed(&base)?;
     let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
     for (_, paths, rows) in &axes {
         points = points
@@ -478,7 +478,7 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
             };
             shown.push((path.clone(), literal));
         }
-        let config: ExperimentConfig = typed(&v)?;
+        let config = typed(&v)?;
         let name = if shown.is_empty() {
             base_cfg.name.clone()
         } else {
@@ -496,7 +496,7 @@ fn expand(root: &Value) -> Result<Vec<Resolved>> {
 
 /// The typed, resolved configuration of a merged TOML tree, deserialised from the
 /// tree itself; a bad value's error names its setting path.
-fn typed(v: &Value) -> Result<ExperimentConfig> {
+fn typed(v: &Value) -> Result<ResolvedConfig> {
     let c: ExperimentConfig = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
         let message = e.inner().message().trim().to_string();
         // `train.loss.margin`, not `retrieve.ks[0]` (the file has the list, not the item).
@@ -524,7 +524,7 @@ fn typed(v: &Value) -> Result<ExperimentConfig> {
         }
         TypeError { path, message }
     })?;
-    Ok(c.resolved())
+    Ok(c.resolve())
 }
 
 /// A value of the wrong type (or a variant's unknown field), with the setting it is at.

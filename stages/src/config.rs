@@ -38,16 +38,43 @@ pub struct ExperimentConfig {
 impl ExperimentConfig {
     /// Decides what the user left to the dataset and the loss — `retrieve.ks = []` (the
     /// literature's Ks), `retrieve.protocol = "auto"` and an unset `train.model.normalize`
-    /// (the loss's recommendation) — the one place that does; stages read the result.
-    /// Idempotent. (The device kind is decided when the DAG is built: it depends on the
-    /// host, not on the settings.)
-    pub fn resolved(mut self) -> Self {
+    /// (the loss's recommendation) — the one place that does. (The device kind is decided
+    /// when the DAG is built: it depends on the host, not on the settings.)
+    pub fn resolve(mut self) -> ResolvedConfig {
         self.train.model.normalize = Some(self.train.model.normalizes(&self.train.loss));
         if self.retrieve.ks.is_empty() {
             self.retrieve.ks = default_ks(self.dataset.kind);
         }
         self.retrieve.protocol = resolve_protocol(self.retrieve.protocol, self.dataset.kind);
-        self
+        ResolvedConfig(self)
+    }
+}
+
+/// An [`ExperimentConfig`] whose "decide later" settings are decided
+/// ([`ExperimentConfig::resolve`]): what the DAG, the stages and the keys read. It
+/// serialises as the configuration itself, and deserialising one resolves it (resolving
+/// is idempotent), so a resolved configuration can only be made by resolving.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ResolvedConfig(ExperimentConfig);
+
+impl ResolvedConfig {
+    /// The configuration, to change and resolve again.
+    pub fn into_inner(self) -> ExperimentConfig {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ResolvedConfig {
+    type Target = ExperimentConfig;
+    fn deref(&self) -> &ExperimentConfig {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ResolvedConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ExperimentConfig::deserialize(d).map(ExperimentConfig::resolve)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Assembling the stage DAG of one experiment, or of a sweep's grid, sharing
 //! every node whose settings and inputs agree (one index, one plan per P×K…).
 use crate::cluster::ClusterStage;
-use crate::config::{DatasetKindName, ExperimentConfig};
+use crate::config::{DatasetKindName, ResolvedConfig};
 use crate::decode::{DecodeStage, ImageRoot};
 use crate::embed::EmbedStage;
 use crate::index::IndexStage;
@@ -24,7 +24,7 @@ pub struct Experiment {
     /// Sweep point (path, value), empty without a sweep.
     pub point: Vec<(String, String)>,
     /// Typed settings.
-    pub config: ExperimentConfig,
+    pub config: ResolvedConfig,
 }
 
 struct Pending {
@@ -140,8 +140,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
     let mut report_inputs: Vec<(String, usize)> = Vec::new();
     let mut labels = Vec::new();
     for (e, exp) in experiments.iter().enumerate() {
-        let resolved = exp.config.clone().resolved();
-        let c = &resolved;
+        let c = &exp.config;
         let kind = c.dataset.kind;
         let synth = (kind == DatasetKindName::Synthetic)
             .then(|| b.add(e, Arc::new(SynthStage::new(c.synthetic)), &[]));

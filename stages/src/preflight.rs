@@ -2,7 +2,7 @@
 //! the settings alone decide (at DAG assembly), and those that need the index
 //! (split sizes, against the Ks), run on the index artifact before any stage
 //! that reads it starts.
-use crate::config::{DatasetKindName, ExperimentConfig};
+use crate::config::{DatasetKindName, ExperimentConfig, ResolvedConfig};
 use crate::evaluate::Protocol;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::tables::IndexRow;
@@ -45,9 +45,8 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
 
 /// The experiments' checks against their index: test images to evaluate, and
 /// Recall@K cut-offs the gallery can serve.
-pub fn check_index(c: &ExperimentConfig, rows: &[IndexRow]) -> Result<()> {
+pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
     let count = |split: Split| rows.iter().filter(|r| r.split == split.as_str()).count();
-    let c = &c.clone().resolved();
     let (queries, available) = match c.retrieve.protocol {
         Protocol::QueryGallery => {
             let (q, g) = (count(Split::Query), count(Split::Gallery));
@@ -131,19 +130,23 @@ mod tests {
         let mut c = ExperimentConfig::default();
         c.dataset.kind = DatasetKindName::Sop;
         let rows: Vec<IndexRow> = (0..60).map(|i| row("test", i / 3)).collect();
-        let err = check_index(&c, &rows).unwrap_err().to_string();
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("K = 1000"), "{err}");
         assert!(err.contains("only 59 gallery images"), "{err}");
         assert!(err.contains("--set retrieve.ks=1,10"), "{err}");
         c.retrieve.ks = vec![1, 10];
-        check_index(&c, &rows).unwrap();
+        check_index(&c.clone().resolve(), &rows).unwrap();
     }
 
     #[test]
     fn no_test_images_is_an_error() {
         let c = ExperimentConfig::default();
         let rows = vec![row("train", 0), row("train", 1)];
-        let err = check_index(&c, &rows).unwrap_err().to_string();
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no test images"), "{err}");
     }
 

@@ -28,7 +28,7 @@ pub struct RetrieveStage {
 }
 
 impl RetrieveStage {
-    /// A retrieve stage on resolved settings ([`ExperimentConfig::resolved`]: the Ks and
+    /// A retrieve stage on resolved settings ([`ExperimentConfig::resolve`]: the Ks and
     /// the protocol decided), so that the key holds the values used.
     pub fn new(settings: RetrieveSettings) -> Arc<Self> {
         debug_assert!(!settings.ks.is_empty() && settings.protocol != Protocol::Auto);

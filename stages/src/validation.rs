@@ -4,7 +4,7 @@
 //! the exact Recall@1 and MAP@R; with `keep = "best"` the weights of the best evaluation become
 //! the artifact, and survive a resume inside the checkpoint. This module holds the settings
 //! and the plan (plain data, part of the keys); `dml_torch::validator` runs them.
-use crate::config::ExperimentConfig;
+use crate::config::ResolvedConfig;
 pub use crate::config::{Keep, ValidationSet, ValidationSettings};
 use crate::evaluate::Protocol;
 use anyhow::{bail, Result};
@@ -75,7 +75,7 @@ pub struct ValidationPlan {
 
 impl ValidationPlan {
     /// The plan of an experiment, or `None` when validation is off.
-    pub fn resolve(c: &ExperimentConfig) -> Result<Option<Self>> {
+    pub fn resolve(c: &ResolvedConfig) -> Result<Option<Self>> {
         let v = &c.train.validation;
         if !v.enabled() {
             return Ok(None);
@@ -93,6 +93,7 @@ impl ValidationPlan {
             ValidationSet::Test => {
                 let protocol = c.retrieve.protocol;
                 let splits = match protocol {
+                    // (`Auto` is resolved away; it would mean leave-one-out.)
                     Protocol::LeaveOneOut | Protocol::Auto => vec![Split::Test],
                     Protocol::QueryGallery | Protocol::InshopMerged => {
                         vec![Split::Query, Split::Gallery]
