@@ -359,6 +359,12 @@ const SYMMETRIC_SINK_BYTES: usize = 512 << 20;
 /// costs about as much as the distance computation alone. Memory is the
 /// packed gallery plus per-thread block buffers.
 ///
+/// Under leave-one-out of a matrix against itself (`queries` and `gallery`
+/// the same rows), each pair's distance is computed once and offered to both
+/// of its rows, which halves the arithmetic; every row's selection buffer is
+/// then held at once (up to 512 MiB of them; beyond that, classes of many
+/// thousands of items at a large scale, the scan goes block by block).
+///
 /// * `queries`/`gallery`: row-major, `dim` columns; `q_labels`/`g_labels`: one
 ///   class per row.
 /// * `ks`: at least one cut-off, none zero, none above the gallery items a
