@@ -945,6 +945,23 @@ impl RowSink for TopK {
     }
 }
 
+/// Records every distance offered to a row, and refuses a pair offered twice
+/// (the tests of the symmetric scan).
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct OfferedOnce(pub Vec<f32>);
+
+#[cfg(test)]
+impl RowSink for OfferedOnce {
+    fn threshold(&self) -> f32 {
+        f32::INFINITY
+    }
+    fn offer(&mut self, d: f32, j: u32) {
+        assert!(self.0[j as usize].is_nan(), "pair offered twice");
+        self.0[j as usize] = d;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1020,18 +1037,6 @@ mod tests {
     /// rows once, with the scalar formula's bits.
     #[test]
     fn pair_scans_offer_each_pair_to_both_rows_bitwise() {
-        /// Records every offered distance of a row, refusing repeats.
-        #[derive(Clone)]
-        struct Once(Vec<f32>);
-        impl RowSink for Once {
-            fn threshold(&self) -> f32 {
-                f32::INFINITY
-            }
-            fn offer(&mut self, d: f32, j: u32) {
-                assert!(self.0[j as usize].is_nan(), "pair offered twice");
-                self.0[j as usize] = d;
-            }
-        }
         let (n, dim) = (2 * SYM_BLOCK + 37, 19);
         let x = random_rows(n, dim, 5);
         let xa = squared_norms(&x, dim);
@@ -1046,7 +1051,7 @@ mod tests {
                 dim,
             };
             let rows = PackedRows::new(q, &packed);
-            let mut sinks = vec![Once(vec![f32::NAN; n]); n];
+            let mut sinks = vec![OfferedOnce(vec![f32::NAN; n]); n];
             for (a, ra) in blocks.iter().enumerate() {
                 packed.scan_pair(&rows, ra.clone(), ra.clone(), &mut sinks[ra.clone()], None);
                 for rb in &blocks[a + 1..] {

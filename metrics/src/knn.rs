@@ -783,18 +783,7 @@ mod tests {
     /// scan does, bit for bit, across block and tile boundaries.
     #[test]
     fn symmetric_scan_matches_the_plain_scan_bitwise() {
-        /// Records every offered distance of a row (each pair once).
-        #[derive(Clone)]
-        struct Dense(Vec<f32>);
-        impl RowSink for Dense {
-            fn threshold(&self) -> f32 {
-                f32::INFINITY
-            }
-            fn offer(&mut self, d: f32, j: u32) {
-                assert!(self.0[j as usize].is_nan(), "pair offered twice");
-                self.0[j as usize] = d;
-            }
-        }
+        use crate::kernel::OfferedOnce as Dense;
         for &(n, dim) in &[
             (1usize, 3usize),
             (5, 7),
