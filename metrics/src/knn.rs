@@ -412,6 +412,10 @@ fn round_robin(n: usize) -> Vec<Vec<(usize, usize)>> {
 /// choose the thread count); results do not depend on the thread count.
 /// Memory: one packed copy of the gallery, the `queries × k` output, and
 /// per-thread buffers of `QUERY_BLOCK × 2k` candidates.
+///
+/// Under leave-one-out of a matrix against itself, each pair's distance is
+/// computed once for both of its rows (half the arithmetic), when every row's
+/// buffer of `2k` candidates fits in [`SYMMETRIC_SINK_BYTES`].
 pub fn knn(
     queries: &[f32],
     gallery: &[f32],
@@ -420,12 +424,58 @@ pub fn knn(
     distance: Distance,
     exclude: Exclude,
 ) -> Result<Neighbors, MetricsError> {
+    knn_within(
+        queries,
+        gallery,
+        dim,
+        k,
+        distance,
+        exclude,
+        SYMMETRIC_SINK_BYTES,
+    )
+}
+
+/// The most memory a symmetric leave-one-out scan may spend on its per-row
+/// selection buffers (every row's at once); beyond it the search goes block
+/// by block.
+pub(crate) const SYMMETRIC_SINK_BYTES: usize = 512 << 20;
+
+/// [`knn`], with the symmetric scan allowed `sink_budget` bytes of buffers.
+fn knn_within(
+    queries: &[f32],
+    gallery: &[f32],
+    dim: usize,
+    k: usize,
+    distance: Distance,
+    exclude: Exclude,
+    sink_budget: usize,
+) -> Result<Neighbors, MetricsError> {
     let search = Search::new(queries, gallery, dim, distance, exclude)?;
     search.check_depth(k)?;
-    let sample = search.threshold_sample(k);
     let nq = search.queries();
     let mut idx = vec![0u32; nq * k];
     let mut dist = vec![0.0f32; nq * k];
+    if search.symmetric() && nq.saturating_mul(TopK::capacity(k) * 8) <= sink_budget {
+        let mut sinks: Vec<TopK> = (0..nq).into_par_iter().map(|_| TopK::new(k)).collect();
+        search.scan_symmetric(&mut sinks);
+        sinks
+            .par_iter_mut()
+            .zip(idx.par_chunks_mut(k).zip(dist.par_chunks_mut(k)))
+            .enumerate()
+            .try_for_each(|(row, (sink, (ic, dc)))| {
+                let list = sink.finish();
+                if list.len() < k {
+                    return Err(MetricsError::DistanceOverflow { row });
+                }
+                for (t, &e) in list.iter().enumerate() {
+                    ic[t] = key_index(e);
+                    dc[t] = search.report(key_dist(e));
+                }
+                Ok(())
+            })?;
+        return Ok(Neighbors { k, idx, dist });
+    }
+    let sample = search.threshold_sample(k);
     idx.par_chunks_mut(QUERY_BLOCK * k)
         .zip(dist.par_chunks_mut(QUERY_BLOCK * k))
         .enumerate()
@@ -586,6 +636,13 @@ mod tests {
                     let got = knn(&x, &x, dim, k, distance, Exclude::SameIndex).unwrap();
                     let want = brute(&x, &x, dim, k, distance, Exclude::SameIndex);
                     assert_eq!(got, want, "{n} {dim} {k} {coarse} {distance:?}");
+                    // Block by block (no budget for the symmetric scan): the same.
+                    let blockwise =
+                        knn_within(&x, &x, dim, k, distance, Exclude::SameIndex, 0).unwrap();
+                    assert_eq!(
+                        blockwise, want,
+                        "{n} {dim} {k} {coarse} {distance:?} blockwise"
+                    );
                     for i in 0..n {
                         assert!(!got.row(i).0.contains(&(i as u32)));
                     }

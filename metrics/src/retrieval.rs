@@ -20,7 +20,7 @@
 
 use crate::error::MetricsError;
 use crate::kernel::{key, key_dist, key_index, RowSink, TopK};
-use crate::knn::{Distance, Exclude, Neighbors, Search};
+use crate::knn::{Distance, Exclude, Neighbors, Search, SYMMETRIC_SINK_BYTES};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -339,11 +339,6 @@ pub fn retrieval_metrics(
         .collect();
     Ok(summarize(&scores, ks, ng))
 }
-
-/// The most memory the symmetric leave-one-out scan may spend on its per-row
-/// selection buffers (every row's at once); beyond it (classes of many
-/// thousands of items at a large scale) the evaluation scans block by block.
-const SYMMETRIC_SINK_BYTES: usize = 512 << 20;
 
 /// Searches and scores in one pass: Recall@K for each `K` in `ks`, MAP@R and
 /// R-precision of `queries` against `gallery`.
