@@ -845,10 +845,9 @@ pub(crate) struct TopK {
     k: usize,
     cap: usize,
     primed: bool,
-    /// Candidates whose key is at least this are rejected.
+    /// Candidates whose key is at least this are rejected; its distance is
+    /// what the kernel filters with.
     bound: u64,
-    /// The bound's distance: what the kernel filters with.
-    thr: f32,
     buf: Vec<u64>,
 }
 
@@ -860,7 +859,6 @@ impl TopK {
             cap: 0,
             primed: false,
             bound: u64::MAX,
-            thr: f32::INFINITY,
             buf: Vec::new(),
         };
         t.reset(k);
@@ -884,7 +882,7 @@ impl TopK {
         self.cap = Self::capacity(k);
         self.primed = false;
         // Every key at `bound` (any index) is at least `key(bound, 0)`.
-        self.set_bound(key(bound, 0));
+        self.bound = key(bound, 0);
         self.buf.clear();
         self.buf.reserve(self.cap);
     }
@@ -894,17 +892,11 @@ impl TopK {
         (2 * k).max(k + 16)
     }
 
-    #[inline(always)]
-    fn set_bound(&mut self, bound: u64) {
-        self.bound = bound;
-        self.thr = key_dist(bound);
-    }
-
     fn compact(&mut self) {
         let k = self.k;
         self.buf.select_nth_unstable(k - 1);
         self.buf.truncate(k);
-        self.set_bound(self.buf[k - 1]);
+        self.bound = self.buf[k - 1];
     }
 
     /// The kept candidates as [`key`]s, nearest first (fewer than `k` only if
@@ -921,7 +913,7 @@ impl TopK {
 impl RowSink for TopK {
     #[inline(always)]
     fn threshold(&self) -> f32 {
-        self.thr
+        key_dist(self.bound)
     }
     #[inline(always)]
     fn offer(&mut self, d: f32, j: u32) {
@@ -937,8 +929,7 @@ impl RowSink for TopK {
             // The first k kept: the k-th smallest is their maximum (below
             // the bound, since each of them was).
             self.primed = true;
-            let kth = self.buf.iter().copied().max().unwrap_or(0);
-            self.set_bound(kth);
+            self.bound = self.buf.iter().copied().max().unwrap_or(0);
         } else if self.buf.len() == self.cap {
             self.compact();
         }

@@ -220,6 +220,11 @@ impl<'a> Search<'a> {
         })
     }
 
+    /// The items each query may not retrieve.
+    pub(crate) fn exclude(&self) -> Exclude {
+        self.exclude
+    }
+
     /// Whether [`scan_symmetric`](Self::scan_symmetric) applies.
     pub(crate) fn symmetric(&self) -> bool {
         self.symmetric
@@ -424,15 +429,8 @@ pub fn knn(
     distance: Distance,
     exclude: Exclude,
 ) -> Result<Neighbors, MetricsError> {
-    knn_within(
-        queries,
-        gallery,
-        dim,
-        k,
-        distance,
-        exclude,
-        SYMMETRIC_SINK_BYTES,
-    )
+    let search = Search::new(queries, gallery, dim, distance, exclude)?;
+    knn_within(&search, k, SYMMETRIC_SINK_BYTES)
 }
 
 /// The most memory a symmetric leave-one-out scan may spend on its per-row
@@ -440,17 +438,13 @@ pub fn knn(
 /// by block.
 pub(crate) const SYMMETRIC_SINK_BYTES: usize = 512 << 20;
 
-/// [`knn`], with the symmetric scan allowed `sink_budget` bytes of buffers.
+/// [`knn`] on a prepared search, with the symmetric scan allowed `sink_budget`
+/// bytes of buffers.
 fn knn_within(
-    queries: &[f32],
-    gallery: &[f32],
-    dim: usize,
+    search: &Search<'_>,
     k: usize,
-    distance: Distance,
-    exclude: Exclude,
     sink_budget: usize,
 ) -> Result<Neighbors, MetricsError> {
-    let search = Search::new(queries, gallery, dim, distance, exclude)?;
     search.check_depth(k)?;
     let nq = search.queries();
     let mut idx = vec![0u32; nq * k];
@@ -637,8 +631,9 @@ mod tests {
                     let want = brute(&x, &x, dim, k, distance, Exclude::SameIndex);
                     assert_eq!(got, want, "{n} {dim} {k} {coarse} {distance:?}");
                     // Block by block (no budget for the symmetric scan): the same.
-                    let blockwise =
-                        knn_within(&x, &x, dim, k, distance, Exclude::SameIndex, 0).unwrap();
+                    let blockwise = Search::new(&x, &x, dim, distance, Exclude::SameIndex)
+                        .and_then(|s| knn_within(&s, k, 0))
+                        .unwrap();
                     assert_eq!(
                         blockwise, want,
                         "{n} {dim} {k} {coarse} {distance:?} blockwise"

@@ -382,41 +382,26 @@ pub fn evaluate_retrieval(
     distance: Distance,
     exclude: Exclude,
 ) -> Result<RetrievalMetrics, MetricsError> {
-    evaluate_within(
-        queries,
-        gallery,
-        q_labels,
-        g_labels,
-        dim,
-        ks,
-        distance,
-        exclude,
-        SYMMETRIC_SINK_BYTES,
-    )
+    let search = Search::new(queries, gallery, dim, distance, exclude)?;
+    evaluate_within(&search, q_labels, g_labels, ks, SYMMETRIC_SINK_BYTES)
 }
 
-/// [`evaluate_retrieval`], with the symmetric scan allowed `sink_budget`
-/// bytes of selection buffers.
-#[allow(clippy::too_many_arguments)]
+/// [`evaluate_retrieval`] on a prepared search, with the symmetric scan allowed
+/// `sink_budget` bytes of selection buffers.
 fn evaluate_within(
-    queries: &[f32],
-    gallery: &[f32],
+    search: &Search<'_>,
     q_labels: &[u32],
     g_labels: &[u32],
-    dim: usize,
     ks: &[usize],
-    distance: Distance,
-    exclude: Exclude,
     sink_budget: usize,
 ) -> Result<RetrievalMetrics, MetricsError> {
-    let search = Search::new(queries, gallery, dim, distance, exclude)?;
     let rel = relevance(
         q_labels,
         g_labels,
         search.queries(),
         search.gallery(),
         ks,
-        exclude,
+        search.exclude(),
     )?;
     // Gallery rows grouped by class, each group in index order.
     let mut by_class: Vec<u32> = (0..g_labels.len() as u32).collect();
@@ -432,7 +417,7 @@ fn evaluate_within(
         class_rows.insert(l, s..e);
         s = e;
     }
-    let nearest_positive = nearest_positives(&search, q_labels, &by_class, &class_rows);
+    let nearest_positive = nearest_positives(search, q_labels, &by_class, &class_rows);
     let score = |sink: &mut RankSink, i: usize| {
         let first_hit = if sink.positive == u64::MAX || sink.before >= sink.cap {
             usize::MAX
@@ -825,18 +810,10 @@ mod tests {
                 assert_eq!(got, want, "{ks:?} {distance:?}");
                 // The block-by-block scan (no budget for the symmetric one's
                 // buffers) and a copy of the matrix as the gallery: the same.
-                let blockwise = evaluate_within(
-                    &x,
-                    &x.clone(),
-                    &labels,
-                    &labels,
-                    dim,
-                    &ks,
-                    distance,
-                    Exclude::SameIndex,
-                    0,
-                )
-                .unwrap();
+                let copy = x.clone();
+                let blockwise = Search::new(&x, &copy, dim, distance, Exclude::SameIndex)
+                    .and_then(|s| evaluate_within(&s, &labels, &labels, &ks, 0))
+                    .unwrap();
                 assert_eq!(blockwise, want, "{ks:?} {distance:?} block by block");
                 let (q, g) = x.split_at(200 * dim);
                 let (ql, gl) = labels.split_at(200);

@@ -41,7 +41,7 @@ impl ExperimentConfig {
     /// (the loss's recommendation) — the one place that does. (The device kind is decided
     /// when the DAG is built: it depends on the host, not on the settings.)
     pub fn resolve(mut self) -> ResolvedConfig {
-        self.train.model.normalize = Some(self.train.model.normalizes(&self.train.loss));
+        self.train.model.resolve(&self.train.loss);
         if self.retrieve.ks.is_empty() {
             self.retrieve.ks = default_ks(self.dataset.kind);
         }

@@ -189,7 +189,7 @@ pub struct ModelConfig {
     pub embedding_dim: i64,
     /// L2-normalise the embeddings (the seed's `*_normalize` heads). Unset: the loss's
     /// recommended setting ([`Loss::normalize_by_default`]), decided by
-    /// [`ModelConfig::resolved`] before anything is built or hashed.
+    /// [`ModelConfig::resolve`] before anything is built or hashed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
     /// torchvision `state_dict` (safetensors) to initialise the backbone from.
@@ -208,10 +208,9 @@ impl ModelConfig {
             .unwrap_or_else(|| loss.normalize_by_default())
     }
 
-    /// The same settings with `normalize` decided for `loss`.
-    pub fn resolved(mut self, loss: &Loss) -> Self {
+    /// Decides `normalize` for `loss`.
+    pub fn resolve(&mut self, loss: &Loss) {
         self.normalize = Some(self.normalizes(loss));
-        self
     }
 }
 

@@ -11,6 +11,29 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::{Result, TrainError};
 
+/// Copies the tensor named `name` in `tensors` into `dst`, in place and without
+/// recording gradients. The reason it cannot, for the caller to put in context: the
+/// tensor is missing, has another shape, or the copy failed.
+pub(crate) fn restore_named(
+    dst: &mut Tensor,
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+) -> std::result::Result<(), String> {
+    let src = tensors
+        .get(name)
+        .ok_or_else(|| format!("tensor `{name}` is missing"))?;
+    if src.size() != dst.size() {
+        return Err(format!(
+            "tensor `{name}` has shape {:?}, expected {:?}",
+            src.size(),
+            dst.size()
+        ));
+    }
+    tch::no_grad(|| dst.f_copy_(src))
+        .map(drop)
+        .map_err(|e| format!("restoring `{name}`: {e}"))
+}
+
 /// A tensor copied to host memory in the layout safetensors wants.
 struct HostTensor {
     dtype: Dtype,

@@ -183,18 +183,8 @@ impl Optimizer {
             for slot in &mut p.slots {
                 let name = &names[i];
                 i += 1;
-                let src = tensors.get(name).ok_or_else(|| {
-                    TrainError::Config(format!("checkpoint lacks optimiser tensor `{name}`"))
-                })?;
-                if src.size() != slot.size() {
-                    return Err(TrainError::Config(format!(
-                        "optimiser tensor `{name}` has shape {:?}, expected {:?}",
-                        src.size(),
-                        slot.size()
-                    )));
-                }
-                tch::no_grad(|| slot.f_copy_(src))
-                    .map_err(TrainError::torch(format!("restoring `{name}`")))?;
+                super::checkpoint::restore_named(slot, tensors, name)
+                    .map_err(|e| TrainError::Config(format!("optimiser state: {e}")))?;
             }
         }
         self.updates = updates;

@@ -54,13 +54,14 @@ impl Trainer {
     /// configured), the loss and the optimiser on `device`.
     pub fn new(config: &TrainConfig, device: Device, seed: u64) -> Result<Self> {
         config.validate()?;
-        let model = config.model.clone().resolved(&config.loss);
-        if model.normalize != Some(config.loss.normalize_by_default()) {
+        let mut model = config.model.clone();
+        model.resolve(&config.loss);
+        let normalize = model.normalizes(&config.loss);
+        if normalize != config.loss.normalize_by_default() {
             tracing::warn!(
-                "loss {} is usually trained with normalize = {}, this run uses {}",
+                "loss {} is usually trained with normalize = {}, this run uses {normalize}",
                 config.loss.name(),
                 config.loss.normalize_by_default(),
-                !config.loss.normalize_by_default()
             );
         }
         let autocast = config.precision == Precision::Bf16;
@@ -268,18 +269,8 @@ impl Trainer {
     /// as it is: this is for choosing the weights to save, not for resuming).
     pub fn restore_snapshot(&mut self, weights: &HashMap<String, Tensor>) -> Result<()> {
         for (name, mut var) in self.named_variables() {
-            let src = weights.get(&name).ok_or_else(|| {
-                TrainError::Config(format!("the saved weights lack variable `{name}`"))
-            })?;
-            if src.size() != var.size() {
-                return Err(TrainError::Config(format!(
-                    "saved variable `{name}` has shape {:?}, expected {:?}",
-                    src.size(),
-                    var.size()
-                )));
-            }
-            tch::no_grad(|| var.f_copy_(src))
-                .map_err(TrainError::torch(format!("restoring `{name}`")))?;
+            checkpoint::restore_named(&mut var, weights, &name)
+                .map_err(|e| TrainError::Config(format!("the saved weights: {e}")))?;
         }
         Ok(())
     }
@@ -308,20 +299,8 @@ impl Trainer {
             .and_then(|u| u.parse().ok())
             .ok_or_else(|| refuse("update count missing".into()))?;
         for (name, mut var) in self.named_variables() {
-            let key = format!("model.{name}");
-            let src = contents
-                .tensors
-                .get(&key)
-                .ok_or_else(|| refuse(format!("tensor `{key}` is missing")))?;
-            if src.size() != var.size() {
-                return Err(refuse(format!(
-                    "tensor `{key}` has shape {:?}, expected {:?}",
-                    src.size(),
-                    var.size()
-                )));
-            }
-            tch::no_grad(|| var.f_copy_(src))
-                .map_err(TrainError::torch(format!("restoring `{key}`")))?;
+            checkpoint::restore_named(&mut var, &contents.tensors, &format!("model.{name}"))
+                .map_err(refuse)?;
         }
         self.optimizer
             .load_state(&contents.tensors, updates)
