@@ -188,9 +188,12 @@ pub fn points(store: &ArtifactStore, record: &RunRecord) -> Vec<Point> {
 
 /// Artifact directories and metrics of a point whose roles are known.
 fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
+    // Only artifacts this run built, fetched or found: a failed run shows no metrics
+    // that a later run's artifacts of the same keys would lend it.
     let dir = |role: &str| {
         p.roles
             .get(role)
+            .filter(|(stage, key)| node(record, stage, key).is_none_or(|n| n.status.reached()))
             .and_then(|(stage, key)| object(store, stage, key))
     };
     let (train, retrieve, cluster) = (dir("train"), dir("retrieve"), dir("cluster"));

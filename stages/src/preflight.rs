@@ -13,6 +13,8 @@ use std::io::Read;
 /// Checks what the settings alone decide: a plan that trains, batches a ranking
 /// loss can learn from, a readable `pretrained` file.
 pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
+    check_run_name(&c.name)?;
+    check_sizes(c)?;
     let p = &c.plan;
     if p.steps == 0 {
         bail!("plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000");
@@ -39,6 +41,71 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
                     path.display()
                 )
             })?;
+    }
+    Ok(())
+}
+
+/// The longest run name (it is a file name in `runs/` and a folder in `latest/`).
+const MAX_NAME: usize = 100;
+
+/// A run name is one path component of ASCII letters, digits, `_`, `-` and `.`, not
+/// starting with a dot: every file dml writes for it stays inside the store's own folders.
+pub fn check_run_name(name: &str) -> Result<()> {
+    let fits = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+    if !fits {
+        bail!(
+            "name = {name:?} is not a usable run name: a run name is 1 to {MAX_NAME} of the characters A-Z a-z 0-9 _ - . and does not start with a dot (it names a folder of `latest/`); e.g. --set name=cub-margin"
+        );
+    }
+    Ok(())
+}
+
+/// The largest sizes accepted (far beyond any real use, small enough that no allocation
+/// they imply can abort a worker).
+const MAX_SIDE: u32 = 4096;
+const MAX_DIM: i64 = 65_536;
+const MAX_BATCH: u64 = 65_536;
+
+/// Sizes and cut-offs that the settings alone make impossible, named before anything runs.
+fn check_sizes(c: &ExperimentConfig) -> Result<()> {
+    let img = &c.image;
+    for (setting, v) in [("image.resize", img.resize), ("image.crop", img.crop)] {
+        if v == 0 || v > MAX_SIDE {
+            bail!("{setting} = {v}: image sides are 1 to {MAX_SIDE} px; e.g. --set image.resize=256 --set image.crop=224");
+        }
+    }
+    if img.crop > img.resize {
+        bail!(
+            "image.crop = {} is larger than image.resize = {}: the crop is taken from the resized image; set image.crop ≤ image.resize",
+            img.crop,
+            img.resize
+        );
+    }
+    let dim = c.train.model.embedding_dim;
+    if dim <= 0 || dim > MAX_DIM {
+        bail!("train.model.embedding_dim = {dim}: embeddings have 1 to {MAX_DIM} dimensions (the papers use 64 to 2048); e.g. --set train.model.embedding_dim=512");
+    }
+    let batch = u64::from(c.plan.p) * u64::from(c.plan.k);
+    if batch > MAX_BATCH {
+        bail!(
+            "plan.p × plan.k = {} × {} = {batch} images per batch: at most {MAX_BATCH}; lower plan.p (classes per batch) or plan.k (images per class)",
+            c.plan.p,
+            c.plan.k
+        );
+    }
+    let embed = u64::from(c.embed.batch_size);
+    if embed == 0 || embed > MAX_BATCH {
+        bail!("embed.batch_size = {embed}: 1 to {MAX_BATCH}; e.g. --set embed.batch_size=128");
+    }
+    if let Some(k) = c.retrieve.ks.iter().find(|&&k| k == 0) {
+        bail!(
+            "retrieve.ks holds {k}: Recall@K cut-offs start at 1; e.g. --set retrieve.ks=1,2,4,8"
+        );
     }
     Ok(())
 }
@@ -148,6 +215,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no test images"), "{err}");
+    }
+
+    #[test]
+    fn names_that_would_leave_the_store_are_refused() {
+        for bad in ["..", ".", "", "a/b", "../x", ".hidden", "a b", "ü"] {
+            assert!(check_run_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["cub", "cub-margin_2.1", "A9"] {
+            check_run_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded_before_anything_runs() {
+        let bad: [fn(&mut ExperimentConfig); 6] = [
+            |c| c.image.crop = 0,
+            |c| c.image.resize = 0,
+            |c| c.train.model.embedding_dim = 4_000_000_000,
+            |c| c.plan.p = 100_000,
+            |c| c.retrieve.ks = vec![1, 0],
+            |c| c.embed.batch_size = 0,
+        ];
+        for (i, set) in bad.into_iter().enumerate() {
+            let mut c = ExperimentConfig::default();
+            set(&mut c);
+            assert!(check_settings(&c).is_err(), "case {i}");
+        }
+        check_settings(&ExperimentConfig::default()).unwrap();
     }
 
     #[test]
