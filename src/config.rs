@@ -24,6 +24,9 @@ pub struct Loaded {
     pub experiments: Vec<Resolved>,
     /// `[store]`: the remote cache (not part of any experiment or key).
     pub store: dml_remote::RemoteSettings,
+    /// The config file, when it names no preset (so every setting it leaves out is a
+    /// built-in default, which the run says).
+    pub without_preset: Option<std::path::PathBuf>,
 }
 
 impl Loaded {
@@ -52,6 +55,7 @@ pub fn load(
         (Some(_), None) => Value::Table(Default::default()),
     };
     let mut source = None;
+    let mut without_preset = None;
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config `{}`", path.display()))?;
@@ -65,8 +69,14 @@ pub fn load(
                 e.message()
             )
         })?;
-        if let Some(p) = v.get("preset").and_then(Value::as_str) {
-            root = parse_preset(p)?;
+        match v.get("preset") {
+            Some(Value::String(p)) => root = parse_preset(p)?,
+            Some(other) => bail!(
+                "{}: `preset` must be a preset's name as a string, e.g. preset = \"synthetic\" (`dml presets` lists them), not `{other}`",
+                path.display()
+            ),
+            None if preset.is_none() => without_preset = Some(path.to_path_buf()),
+            None => {}
         }
         normalize_shorthands(&mut v);
         merge(&mut root, v);
@@ -79,7 +89,24 @@ pub fn load(
         t.remove("preset");
     }
     apply_sets(&mut root, sets)?;
-    resolve_with(root, source.as_ref(), sets)
+    let mut loaded = resolve_with(root, source.as_ref(), sets)?;
+    loaded.without_preset = without_preset;
+    Ok(loaded)
+}
+
+/// `dml run --show-config`: every experiment's resolved configuration as TOML (every
+/// setting, defaults filled in and "decide later" settings decided).
+pub fn show_config(loaded: &Loaded) -> Result<String> {
+    let mut out = String::new();
+    for e in &loaded.experiments {
+        if loaded.experiments.len() > 1 {
+            out.push_str(&format!("# sweep point {}\n", e.name));
+        }
+        let value = Value::try_from(&*e.config).context("the configuration as TOML")?;
+        out.push_str(&toml::to_string_pretty(&value).context("the configuration as TOML")?);
+        out.push('\n');
+    }
+    Ok(out.trim_end().to_string())
 }
 
 /// The user's config file, kept to say on which line a bad value stands.
@@ -109,6 +136,7 @@ fn resolve_with(mut root: Value, source: Option<&ConfigSource>, sets: &[String])
         raw: root,
         experiments,
         store,
+        without_preset: None,
     })
 }
 
@@ -228,6 +256,28 @@ pub fn apply_set(root: &mut Value, set: &str) -> Result<()> {
     apply_value(root, path, value).with_context(|| format!("--set `{set}`"))
 }
 
+/// `--sweep PATH=V1,V2,…` as the `--set` of a `[sweep]` axis: each value read as a TOML
+/// literal (`0.1`, `true`) or else as text (`npairs`).
+pub fn sweep_arg(arg: &str) -> Result<String> {
+    let (path, raw) = arg.split_once('=').ok_or_else(|| {
+        anyhow!("--sweep `{arg}`: expected `stage.key=value1,value2`, e.g. --sweep train.loss.name=npairs,angular")
+    })?;
+    let path = path.trim();
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        bail!("--sweep `{arg}`: `{path}` is not a setting path like `plan.seed`");
+    }
+    let values: Vec<Value> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(parse_literal)
+        .collect();
+    if values.is_empty() {
+        bail!("--sweep `{arg}` gives no values; e.g. --sweep {path}=a,b");
+    }
+    Ok(format!("sweep.{path}={}", Value::Array(values)))
+}
+
 /// Reads a `--set` value as the type the setting has in the defaults: text for a
 /// string setting whatever it looks like, comma-separated items for a list.
 fn coerce(path: &str, raw: &str, parsed: Value) -> Value {
@@ -339,7 +389,7 @@ pub fn validate_keys(root: &Value) -> Result<()> {
 
 /// The tree of known keys: the typed defaults, plus settings that default to
 /// "unset" and so do not appear in them.
-fn known_keys() -> Result<Value> {
+pub(crate) fn known_keys() -> Result<Value> {
     let mut known = Value::try_from(ExperimentConfig::default()).context("serialising defaults")?;
     for (table, key, value) in [
         ("model", "normalize", Value::Boolean(false)),

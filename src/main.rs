@@ -1,10 +1,12 @@
 //! `dml`: deep metric learning as a DAG of content-hashed stages.
 mod config;
+mod defaults;
 mod diff;
 mod eval_cmd;
 mod exec_stage;
 mod interrupt;
 mod links;
+mod out;
 mod outcome;
 mod presets;
 mod remote_cmds;
@@ -137,6 +139,21 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print a configuration resolved (every setting, defaults filled in), or with
+    /// `--defaults` the table of every setting, its default and the stage keys it enters.
+    Config {
+        /// The table of every setting's default (Markdown, as in the README).
+        #[arg(long, conflicts_with_all = ["config", "preset", "sets"])]
+        defaults: bool,
+        /// A TOML config, as for `dml run`.
+        config: Option<PathBuf>,
+        /// Start from a built-in preset.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Override a setting, as for `dml run`.
+        #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+        sets: Vec<String>,
+    },
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -147,7 +164,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
+    // A run that builds must finish and record itself whoever reads its output; one that
+    // only looks can stop when its reader does.
+    let builds = matches!(&cli.command, Command::Run(a) if !a.dry_run && !a.show_config);
+    if !builds {
         // `dml show … | head`: a closed pipe ends a browsing command quietly, as
         // for any Unix tool, instead of a panic in println!.
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -215,6 +235,20 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),
+        Command::Config {
+            defaults,
+            config,
+            preset,
+            sets,
+        } => {
+            let text = if defaults {
+                defaults::table()?
+            } else {
+                config::show_config(&config::load(config.as_deref(), preset.as_deref(), &sets)?)?
+            };
+            out::println(&text);
+            Ok(())
+        }
         Command::Presets { show } => {
             match show {
                 Some(name) => match presets::find(&name) {

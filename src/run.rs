@@ -1,10 +1,14 @@
 //! `dml run`: load the config, assemble the DAG, explain, execute, record.
 use crate::config;
 use crate::interrupt;
+use crate::out;
 use crate::run_shared;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{execute, Event, ExecOptions, Outcome, Plan, RunRecord, Status, UploadOutcome};
+use dml_pipeline::{
+    execute, Event, ExecOptions, NodeStatus, Outcome, Plan, RunRecord, RunStatus, Status,
+    UploadOutcome,
+};
 use dml_stages::config::ExecutorKind;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,9 +26,17 @@ pub struct RunArgs {
     /// setting's type: `retrieve.ks=1,5` is a list).
     #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Sweep a setting over values, e.g. `--sweep train.loss.name=npairs,angular`
+    /// (repeatable: each is one axis of the grid; `[sweep]` in the TOML does the same).
+    #[arg(long = "sweep", value_name = "STAGE.KEY=V1,V2,…")]
+    pub sweeps: Vec<String>,
     /// Stop after this stage (and what it needs).
-    #[arg(long)]
+    #[arg(long, value_name = "STAGE")]
     pub until: Option<String>,
+    /// Print the resolved configuration (every setting, defaults filled in) as TOML, and
+    /// run nothing.
+    #[arg(long)]
+    pub show_config: bool,
     /// Only say what would run and why.
     #[arg(long)]
     pub dry_run: bool,
@@ -33,8 +45,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Stages to run at once (GPU stages never share the device).
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
     /// Re-hash every cached artifact's files instead of trusting size + mtime.
     #[arg(long)]
     pub verify: bool,
@@ -42,7 +54,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_bad_images: bool,
     /// Rebuild exactly the run a record describes (reusing the cache).
-    #[arg(long, value_name = "RECORD.json", conflicts_with_all = ["config", "preset", "sets"])]
+    #[arg(long, value_name = "RECORD.json", conflicts_with_all = ["config", "preset", "sets", "sweeps"])]
     pub from_record: Option<PathBuf>,
     /// Where the stages run: in this process, or one Slurm job each (default: `[executor] kind`).
     #[arg(long, value_enum)]
@@ -61,12 +73,31 @@ pub enum ExecutorArg {
     Slurm,
 }
 
+/// The stages a run can stop after (`--until`), in DAG order.
+const STAGES: [&str; 9] = [
+    "synth", "index", "plan", "decode", "train", "embed", "retrieve", "cluster", "report",
+];
+
 pub fn run(
     store_dir: &Path,
     remote_args: &crate::remote_cmds::RemoteArgs,
     args: RunArgs,
 ) -> Result<()> {
+    if let Some(until) = &args.until {
+        if !STAGES.contains(&until.as_str()) {
+            let hint = crate::suggest::nearest(until, STAGES.iter().copied())
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            bail!(
+                "--until `{until}` is not a stage{hint}; stages: {}",
+                STAGES.join(", ")
+            );
+        }
+    }
     let mut sets = args.sets.clone();
+    for sweep in &args.sweeps {
+        sets.push(config::sweep_arg(sweep)?);
+    }
     if args.skip_bad_images {
         sets.push("index.skip_bad_images=true".into());
     }
@@ -79,6 +110,10 @@ pub fn run(
         }
         None => config::load(args.config.as_deref(), args.preset.as_deref(), &sets)?,
     };
+    if args.show_config {
+        out::println(&config::show_config(&loaded)?);
+        return Ok(());
+    }
     // A dry run only looks, so a read-only store can be planned against.
     let store = if args.dry_run {
         ArtifactStore::open_read_only(store_dir)?
@@ -97,11 +132,8 @@ pub fn run(
     if let Some(until) = &args.until {
         let names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
         if !names.contains(&until.as_str()) {
-            let hint = crate::suggest::nearest(until, names.iter().copied())
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
             bail!(
-                "--until `{until}` is not a stage of this run{hint}; stages: {}",
+                "--until `{until}` is not a stage of this run; its stages: {}",
                 dedup(&names).join(", ")
             );
         }
@@ -119,9 +151,39 @@ pub fn run(
     if let Some(r) = &remote {
         crate::remote_cmds::mark_plan(&mut plan, r);
     }
+    // What needs the index is checked now if the index is cached (a dry run too), so a
+    // setting the data cannot serve fails before anything runs.
+    let check = graph
+        .nodes()
+        .iter()
+        .any(|n| n.stage.name() == "retrieve")
+        .then(|| index_check(experiments.clone(), users.clone()));
+    if let Some(check) = &check {
+        for node in plan
+            .nodes
+            .iter()
+            .filter(|n| n.stage == "index" && n.status == Status::Cached)
+        {
+            (check.0)(node, &store.object_dir(&node.stage, &node.key))
+                .map_err(|message| anyhow::anyhow!("{message}"))?;
+        }
+    }
+    let summaries = dml_stages::summary::summarise(&store, &experiments, &users, &plan);
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(file) = &loaded.without_preset {
+        warnings.push(format!(
+            "{} has no `preset = …` line: every setting it does not give takes its built-in default (`dml config --defaults` lists them; `--show-config` prints this run's)",
+            file.display()
+        ));
+    }
+    for w in summaries.iter().flat_map(|s| &s.warnings) {
+        if !warnings.contains(w) {
+            warnings.push(w.clone());
+        }
+    }
     if args.dry_run {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+            out::println(&serde_json::to_string_pretty(&plan.to_json())?);
         } else {
             for node in &plan.nodes {
                 let status = match node.status {
@@ -129,17 +191,26 @@ pub fn run(
                     Status::Run => "run",
                     Status::Remote => "remote",
                 };
-                println!(
+                out::println(&format!(
                     "{status:<7} {:<32} {}  {}",
                     node.id,
                     &node.key[..12],
                     node.explanation()
-                );
+                ));
             }
+            for s in &summaries {
+                out::println(&s.text());
+            }
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
         }
         return Ok(());
     }
-    let _live = store.register_live_run(
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let live = store.register_live_run(
         plan.nodes
             .iter()
             .map(|n| (n.stage.as_str(), n.key.as_str())),
@@ -181,25 +252,26 @@ pub fn run(
     let config_json = serde_json::to_value(&loaded.raw).context("config as JSON")?;
     let mut record = RunRecord::from_plan(&name, started_at, config_json, &plan);
     record.provenance = run_shared::provenance();
+    record.live = Some(live.tag());
+    record.until = args.until.clone();
+    // Written now (status `running`), so an interrupted or killed run has a record: `dml
+    // runs` lists it and `dml gc` keeps the checkpoints it resumes from.
+    let record_path = record.save(&store)?;
     let opts = ExecOptions {
-        jobs: args.jobs,
+        jobs: usize::from(args.jobs),
         // One device stage per visible GPU at a time (`--jobs N` with N GPUs trains N
         // sweep points at once); on the CPU device stages do not exist.
         device_slots: dml_stages::device::cuda_device_count().max(1),
         provenance: record.provenance.clone(),
         // The index checks are about evaluation: only when this run evaluates.
-        check: graph
-            .nodes()
-            .iter()
-            .any(|n| n.stage.name() == "retrieve")
-            .then(|| index_check(experiments, users)),
+        check,
         remote: crate::remote_cmds::shared(&remote),
     };
-    let running = interrupt::Running::install(store.root());
+    let running = interrupt::Running::install(&store, &record_path, record.clone(), live.path());
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {:<32} {}", n.id, &n.key[..12]),
         Event::Started(n) => {
-            running.started(&n.id, &n.stage);
+            running.started(&n.id, &n.stage, &n.key);
             eprintln!(
                 "  run     {:<32} {}  ({})",
                 n.id,
@@ -211,24 +283,30 @@ pub fn run(
             "  waiting {:<32} another dml run is building it; blocking on its lock",
             n.id
         ),
-        Event::BuiltElsewhere(n) => eprintln!(
-            "  cached  {:<32} {}",
-            n.id,
-            dml_pipeline::Reason::BuiltElsewhere
-        ),
+        Event::BuiltElsewhere(n) => {
+            running.finished(&n.id, NodeStatus::Cached, 0.0);
+            eprintln!(
+                "  cached  {:<32} {}",
+                n.id,
+                dml_pipeline::Reason::BuiltElsewhere
+            )
+        }
         Event::Finished(n, s) => {
-            running.finished(&n.id);
+            running.finished(&n.id, NodeStatus::Ran, s);
             eprintln!("  done    {:<32} {:.1}s", n.id, s)
         }
         Event::Failed(n, msg) => {
-            running.finished(&n.id);
+            running.finished(&n.id, NodeStatus::Failed, 0.0);
             eprintln!("  FAILED  {:<32} {msg}", n.id)
         }
-        Event::Fetched(n, s) => eprintln!(
-            "  fetched {:<32} {}  from the remote cache, {s:.1}s",
-            n.id,
-            &n.key[..12]
-        ),
+        Event::Fetched(n, s) => {
+            running.finished(&n.id, NodeStatus::Fetched, s);
+            eprintln!(
+                "  fetched {:<32} {}  from the remote cache, {s:.1}s",
+                n.id,
+                &n.key[..12]
+            )
+        }
         Event::Uploaded(n, UploadOutcome::Uploaded { files, bytes }) => {
             eprintln!(
                 "  pushed  {:<32} {files} files, {bytes} bytes to the remote cache",
@@ -243,31 +321,46 @@ pub fn run(
     let (summary, result) = execute(&graph, &plan, &store, &opts, &print);
     for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
         let (status, seconds) = match outcome {
-            Outcome::Cached => ("cached", 0.0),
-            Outcome::Ran(s) => ("ran", *s),
+            Outcome::Cached => (NodeStatus::Cached, 0.0),
+            Outcome::Ran(s) => (NodeStatus::Ran, *s),
             Outcome::BuiltElsewhere => {
                 let why = dml_pipeline::Reason::BuiltElsewhere;
                 node.reason = why.to_string();
                 node.why = Some(why);
-                ("cached", 0.0)
+                (NodeStatus::Cached, 0.0)
             }
-            Outcome::Fetched(s) => ("fetched", *s),
-            Outcome::Failed(_) => ("failed", 0.0),
-            Outcome::NotRun => ("not_run", 0.0),
+            Outcome::Fetched(s) => (NodeStatus::Fetched, *s),
+            Outcome::Failed(_) => (NodeStatus::Failed, 0.0),
+            Outcome::NotRun => (NodeStatus::NotRun, 0.0),
         };
-        node.status = status.into();
+        node.status = status;
         node.seconds = seconds;
     }
     record.seconds = started.elapsed().as_secs_f64();
-    record.outcome = match &result {
-        Ok(()) => "ok".into(),
-        Err(e) => dml_pipeline::error_chain(e),
-    };
-    let record_path = record.save(&store)?;
+    match &result {
+        Ok(()) => record.finish(RunStatus::Ok, "ok"),
+        Err(e) => record.finish(RunStatus::Failed, dml_pipeline::error_chain(e)),
+    }
+    let written = running.finish_with(|| -> Result<()> {
+        record.rewrite(&record_path)?;
+        // Only a complete run moves `latest/<name>/`: a partial one (`--until`, a failure)
+        // never shadows the last complete run there.
+        if record.complete() {
+            crate::links::update(&store, &record)?;
+        }
+        Ok(())
+    });
+    match written {
+        Some(w) => w?,
+        // Interrupted at the very end: the handler is exiting.
+        None => loop {
+            std::thread::park();
+        },
+    }
+    drop(live);
     if let Some(r) = &remote {
         crate::remote_cmds::after_run(r, &record_path);
     }
-    crate::links::update(&store, &record)?;
     if args.json {
         let nodes: Vec<serde_json::Value> = record
             .nodes
@@ -276,15 +369,13 @@ pub fn run(
             .collect();
         // The outcome of each point: artifact directories and headline metrics.
         let points = crate::outcome::points(&store, &record);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "record": record_path,
-                "outcome": record.outcome,
-                "nodes": nodes,
-                "points": points,
-            }))?
-        );
+        out::println(&serde_json::to_string_pretty(&serde_json::json!({
+            "record": record_path,
+            "status": record.run_status(),
+            "outcome": record.outcome,
+            "nodes": nodes,
+            "points": points,
+        }))?);
     }
     if let Err(e) = result {
         // A stage that failed may succeed on a rerun (a full disk, a kill); a setting

@@ -3,18 +3,22 @@
 use crate::outcome::{self, Point};
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Manifest};
-use dml_pipeline::{file_safe, BoxError, RunRecord};
+use dml_pipeline::{file_safe, BoxError, RunRecord, RunStatus};
 use dml_stages::report::{write_report, ReportInputs, RunLabel};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// `ok`, or `failed` when the run ended with an error.
-fn status(record: &RunRecord) -> &'static str {
-    if record.outcome == "ok" {
-        "ok"
-    } else {
-        "failed"
+/// How the run ended (`ok`, `failed`, `interrupted`, `submitted`), `running` while its
+/// process holds its live registration, and `killed` for a running record whose process is
+/// gone (kill -9, a lost machine).
+fn status(store: &ArtifactStore, record: &RunRecord) -> &'static str {
+    match record.run_status() {
+        RunStatus::Running => match &record.live {
+            Some(tag) if store.is_live(tag) => "running",
+            _ => "killed",
+        },
+        other => other.as_str(),
     }
 }
 
@@ -54,7 +58,7 @@ pub fn runs(
                     "name": r.name,
                     "started": r.started,
                     "seconds": r.seconds,
-                    "status": status(r),
+                    "status": status(&store, r),
                     "outcome": r.outcome,
                     "points": outcome::points(&store, r),
                 })
@@ -68,7 +72,7 @@ pub fn runs(
         return Ok(());
     }
     println!(
-        "{:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  record",
+        "{:<20} {:<40} {:<11} {:>7} {:>7} {:>6} {:>8}  record",
         "started", "run", "status", "R@1", "MAP@R", "NMI", "train s"
     );
     for (path, r) in &listed {
@@ -80,9 +84,9 @@ pub fn runs(
         let points = outcome::points(&store, r);
         if points.is_empty() {
             println!(
-                "{started:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  {file}",
+                "{started:<20} {:<40} {:<11} {:>7} {:>7} {:>6} {:>8}  {file}",
                 r.name,
-                status(r),
+                status(&store, r),
                 "—",
                 "—",
                 "—",
@@ -92,9 +96,9 @@ pub fn runs(
         for p in points {
             let m = &p.metrics;
             println!(
-                "{started:<20} {:<40} {:<6} {:>7} {:>7} {:>6} {:>8}  {file}",
+                "{started:<20} {:<40} {:<11} {:>7} {:>7} {:>6} {:>8}  {file}",
                 p.name,
-                status(r),
+                status(&store, r),
                 pct(m.recall_at_1),
                 pct(m.map_at_r),
                 m.nmi

@@ -8,7 +8,7 @@
 use crate::run_shared::{print_reports, provenance};
 use anyhow::{bail, Context, Result};
 use dml_artifacts::{ArtifactStore, KeyLock, Manifest};
-use dml_pipeline::{file_safe, Plan, RecordNode, RunRecord, Status};
+use dml_pipeline::{file_safe, NodeStatus, Plan, RecordNode, RunRecord, RunStatus, Status};
 use dml_stages::config::ExecutorSettings;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -505,18 +505,17 @@ pub fn submit(store: &ArtifactStore, s: &Submission<'_>) -> Result<()> {
     for (n, job) in record.nodes.iter_mut().zip(&job_of) {
         n.job_id = job.clone();
         if job.is_some() {
-            n.status = "submitted".into();
+            n.status = NodeStatus::Submitted;
         }
     }
     for &i in &built_meanwhile {
-        record.nodes[i].status = "cached".into();
+        record.nodes[i].status = NodeStatus::Cached;
     }
-    record.outcome = match &failure {
-        Some(e) => format!("submission failed: {e:#}"),
-        None => "submitted".into(),
-    };
+    match &failure {
+        Some(e) => record.finish(RunStatus::Failed, format!("submission failed: {e:#}")),
+        None => record.finish(RunStatus::Submitted, "submitted"),
+    }
     let record_path = record.save(store)?;
-    crate::links::update(store, &record)?;
     let submitted = job_of.iter().flatten().count() - claimed_by_others;
     if let Some(e) = failure {
         return Err(e.context(format!(
@@ -634,7 +633,7 @@ fn observe(
     states: &BTreeMap<String, JobState>,
 ) -> StageState {
     if built(store, &node.stage, &node.key) {
-        return if node.job_id.is_some() || node.status == "ran" {
+        return if node.job_id.is_some() || node.status == NodeStatus::Ran {
             StageState::Done
         } else {
             StageState::Cached
@@ -732,7 +731,7 @@ fn follow(
                     .and_then(|m| m.provenance.get("seconds").and_then(|v| v.as_f64()))
                     .unwrap_or(0.0);
                     eprintln!("  done    {:<32} job {job_label}  {seconds:.1}s", node.id);
-                    record.nodes[i].status = "ran".into();
+                    record.nodes[i].status = NodeStatus::Ran;
                     record.nodes[i].seconds = seconds;
                 }
                 st if st.ended_badly() => {
@@ -750,7 +749,11 @@ fn follow(
                         node.id,
                         st.detail()
                     );
-                    record.nodes[i].status = st.word().into();
+                    record.nodes[i].status = if matches!(st, StageState::Cancelled(_)) {
+                        NodeStatus::Cancelled
+                    } else {
+                        NodeStatus::Failed
+                    };
                     failed.push((i, st.clone()));
                 }
                 st => {
@@ -769,17 +772,19 @@ fn follow(
         }
     }
     record.seconds = started.elapsed().as_secs_f64();
-    record.outcome = if failed.is_empty() {
-        "ok".into()
+    if failed.is_empty() {
+        record.finish(RunStatus::Ok, "ok");
     } else {
         let names: Vec<String> = failed
             .iter()
             .map(|(i, why)| format!("{}: {}", record.nodes[*i].id, why.detail()))
             .collect();
-        format!("failed: {}", names.join("; "))
-    };
+        record.finish(RunStatus::Failed, format!("failed: {}", names.join("; ")));
+    }
     rewrite_record(record_path, record)?;
-    crate::links::update(store, record)?;
+    if record.complete() {
+        crate::links::update(store, record)?;
+    }
     if s.json {
         println!("{}", serde_json::to_string_pretty(&nodes_json(record))?);
     }
@@ -814,7 +819,11 @@ fn follow(
     if !s.json {
         print_reports(store, s.plan);
     }
-    let ran = record.nodes.iter().filter(|n| n.status == "ran").count();
+    let ran = record
+        .nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Ran)
+        .count();
     eprintln!(
         "{} stages: {ran} ran as Slurm jobs, {} cached, {:.1}s (record: {})",
         record.nodes.len(),
@@ -874,9 +883,11 @@ pub fn status(store_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (node, job) in record.nodes.iter().zip(&jobs) {
         let state = observe(&store, node, job.as_deref(), &states);
-        let state = match (&state, node.status.as_str()) {
+        let state = match (&state, node.status) {
             // A local run's stage that failed or never started.
-            (StageState::NotRun, "failed") => StageState::Failed("failed in a local run".into()),
+            (StageState::NotRun, NodeStatus::Failed) => {
+                StageState::Failed("failed in a local run".into())
+            }
             _ => state,
         };
         *counts.entry(state.word()).or_default() += 1;

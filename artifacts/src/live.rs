@@ -36,6 +36,23 @@ pub struct LiveRun {
     file: File,
 }
 
+impl LiveRun {
+    /// The registration's tag (`<pid>-<rand>`, its file name without `.json`), which the
+    /// run record keeps so readers can tell a running run from a killed one.
+    pub fn tag(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Where the registration lives (removed by the interrupt handler, which exits
+    /// without running destructors).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 impl Drop for LiveRun {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -120,6 +137,23 @@ impl ArtifactStore {
             .and_then(|()| file.sync_all())
             .map_err(StoreError::io("write", &path))?;
         Ok(LiveRun { path, file })
+    }
+
+    /// Whether the run that registered as `tag` ([`LiveRun::tag`]) is still running: its
+    /// registration exists and is locked.
+    pub fn is_live(&self, tag: &str) -> bool {
+        let path = self.runs_dir().join("live").join(format!("{tag}.json"));
+        match File::open(&path) {
+            Ok(file) => match FileExt::try_lock_shared(&file) {
+                Ok(true) => {
+                    let _ = FileExt::unlock(&file);
+                    false
+                }
+                Ok(false) => true,
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
     }
 
     /// Reads the registrations of live runs; a registration whose lock is free

@@ -363,7 +363,7 @@ fn why_missing(
     };
     if prev.key == key {
         // Built then and gone now, or never built because that run stopped first.
-        return if matches!(prev.status.as_str(), "ran" | "cached") {
+        return if prev.status.reached() {
             Reason::Removed
         } else {
             Reason::NotBuiltYet

@@ -19,7 +19,7 @@ pub use error::{error_chain, PipelineError};
 pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Reason, Status};
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, manifest_key, stage_key, SCHEMA_SALT};
-pub use record::{file_safe, RecordNode, RunRecord};
+pub use record::{file_safe, NodeStatus, RecordNode, RunRecord, RunStatus};
 pub use remote::{FetchOutcome, RemoteCache, RemoteError, SharedRemote, UploadOutcome};
 pub use scheduler::{
     build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,

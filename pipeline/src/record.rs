@@ -27,8 +27,8 @@ pub struct RecordNode {
     /// Dataset fingerprint.
     #[serde(default)]
     pub fingerprint: Option<String>,
-    /// `cached`, `ran`, `fetched` (from the remote cache), `failed` or `not_run`.
-    pub status: String,
+    /// What happened to it in this run.
+    pub status: NodeStatus,
     /// The reason, as shown by `explain`.
     pub reason: String,
     /// The reason, typed (absent in records written before it existed).
@@ -41,7 +41,92 @@ pub struct RecordNode {
     pub job_id: Option<String>,
 }
 
-/// Everything a run resolved; written to `runs/<timestamp>-<name>.json`.
+/// What happened to one node in a run (the same words in every record, `--json` and
+/// `dml status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Found in the store (or built by another run while this one waited).
+    Cached,
+    /// Built by this run.
+    Ran,
+    /// Fetched from the remote cache.
+    Fetched,
+    /// Its build failed.
+    Failed,
+    /// Submitted as a Slurm job (`dml run --executor slurm` without `--wait`).
+    Submitted,
+    /// Its Slurm job was cancelled.
+    Cancelled,
+    /// Not built: the run failed, was interrupted or was killed first (or is still running).
+    /// (Also what an unknown word in a record from another version reads as.)
+    #[serde(other)]
+    NotRun,
+}
+
+impl NodeStatus {
+    /// The word records and `--json` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Cached => "cached",
+            NodeStatus::Ran => "ran",
+            NodeStatus::Fetched => "fetched",
+            NodeStatus::Failed => "failed",
+            NodeStatus::NotRun => "not_run",
+            NodeStatus::Submitted => "submitted",
+            NodeStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run had this node's artifact (built, fetched or found), so that what
+    /// the record says of it can be read from the store.
+    pub fn reached(self) -> bool {
+        matches!(
+            self,
+            NodeStatus::Cached | NodeStatus::Ran | NodeStatus::Fetched
+        )
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a run ended (or that it has not ended yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Still running, or killed (`kill -9`, a crash, a power cut): a record is written when
+    /// a run starts, and a killed run never rewrites it. [`RunRecord::live`] tells the two
+    /// apart.
+    Running,
+    /// Every node finished.
+    Ok,
+    /// A node failed, or a check stopped the run.
+    Failed,
+    /// Stopped by Ctrl-C or SIGTERM.
+    Interrupted,
+    /// Handed to Slurm and not followed (`--executor slurm` without `--wait`).
+    Submitted,
+}
+
+impl RunStatus {
+    /// The word `dml runs` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Submitted => "submitted",
+        }
+    }
+}
+
+/// Everything a run resolved; written to `runs/<timestamp>-<name>.json` when the run
+/// starts (status `running`) and rewritten in place when it ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Run name.
@@ -50,8 +135,19 @@ pub struct RunRecord {
     pub started: String,
     /// Wall seconds.
     pub seconds: f64,
-    /// `ok` or the error.
+    /// `ok`, `interrupted`, `running` or the error, as a sentence.
     pub outcome: String,
+    /// How the run ended (absent in records written before it existed: see
+    /// [`RunRecord::run_status`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// The live registration (`runs/live/<tag>.json`) the run held while it ran: a record
+    /// still `running` whose registration is gone or unlocked was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// The stage `--until` stopped the run after, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     /// The resolved configuration (everything needed to rebuild the run).
     pub config: Value,
     /// The nodes.
@@ -67,7 +163,10 @@ impl RunRecord {
             name: name.to_string(),
             started,
             seconds: 0.0,
-            outcome: String::new(),
+            outcome: RunStatus::Running.as_str().into(),
+            status: Some(RunStatus::Running),
+            live: None,
+            until: None,
             config,
             nodes: plan
                 .nodes
@@ -82,8 +181,8 @@ impl RunRecord {
                     input_ids: n.input_ids.clone(),
                     fingerprint: n.fingerprint.clone(),
                     status: match n.status {
-                        crate::Status::Cached => "cached".into(),
-                        crate::Status::Run | crate::Status::Remote => "not_run".into(),
+                        crate::Status::Cached => NodeStatus::Cached,
+                        crate::Status::Run | crate::Status::Remote => NodeStatus::NotRun,
                     },
                     reason: n.explanation(),
                     why: Some(n.reason.clone()),
@@ -116,6 +215,52 @@ impl RunRecord {
         let path = dir.join(format!("{stamp}.{pid}-{name}.json"));
         std::fs::rename(&tmp, &path).map_err(|e| record_err(&path, e))?;
         Ok(path)
+    }
+
+    /// The run's status; records written before statuses existed say it in `outcome`.
+    pub fn run_status(&self) -> RunStatus {
+        self.status.unwrap_or(match self.outcome.as_str() {
+            "ok" => RunStatus::Ok,
+            "submitted" => RunStatus::Submitted,
+            _ => RunStatus::Failed,
+        })
+    }
+
+    /// Sets how the run ended, with `outcome` as its sentence.
+    pub fn finish(&mut self, status: RunStatus, outcome: impl Into<String>) {
+        self.status = Some(status);
+        self.outcome = outcome.into();
+    }
+
+    /// Whether the run reached every node it planned (none failed, was skipped or is
+    /// pending) and was not stopped early by `--until`: what `latest/` links and the
+    /// commands that read a run by its name use.
+    pub fn complete(&self) -> bool {
+        self.run_status() == RunStatus::Ok
+            && self.until.is_none()
+            && self.nodes.iter().all(|n| n.status.reached())
+    }
+
+    /// Whether the run had the artifact of a node of `stage` (or of the node with that id).
+    pub fn reached(&self, stage_or_id: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| (n.stage == stage_or_id || n.id == stage_or_id) && n.status.reached())
+    }
+
+    /// Rewrites a saved record in place (atomically: a reader sees the old or the new one).
+    pub fn rewrite(&self, path: &Path) -> Result<(), PipelineError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let text = serde_json::to_string_pretty(self).map_err(|e| record_err(path, e))?;
+        std::fs::write(&tmp, text).map_err(|e| record_err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| record_err(path, e))
     }
 
     /// Reads a record.
@@ -187,6 +332,9 @@ mod tests {
             started: String::new(),
             seconds: 0.0,
             outcome: "ok".into(),
+            status: Some(RunStatus::Ok),
+            live: None,
+            until: None,
             config: serde_json::json!({}),
             nodes: vec![],
             provenance: BTreeMap::new(),

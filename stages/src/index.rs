@@ -36,13 +36,7 @@ impl IndexStage {
     }
 
     fn kind(&self) -> ds::DatasetKind {
-        match self.dataset.kind {
-            DatasetKindName::Cub => ds::DatasetKind::Cub,
-            DatasetKindName::Sop => ds::DatasetKind::Sop,
-            DatasetKindName::Inshop => ds::DatasetKind::Inshop,
-            DatasetKindName::Cars196 => ds::DatasetKind::Cars196,
-            DatasetKindName::Folder | DatasetKindName::Synthetic => ds::DatasetKind::Folder,
-        }
+        dataset_kind(self.dataset.kind)
     }
 
     fn list(&self, root: &Path) -> Result<ds::Listing, BoxError> {
@@ -51,6 +45,17 @@ impl IndexStage {
                 .then(|| self.dataset.train_classes.clone()),
         };
         Ok(ds::list(self.kind(), root, &opts)?)
+    }
+}
+
+/// The adapter that lists a dataset kind (the synthetic set is a folder per class).
+pub fn dataset_kind(kind: DatasetKindName) -> ds::DatasetKind {
+    match kind {
+        DatasetKindName::Cub => ds::DatasetKind::Cub,
+        DatasetKindName::Sop => ds::DatasetKind::Sop,
+        DatasetKindName::Inshop => ds::DatasetKind::Inshop,
+        DatasetKindName::Cars196 => ds::DatasetKind::Cars196,
+        DatasetKindName::Folder | DatasetKindName::Synthetic => ds::DatasetKind::Folder,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod report;
 pub mod resume;
 pub mod retrieve;
 pub mod roles;
+pub mod summary;
 pub mod synth;
 pub mod train;
 pub mod train_config;

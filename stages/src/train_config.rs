@@ -174,6 +174,16 @@ pub enum Head {
     Fc1024,
 }
 
+impl Head {
+    /// The snake_case name used in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Direct => "direct",
+            Head::Fc1024 => "fc1024",
+        }
+    }
+}
+
 /// Settings of the embedding network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -124,6 +124,7 @@ pub fn run_in_worker(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting the training worker `{}`", worker.display()))?;
+    let _registered = Registered::new(child.id());
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         serde_json::to_writer(&mut stdin, &request)?;
@@ -179,6 +180,55 @@ pub fn run_in_worker(
             describe(status)
         )
         .into()),
+    }
+}
+
+/// The workers running now, so that an interrupted `dml run` can stop them before it
+/// removes their half-written outputs.
+static WORKERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A worker's place in [`WORKERS`] while it runs.
+struct Registered(u32);
+
+impl Registered {
+    fn new(pid: u32) -> Registered {
+        WORKERS.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        Registered(pid)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        WORKERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| *p != self.0);
+    }
+}
+
+/// Kills every running worker and waits (up to two seconds) until none is running any
+/// more, so nothing writes into its stage's temporary directory afterwards. For the
+/// interrupt handler: the workers' own threads reap them.
+pub fn kill_workers() {
+    let pids: Vec<u32> = WORKERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for &pid in &pids {
+        // SAFETY: sending a signal has no memory effects here.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let gone = |pid: u32| {
+        // Gone, or a zombie waiting to be reaped: either way it no longer writes.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !pids.iter().all(|&p| gone(p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -302,6 +302,21 @@ fn ctrl_c_says_what_was_kept() {
         store.join("objects/decode").exists(),
         "finished stages are kept"
     );
+    // The interrupted run has a record, `dml runs` says how it ended, and nothing of
+    // the run is left behind in tmp/ or runs/live/.
+    let runs = ok(&store, &["runs"]);
+    assert!(runs.contains("interrupted"), "{runs}");
+    let leftovers = |d: &str| {
+        std::fs::read_dir(store.join(d))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(leftovers("tmp"), 0, "tmp/ is empty after Ctrl-C");
+    assert_eq!(
+        leftovers("runs/live"),
+        0,
+        "the live registration is removed"
+    );
 }
 
 fn reason<'a>(p: &'a [Planned], id: &str) -> &'a str {
