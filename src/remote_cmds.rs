@@ -43,22 +43,18 @@ pub fn split_store_table(root: &toml::Value) -> Result<(RemoteSettings, toml::Va
         None => RemoteSettings::default(),
         Some(v) => v.try_into::<RemoteSettings>().map_err(|e| {
             anyhow::anyhow!(
-                "[store]: {}; the table takes remote, remote_skip, remote_timeout, remote_transfer_timeout, remote_upload",
+                "[store]: {}; the table takes remote, remote_skip, remote_timeout, remote_transfer_timeout, remote_upload_wait, remote_upload",
                 e.message()
             )
         })?,
     };
     settings.validate().map_err(anyhow::Error::msg)?;
+    check_skip(&settings.remote_skip)?;
     Ok((settings, rest))
 }
 
-/// Opens the remote the flags or `[store]` name, if any. `stages` (when known)
-/// checks `remote_skip` for typos.
-pub fn open(
-    args: &RemoteArgs,
-    settings: &RemoteSettings,
-    stages: Option<&[&str]>,
-) -> Result<Option<Arc<S3Remote>>> {
+/// Opens the remote the flags or `[store]` name, if any.
+pub fn open(args: &RemoteArgs, settings: &RemoteSettings) -> Result<Option<Arc<S3Remote>>> {
     if args.no_remote {
         return Ok(None);
     }
@@ -68,23 +64,28 @@ pub fn open(
         .filter(|u| !u.is_empty())
         .or(settings.remote.as_deref().filter(|u| !u.is_empty()));
     let Some(url) = url else { return Ok(None) };
-    if let Some(stages) = stages {
-        for s in &settings.remote_skip {
-            if !stages.contains(&s.as_str()) {
-                let hint = crate::suggest::nearest(s, stages.iter().copied())
-                    .map(|n| format!(" (did you mean `{n}`?)"))
-                    .unwrap_or_default();
-                bail!(
-                    "[store] remote_skip: `{s}` is not a stage of this run{hint}; stages: {}",
-                    stages.join(", ")
-                );
-            }
-        }
-    }
     let remote = S3Remote::open(url, settings).with_context(|| {
         format!("remote cache `{url}` (from --remote, DML_REMOTE or [store] remote)")
     })?;
     Ok(Some(Arc::new(remote)))
+}
+
+/// Every `remote_skip` entry must name a stage dml has; one this run does not
+/// reach (`--until plan` and the default `["decode"]`) is fine.
+fn check_skip(skip: &[String]) -> Result<()> {
+    use dml_stages::dag::STAGE_NAMES;
+    for s in skip {
+        if !STAGE_NAMES.contains(&s.as_str()) {
+            let hint = crate::suggest::nearest(s, STAGE_NAMES.iter().copied())
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            bail!(
+                "[store] remote_skip: `{s}` is not a stage{hint}; stages: {}",
+                STAGE_NAMES.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Marks the plan's nodes the remote holds; an unusable remote is a warning.
@@ -121,7 +122,7 @@ fn progress() -> MultiProgress {
 }
 
 fn required(args: &RemoteArgs, settings: &RemoteSettings) -> Result<Arc<S3Remote>> {
-    open(args, settings, None)?.ok_or_else(|| {
+    open(args, settings)?.ok_or_else(|| {
         anyhow::anyhow!(
             "no remote cache: pass --remote s3://bucket/prefix, set DML_REMOTE, or add `[store] remote = \"s3://…\"` to the run's config"
         )
@@ -314,4 +315,38 @@ pub fn ls(args: &RemoteArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_stages::dag::STAGE_NAMES;
+
+    fn store_table(text: &str) -> Result<(RemoteSettings, toml::Value)> {
+        split_store_table(&toml::from_str::<toml::Value>(text).unwrap())
+    }
+
+    #[test]
+    fn remote_skip_names_a_stage_of_dml_not_necessarily_one_of_this_run() {
+        // The default names `decode`, which a `--until plan` run does not reach.
+        assert!(store_table("").is_ok());
+        assert!(store_table("[store]\nremote_skip = [\"decode\", \"synth\", \"report\"]").is_ok());
+        let err = store_table("[store]\nremote_skip = [\"decod\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`decod` is not a stage")
+                && err.contains("did you mean `decode`")
+                && err.contains(&STAGE_NAMES.join(", ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_stage_names_are_those_of_a_synthetic_run() {
+        let loaded = crate::config::load(None, Some("synthetic"), &[]).unwrap();
+        let dag = dml_stages::dag::build_dag(&loaded.dag_experiments()).unwrap();
+        let names: BTreeSet<&str> = dag.graph.nodes().iter().map(|n| n.stage.name()).collect();
+        assert_eq!(names, STAGE_NAMES.iter().copied().collect());
+    }
 }

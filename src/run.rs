@@ -139,8 +139,7 @@ pub fn run(
         }
         graph = graph.prune_to(|n| n.stage.name() == until);
     }
-    let stage_names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
-    let remote = crate::remote_cmds::open(remote_args, &loaded.store, Some(&stage_names))?;
+    let remote = crate::remote_cmds::open(remote_args, &loaded.store)?;
     let previous = RunRecord::latest(&store, &name)?;
     // gc waits while this run resolves its plan and registers the keys it reaches.
     let fence = match args.dry_run {

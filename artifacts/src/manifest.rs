@@ -85,23 +85,23 @@ impl Manifest {
     /// Reads a manifest file and checks its digest.
     pub fn read_checked(path: &Path) -> Result<(Self, DigestCheck), StoreError> {
         let text = std::fs::read_to_string(path).map_err(StoreError::io("read manifest", path))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| StoreError::BadManifest {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let check = match (value.get("digest"), split_digest(&text)) {
+        Self::parse_checked(&text).map_err(|e| StoreError::BadManifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses a manifest's text (a file's, or one downloaded) and checks its digest.
+    pub fn parse_checked(text: &str) -> Result<(Self, DigestCheck), serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let check = match (value.get("digest"), split_digest(text)) {
             (None, _) => DigestCheck::Absent,
             (Some(_), Some((digest, body))) if blake3_hex(body.as_bytes()) == digest => {
                 DigestCheck::Valid
             }
             (Some(_), _) => DigestCheck::Mismatch,
         };
-        let manifest = serde_json::from_value(value).map_err(|e| StoreError::BadManifest {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok((manifest, check))
+        Ok((serde_json::from_value(value)?, check))
     }
 
     /// The manifest as pretty JSON whose first member is its digest.

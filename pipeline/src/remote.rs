@@ -8,9 +8,12 @@
 use crate::{Outcome, Plan, PlannedNode, Status};
 use dml_artifacts::{ArtifactStore, StoreError};
 use indicatif::MultiProgress;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A shared cache of finished artifacts, addressed by (stage, key).
 pub trait RemoteCache: Send + Sync + std::fmt::Debug {
@@ -44,6 +47,15 @@ pub trait RemoteCache: Send + Sync + std::fmt::Debug {
         dir: &Path,
         progress: &MultiProgress,
     ) -> Result<UploadOutcome, RemoteError>;
+    /// How long the end of a run waits, after its last stage, for the uploads
+    /// still running in the background (`store.remote_upload_wait`).
+    fn upload_wait(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+    /// Gives the remote up for the rest of this process: every later call
+    /// answers [`RemoteError::Offline`] at once. Called when the end of a run
+    /// stops waiting for its uploads.
+    fn give_up(&self) {}
 }
 
 /// A remote shared between the scheduler's threads.
@@ -102,9 +114,36 @@ pub enum RemoteError {
         /// Which file or field did not match, and how.
         why: String,
     },
+    /// The end of a run stopped waiting for this upload (`store.remote_upload_wait`).
+    #[error(
+        "the upload to {location} did not finish within store.remote_upload_wait = {seconds}s"
+    )]
+    Unfinished {
+        /// The remote.
+        location: String,
+        /// Seconds waited after the last stage.
+        seconds: f64,
+    },
     /// The local store failed while staging a download or reading an upload.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RemoteError {
+    /// What to tell the user about an upload that failed with this error.
+    pub fn not_uploaded(&self) -> String {
+        let later = "`dml push` uploads it later";
+        match self {
+            RemoteError::Unavailable { location, message } => format!(
+                "not uploaded: the remote cache {location} is not usable ({message}); {later}"
+            ),
+            RemoteError::Offline { location } => format!(
+                "not uploaded: the remote cache {location} was found unusable earlier in this run; {later}"
+            ),
+            RemoteError::Unfinished { .. } => format!("not uploaded: {self}; {later}"),
+            RemoteError::Refused { .. } | RemoteError::Store(_) => format!("not uploaded: {self}"),
+        }
+    }
 }
 
 impl Plan {
@@ -167,10 +206,18 @@ pub(crate) fn try_fetch(
 }
 
 /// Uploads built artifacts on a background thread, so the next stages need
-/// not wait for the network; [`Uploads::finish`] waits for the last one.
+/// not wait for the network. [`Uploads::finish`] waits for the last one, at
+/// most [`RemoteCache::upload_wait`]: a remote that hangs cannot hold the end
+/// of a run, and what it did not take is reported as not uploaded.
 pub(crate) struct Uploads {
+    remote: SharedRemote,
     tx: Mutex<Option<mpsc::Sender<UploadJob>>>,
-    handle: Option<std::thread::JoinHandle<Vec<UploadReport>>>,
+    /// Results as uploads finish (a `Mutex` only so that `Uploads` is `Sync`).
+    done: Mutex<mpsc::Receiver<UploadReport>>,
+    /// Plan indices queued, in order.
+    queued: Mutex<Vec<usize>>,
+    /// Set when the wait is over: the uploader starts nothing more.
+    stop: Arc<AtomicBool>,
 }
 
 /// One queued upload: plan index, stage, key, artifact directory.
@@ -185,44 +232,84 @@ impl Uploads {
         let remote = remote.filter(|r| r.accepts_uploads())?.clone();
         let progress = progress.clone();
         let (tx, rx) = mpsc::channel::<UploadJob>();
-        let handle = std::thread::spawn(move || {
-            let mut reports = Vec::new();
+        let (done_tx, done) = mpsc::channel::<UploadReport>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (uploader, stopped) = (remote.clone(), stop.clone());
+        // Detached: when the wait at the end is over, a hung request must not
+        // keep the process alive; it ends with the process.
+        std::thread::spawn(move || {
             for (i, stage, key, dir) in rx {
-                let r = remote.upload(&stage, &key, &dir, &progress);
-                reports.push((i, r));
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = uploader.upload(&stage, &key, &dir, &progress);
+                if done_tx.send((i, r)).is_err() {
+                    break;
+                }
             }
-            reports
         });
         Some(Uploads {
+            remote,
             tx: Mutex::new(Some(tx)),
-            handle: Some(handle),
+            done: Mutex::new(done),
+            queued: Mutex::new(Vec::new()),
+            stop,
         })
     }
 
     /// Queues the upload of a node this process just built (if its stage is shared).
-    pub(crate) fn push(
-        &self,
-        remote: Option<&SharedRemote>,
-        i: usize,
-        node: &PlannedNode,
-        store: &ArtifactStore,
-    ) {
-        if remote.is_some_and(|r| !r.shares(&node.stage)) {
+    pub(crate) fn push(&self, i: usize, node: &PlannedNode, store: &ArtifactStore) {
+        if !self.remote.shares(&node.stage) {
             return;
         }
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = guard.as_ref() {
             let dir = store.object_dir(&node.stage, &node.key);
-            let _ = tx.send((i, node.stage.clone(), node.key.clone(), dir));
+            if tx
+                .send((i, node.stage.clone(), node.key.clone(), dir))
+                .is_ok()
+            {
+                self.queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(i);
+            }
         }
     }
 
-    /// Waits for every queued upload; their results in queue order.
-    pub(crate) fn finish(mut self) -> Vec<UploadReport> {
+    /// Waits for every queued upload, at most [`RemoteCache::upload_wait`];
+    /// their results in the order they finished, then the uploads the wait
+    /// gave up on ([`RemoteError::Unfinished`]), in queue order.
+    pub(crate) fn finish(self) -> Vec<UploadReport> {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(reports)) => reports,
-            _ => Vec::new(),
+        let wait = self.remote.upload_wait();
+        let deadline = Instant::now() + wait;
+        let done = self.done.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut reports: Vec<UploadReport> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done.recv_timeout(left) {
+                Ok(r) => reports.push(r),
+                // The uploader finished the queue (or died: nothing more will come).
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    self.remote.give_up();
+                    break;
+                }
+            }
         }
+        let queued = self.queued.into_inner().unwrap_or_else(|p| p.into_inner());
+        let finished: HashSet<usize> = reports.iter().map(|(i, _)| *i).collect();
+        for i in queued.into_iter().filter(|i| !finished.contains(i)) {
+            reports.push((
+                i,
+                Err(RemoteError::Unfinished {
+                    location: self.remote.location(),
+                    seconds: wait.as_secs_f64(),
+                }),
+            ));
+        }
+        reports
     }
 }

@@ -217,7 +217,7 @@ pub fn execute(
                 match result {
                     Ok(outcome) => {
                         if let (Some(u), Outcome::Ran(_)) = (&uploads, &outcome) {
-                            u.push(opts.remote.as_ref(), i, node, store);
+                            u.push(i, node, store);
                         }
                         st.done[i] = true;
                         st.outcomes[i] = outcome;
@@ -241,8 +241,7 @@ pub fn execute(
     for (i, report) in uploads.map(|u| u.finish()).unwrap_or_default() {
         match report {
             Ok(done) => on_event(Event::Uploaded(&plan.nodes[i], &done)),
-            Err(crate::RemoteError::Offline { .. }) => {}
-            Err(e) => on_event(Event::RemoteWarning(&plan.nodes[i], &e.to_string())),
+            Err(e) => on_event(Event::RemoteWarning(&plan.nodes[i], &e.not_uploaded())),
         }
     }
     let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -504,5 +503,108 @@ mod tests {
         assert_eq!(g.peak.load(Ordering::SeqCst), 1);
         let slots = g.slots.lock().unwrap().clone();
         assert!(slots.iter().all(|(n, s)| *n >= 6 || *s == Some(0)));
+    }
+
+    /// A remote whose first upload succeeds and every later one hangs (for
+    /// up to 30 s), as a server stopped mid-run does.
+    #[derive(Debug, Default)]
+    struct HangingRemote {
+        uploads: AtomicUsize,
+        given_up: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::RemoteCache for HangingRemote {
+        fn location(&self) -> String {
+            "s3://hung/p".into()
+        }
+        fn shares(&self, _: &str) -> bool {
+            true
+        }
+        fn contains_all(
+            &self,
+            items: &[(String, String)],
+        ) -> Result<Vec<bool>, crate::RemoteError> {
+            Ok(vec![false; items.len()])
+        }
+        fn fetch(
+            &self,
+            _: &str,
+            _: &str,
+            _: &ArtifactStore,
+            _: &MultiProgress,
+        ) -> Result<crate::FetchOutcome, crate::RemoteError> {
+            Ok(crate::FetchOutcome::Absent)
+        }
+        fn upload(
+            &self,
+            _: &str,
+            _: &str,
+            _: &Path,
+            _: &MultiProgress,
+        ) -> Result<crate::UploadOutcome, crate::RemoteError> {
+            if self.uploads.fetch_add(1, Ordering::SeqCst) > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            }
+            Ok(crate::UploadOutcome::Uploaded { files: 1, bytes: 1 })
+        }
+        fn upload_wait(&self) -> std::time::Duration {
+            std::time::Duration::from_millis(300)
+        }
+        fn give_up(&self) {
+            self.given_up.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_hung_upload_holds_the_end_of_a_run_no_longer_than_the_upload_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path().join("store")).unwrap();
+        let gauge = Arc::new(Gauge::default());
+        let mut graph = Graph::new();
+        for n in 0..3 {
+            let stage = Arc::new(FakeDeviceStage {
+                n,
+                device: false,
+                gauge: gauge.clone(),
+            });
+            graph.add(format!("fake{n}"), stage, &[]);
+        }
+        let plan = Plan::resolve(&graph, &store, None, false).unwrap();
+        let remote = Arc::new(HangingRemote::default());
+        let opts = ExecOptions {
+            jobs: 1,
+            device_slots: 1,
+            provenance: BTreeMap::new(),
+            check: None,
+            remote: Some(remote.clone()),
+        };
+        let said = Mutex::new(Vec::new());
+        let started = Instant::now();
+        let (summary, result) = execute(&graph, &plan, &store, &opts, &|e| match e {
+            Event::Uploaded(n, _) => said.lock().unwrap().push(format!("{} pushed", n.id)),
+            Event::RemoteWarning(n, msg) => said.lock().unwrap().push(format!("{} {msg}", n.id)),
+            _ => {}
+        });
+        result.unwrap();
+        assert_eq!(summary.ran(), 3);
+        // Three stages of 150 ms and a wait of 300 ms; far from the hung 30 s.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(remote.given_up.load(Ordering::SeqCst));
+        let said = said.into_inner().unwrap();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert_eq!(
+            said.iter().filter(|s| s.ends_with(" pushed")).count(),
+            1,
+            "{said:?}"
+        );
+        let unfinished: Vec<&String> = said
+            .iter()
+            .filter(|s| s.contains("not uploaded") && s.contains("remote_upload_wait = 0.3s"))
+            .collect();
+        assert_eq!(unfinished.len(), 2, "{said:?}");
+        assert!(
+            unfinished.iter().all(|s| s.contains("dml push")),
+            "{said:?}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! [`S3Remote`]: the remote cache over `object_store`'s S3 client, with bounded
 //! timeouts, verification of everything downloaded, and conditional manifests.
 use crate::{parse_s3_url, OpenError, RemoteSettings};
-use dml_artifacts::{ArtifactStore, FileEntry, Manifest, StoreError};
+use dml_artifacts::{ArtifactStore, DigestCheck, FileEntry, Manifest, StoreError};
 use dml_pipeline::{error_chain, stage_key, FetchOutcome, RemoteCache, RemoteError, UploadOutcome};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,20 +11,28 @@ use object_store::{
     BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectStore, PutMode, PutOptions,
     PutPayload, RetryConfig, WriteMultipart,
 };
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Bytes per ranged GET and per multipart part (S3's minimum part is 5 MiB).
 const CHUNK: u64 = 8 << 20;
 /// Files at least this large are uploaded in parts.
 const MULTIPART_AT: u64 = 16 << 20;
-/// Files moved at once.
-const PARALLEL: usize = 8;
+/// Parts of one multipart upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+/// How many of an artifact's files move at once, and how much file data they
+/// may hold in memory together: many small files (2,400 JPEGs) are latency
+/// bound and gain from overlapping; large ones are limited by the bytes.
+const LIMITS: Limits = Limits {
+    files: 16,
+    bytes: 128 << 20,
+};
 
 /// A remote cache in an S3 bucket (or any S3-compatible store).
 #[derive(Debug)]
@@ -37,6 +45,7 @@ pub struct S3Remote {
     transfer: AmazonS3,
     runtime: tokio::runtime::Runtime,
     lookup_timeout: Duration,
+    upload_wait: Duration,
     skip: BTreeSet<String>,
     upload: bool,
     multipart_at: u64,
@@ -120,7 +129,9 @@ impl S3Remote {
                 })
         };
         let probe = build(lookup, 1, lookup)?;
-        let transfer_store = build(transfer, 3, transfer * 2)?;
+        // Retries fit in one request's time: a request that timed out is not
+        // tried again (the remote is then given up for the run).
+        let transfer_store = build(transfer, 3, transfer)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -141,6 +152,7 @@ impl S3Remote {
             transfer: transfer_store,
             runtime,
             lookup_timeout: lookup,
+            upload_wait: Duration::from_secs_f64(settings.remote_upload_wait),
             skip: settings.remote_skip.iter().cloned().collect(),
             upload: settings.remote_upload,
             multipart_at,
@@ -238,10 +250,9 @@ impl S3Remote {
             }
         })?;
         let Some(bytes) = bytes else { return Ok(None) };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::Refused(format!("its manifest.json is not valid: {e}")))?;
-        check_manifest(stage, key, &manifest).map_err(Failure::Refused)?;
-        Ok(Some(manifest))
+        parse_remote_manifest(stage, key, &bytes)
+            .map(Some)
+            .map_err(Failure::Refused)
     }
 
     fn fetch_inner(
@@ -257,18 +268,19 @@ impl S3Remote {
         let staging = store.begin(stage, key)?;
         let bar = transfer_bar(progress, manifest.total_bytes(), &format!("fetch {stage}"));
         let dir = staging.dir().to_path_buf();
-        let jobs = manifest.files.iter().map(|entry| {
-            let dest = dir.join(&entry.path);
-            let path = self.file_path(stage, key, entry);
-            let bar = bar.clone();
-            async move { self.download(&path, &dest, entry, &bar).await }
-        });
-        self.runtime.block_on(async {
-            stream::iter(jobs)
-                .buffer_unordered(PARALLEL)
-                .try_collect::<Vec<()>>()
-                .await
-        })?;
+        // Downloads stream to disk: a file holds no more than a body frame in
+        // memory, so only their number is bounded.
+        self.runtime.block_on(bounded(
+            &manifest.files,
+            LIMITS,
+            |_| 0,
+            |entry| {
+                let dest = dir.join(&entry.path);
+                let path = self.file_path(stage, key, entry);
+                let bar = bar.clone();
+                async move { self.download(&path, &dest, entry, &bar).await }
+            },
+        ))?;
         bar.finish_and_clear();
         let expected: BTreeMap<String, (u64, String)> = manifest
             .files
@@ -327,7 +339,7 @@ impl S3Remote {
                         entry.path
                     )))
                 }
-                Err(e) => return Err(Failure::Remote(e)),
+                Err(e) => return Err(self.object_or_remote(path, entry, e).await),
             };
             if first && result.meta.size != entry.size {
                 return Err(Failure::Refused(format!(
@@ -363,8 +375,36 @@ impl S3Remote {
                 entry.path
             )));
         }
-        file.sync_all().map_err(io("fsync", dest))?;
+        // No fsync here: the commit fsyncs (and hashes) every file once more.
         Ok(())
+    }
+
+    /// A read of a file failed with something other than "not found". If the
+    /// remote still answers a HEAD of the file, the object is what is wrong
+    /// (a 0-byte object answers a range read with 416): it is refused, and the
+    /// remote stays in use for every other artifact. If not, the remote is.
+    async fn object_or_remote(
+        &self,
+        path: &ObjPath,
+        entry: &FileEntry,
+        error: object_store::Error,
+    ) -> Failure {
+        match tokio::time::timeout(self.lookup_timeout, self.probe.head(path)).await {
+            Ok(Ok(meta)) if meta.size != entry.size => Failure::Refused(format!(
+                "its file `{}` has {} bytes on the remote, the manifest says {}",
+                entry.path, meta.size, entry.size
+            )),
+            Ok(Ok(_)) => Failure::Refused(format!(
+                "its file `{}` cannot be read from the remote ({})",
+                entry.path,
+                error_chain(&error)
+            )),
+            Ok(Err(object_store::Error::NotFound { .. })) => Failure::Refused(format!(
+                "its file `{}` is missing on the remote",
+                entry.path
+            )),
+            Ok(Err(_)) | Err(_) => Failure::Remote(error),
+        }
     }
 
     fn upload_inner(
@@ -410,19 +450,44 @@ impl S3Remote {
                 return Ok(UploadOutcome::AlreadyThere);
             }
         }
+        // Files already there with their size (an upload cut off earlier) are
+        // not sent again: one listing of the key, not one HEAD per file.
+        let there: HashMap<String, u64> = if repair {
+            HashMap::new()
+        } else {
+            let prefix = self.path(&format!("objects/{stage}/{key}"));
+            self.runtime.block_on(
+                self.transfer
+                    .list(Some(&prefix))
+                    .map_ok(|m| (m.location.to_string(), m.size))
+                    .try_collect(),
+            )?
+        };
         let bar = transfer_bar(progress, manifest.total_bytes(), &format!("upload {stage}"));
-        let jobs = manifest.files.iter().map(|entry| {
-            let src = dir.join(&entry.path);
-            let path = self.file_path(stage, key, entry);
-            let bar = bar.clone();
-            async move { self.upload_file(&path, &src, entry, repair, &bar).await }
-        });
-        let sent: Vec<u64> = self.runtime.block_on(async {
-            stream::iter(jobs)
-                .buffer_unordered(PARALLEL)
-                .try_collect::<Vec<u64>>()
-                .await
-        })?;
+        let multipart_at = self.multipart_at;
+        let sent: Vec<u64> = self.runtime.block_on(bounded(
+            &manifest.files,
+            LIMITS,
+            // What a file holds in memory while it goes up: all of it in one
+            // request, or the parts in flight and the one being read.
+            |entry| match entry.size < multipart_at {
+                true => entry.size,
+                false => (PARTS_IN_FLIGHT as u64 + 1) * CHUNK,
+            },
+            |entry| {
+                let src = dir.join(&entry.path);
+                let path = self.file_path(stage, key, entry);
+                let done = there.get(path.as_ref()) == Some(&entry.size);
+                let bar = bar.clone();
+                async move {
+                    if done {
+                        bar.inc(entry.size);
+                        return Ok(0);
+                    }
+                    self.upload_file(&path, &src, entry, &bar).await
+                }
+            },
+        ))?;
         bar.finish_and_clear();
         // Last, and only if no other uploader's manifest got there first.
         let put = self.runtime.block_on(self.transfer.put_opts(
@@ -444,26 +509,14 @@ impl S3Remote {
         }
     }
 
-    /// Uploads one file unless the same content is there already (a resumed
-    /// upload); returns the bytes sent.
+    /// Uploads one file; returns the bytes sent.
     async fn upload_file(
         &self,
         path: &ObjPath,
         src: &Path,
         entry: &FileEntry,
-        overwrite: bool,
         bar: &ProgressBar,
     ) -> Result<u64, Failure> {
-        if !overwrite {
-            match self.transfer.head(path).await {
-                Ok(meta) if meta.size == entry.size => {
-                    bar.inc(entry.size);
-                    return Ok(0);
-                }
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Failure::Remote(e)),
-            }
-        }
         let io = |action: &'static str| StoreError::io(action, src.to_path_buf());
         let mut file = std::fs::File::open(src).map_err(io("open"))?;
         if entry.size < self.multipart_at {
@@ -492,7 +545,7 @@ impl S3Remote {
                     return Err(Failure::Store(io("read")(e)));
                 }
             };
-            if let Err(e) = parts.wait_for_capacity(4).await {
+            if let Err(e) = parts.wait_for_capacity(PARTS_IN_FLIGHT).await {
                 let _ = parts.abort().await;
                 return Err(Failure::Remote(e));
             }
@@ -655,6 +708,78 @@ impl RemoteCache for S3Remote {
         self.upload_inner(stage, key, dir, progress)
             .map_err(|f| self.classify(stage, key, f))
     }
+
+    fn upload_wait(&self) -> Duration {
+        self.upload_wait
+    }
+
+    fn give_up(&self) {
+        self.offline.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How many transfers run at once, and how many bytes they may hold in memory together.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    files: usize,
+    bytes: u64,
+}
+
+/// Runs `job` on every item, at most `limits.files` at once and with the
+/// `weight`s of those running summing to at most `limits.bytes` (an item
+/// heavier than that runs alone); the results in no particular order, or the
+/// first error (the jobs still running are dropped).
+async fn bounded<'a, T: 'a, R, E, Fut>(
+    items: impl IntoIterator<Item = &'a T>,
+    limits: Limits,
+    weight: impl Fn(&T) -> u64,
+    job: impl Fn(&'a T) -> Fut,
+) -> Result<Vec<R>, E>
+where
+    Fut: Future<Output = Result<R, E>>,
+{
+    /// Permits are counted in 64 KiB units, so the budget fits a u32.
+    const UNIT: u64 = 64 << 10;
+    let budget = limits.bytes.div_ceil(UNIT).clamp(1, u32::MAX as u64) as u32;
+    let memory = Semaphore::new(budget as usize);
+    let memory = &memory;
+    let jobs = items.into_iter().map(|item| {
+        let units = (weight(item).div_ceil(UNIT).max(1)).min(budget as u64) as u32;
+        let run = job(item);
+        async move {
+            // The semaphore is never closed: acquiring only waits.
+            let _held = memory.acquire_many(units).await;
+            run.await
+        }
+    });
+    stream::iter(jobs)
+        .buffer_unordered(limits.files.max(1))
+        .try_collect()
+        .await
+}
+
+/// Parses and checks a manifest downloaded for (stage, key): it must match its
+/// own digest (an edit of any field, notes and provenance included, is
+/// refused, not saved with a fresh digest), then [`check_manifest`].
+fn parse_remote_manifest(stage: &str, key: &str, bytes: &[u8]) -> Result<Manifest, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "its manifest.json is not UTF-8 text".to_string())?;
+    let (manifest, digest) = Manifest::parse_checked(text)
+        .map_err(|e| format!("its manifest.json is not valid: {e}"))?;
+    match digest {
+        DigestCheck::Valid => {}
+        DigestCheck::Mismatch => return Err(
+            "its manifest.json does not match its own digest (it was changed after it was written)"
+                .into(),
+        ),
+        DigestCheck::Absent => {
+            return Err(
+                "its manifest.json has no digest (edited, or uploaded by an older dml)".into(),
+            )
+        }
+    }
+    check_manifest(stage, key, &manifest)?;
+    Ok(manifest)
 }
 
 /// A manifest must name the stage and key it is stored under, its key must be
@@ -761,6 +886,113 @@ mod tests {
         let mut nohash = m.clone();
         nohash.files[0].blake3 = "zz".into();
         assert!(check_manifest("plan", &key, &nohash).is_err());
+    }
+
+    #[test]
+    fn a_downloaded_manifest_must_match_its_own_digest() {
+        let m = manifest("plan");
+        let key = m.key.clone();
+        let text = m.to_json_with_digest().unwrap();
+        assert!(parse_remote_manifest("plan", &key, text.as_bytes()).is_ok());
+        // An edit that keeps the key (notes are not part of it): refused.
+        let edited = text.replace("\"notes\": null", "\"notes\": {\"recall@1\": 0.99}");
+        assert_ne!(edited, text);
+        let err = parse_remote_manifest("plan", &key, edited.as_bytes()).unwrap_err();
+        assert!(err.contains("own digest"), "{err}");
+        // Without its digest line: refused too (it could hide any edit).
+        let bare = serde_json::to_string_pretty(&m).unwrap();
+        let err = parse_remote_manifest("plan", &key, bare.as_bytes()).unwrap_err();
+        assert!(err.contains("no digest"), "{err}");
+        let err = parse_remote_manifest("plan", &key, b"").unwrap_err();
+        assert!(err.contains("not valid"), "{err}");
+    }
+
+    /// Runs `bounded` over `weights` with jobs that sleep, and returns the
+    /// most jobs and the most weight that ran at once.
+    fn peaks(weights: &[u64], limits: Limits) -> (usize, u64) {
+        use std::sync::atomic::AtomicU64;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (running, load) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (peak_running, peak_load) = (AtomicU64::new(0), AtomicU64::new(0));
+        let done: Vec<u64> = runtime
+            .block_on(bounded(
+                weights,
+                limits,
+                |w| *w,
+                |w| {
+                    let (running, load) = (&running, &load);
+                    let (peak_running, peak_load) = (&peak_running, &peak_load);
+                    async move {
+                        let r = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        let l = load.fetch_add(*w, Ordering::SeqCst) + *w;
+                        peak_running.fetch_max(r, Ordering::SeqCst);
+                        peak_load.fetch_max(l, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        load.fetch_sub(*w, Ordering::SeqCst);
+                        Ok::<u64, ()>(*w)
+                    }
+                },
+            ))
+            .unwrap();
+        let mut sorted = done.clone();
+        sorted.sort_unstable();
+        let mut expected = weights.to_vec();
+        expected.sort_unstable();
+        assert_eq!(sorted, expected, "every job ran once");
+        (
+            peak_running.load(Ordering::SeqCst) as usize,
+            peak_load.load(Ordering::SeqCst),
+        )
+    }
+
+    #[test]
+    fn transfers_overlap_up_to_the_file_count_and_the_memory_budget() {
+        // Weights in the semaphore's 64 KiB units.
+        let unit = 64 << 10;
+        // Many small files: exactly `files` at once, not one after another.
+        let limits = Limits {
+            files: 16,
+            bytes: 128 << 20,
+        };
+        assert_eq!(peaks(&[unit; 100], limits), (16, 16 * unit));
+        // Large ones: as many as the budget holds (three of 3 units in a budget of 10).
+        let limits = Limits {
+            files: 16,
+            bytes: 10 * unit,
+        };
+        let (files, bytes) = peaks(&[3 * unit; 12], limits);
+        assert_eq!(files, 3);
+        assert!(bytes <= 10 * unit, "{bytes}");
+        // One heavier than the whole budget runs, alone.
+        let (files, _) = peaks(&[100 * unit, unit, unit], limits);
+        assert!(files <= 2);
+        let (files, _) = peaks(&[100 * unit], limits);
+        assert_eq!(files, 1);
+        // The first error stops the rest.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..50).collect();
+        let r: Result<Vec<u64>, u64> = runtime.block_on(bounded(
+            &items,
+            limits,
+            |_| 0,
+            |i| {
+                let i = *i;
+                async move {
+                    match i {
+                        7 => Err(i),
+                        _ => Ok(i),
+                    }
+                }
+            },
+        ));
+        assert_eq!(r, Err(7));
     }
 
     #[test]

@@ -15,8 +15,14 @@ pub struct RemoteSettings {
     /// Seconds a lookup (connect + HEAD of a manifest) may take before the
     /// remote is given up for the rest of the run.
     pub remote_timeout: f64,
-    /// Seconds one transfer request (one part, one range of a file) may take.
+    /// Seconds one transfer request (one part, one range of a file) may take,
+    /// retries included; a request that times out gives the remote up for the
+    /// rest of the run.
     pub remote_transfer_timeout: f64,
+    /// Seconds the end of a run waits, after its last stage, for the uploads
+    /// still running in the background; what is not uploaded by then is named
+    /// (`dml push` uploads it later).
+    pub remote_upload_wait: f64,
     /// Upload what this machine builds; `false` for a read-only member of the team.
     pub remote_upload: bool,
 }
@@ -28,6 +34,7 @@ impl Default for RemoteSettings {
             remote_skip: vec!["decode".into()],
             remote_timeout: 3.0,
             remote_transfer_timeout: 120.0,
+            remote_upload_wait: 300.0,
             remote_upload: true,
         }
     }
@@ -42,6 +49,7 @@ impl RemoteSettings {
                 "store.remote_transfer_timeout",
                 self.remote_transfer_timeout,
             ),
+            ("store.remote_upload_wait", self.remote_upload_wait),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(format!(
@@ -103,6 +111,14 @@ mod tests {
             ..RemoteSettings::default()
         };
         assert!(bad.validate().unwrap_err().contains("store.remote_timeout"));
+        let bad = RemoteSettings {
+            remote_upload_wait: f64::NAN,
+            ..RemoteSettings::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("store.remote_upload_wait"));
         assert!(serde_json::from_str::<RemoteSettings>(r#"{"remote_skp": []}"#).is_err());
     }
 

@@ -120,6 +120,12 @@ pub struct Dag {
     pub users: HashMap<String, Vec<usize>>,
 }
 
+/// The name of every stage dml has, in pipeline order (what `remote_skip`
+/// and other settings that name stages are checked against).
+pub const STAGE_NAMES: [&str; 9] = [
+    "synth", "index", "plan", "decode", "train", "embed", "retrieve", "cluster", "report",
+];
+
 /// [`build_dag`]'s graph alone.
 pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
     Ok(build_dag(experiments)?.graph)

@@ -280,3 +280,213 @@ fn a_second_store_fetches_everything_a_corrupt_object_is_refused_and_a_dead_remo
     assert!(started.elapsed() < Duration::from_secs(120));
     assert_eq!(embeddings(&store("a")), embeddings(&store("i")));
 }
+
+/// The key of the artifact `latest/tiny/<node>` of `store`.
+fn key_of(store: &Path, node: &str) -> String {
+    latest_manifest(store, "tiny", node)["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_bad_object_is_refused_and_replaced_alone_and_the_remote_stays_in_use() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let store = |n: &str| tmp.path().join(n);
+    let a = moto.ok(&store("a"), &["run", &cfg, "--json"]);
+    assert!(statuses(&a).iter().all(|(_, s)| s == "ran"));
+
+    // One of synth's images becomes a 0-byte object (a range read of it
+    // answers 416), and train's manifest is edited in the bucket (valid JSON,
+    // the key intact, its own digest no longer matching).
+    let synth = latest_manifest(&store("a"), "tiny", "synth");
+    let synth_key = key_of(&store("a"), "synth");
+    let image = synth["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["size"].as_u64().unwrap() > 0)
+        .expect("a non-empty file");
+    let image_path = image["path"].as_str().unwrap();
+    let emptied = format!(
+        "team/objects/synth/{synth_key}/{}/{image_path}",
+        image["blake3"].as_str().unwrap()
+    );
+    moto.python(&format!(
+        "s3.put_object(Bucket={BUCKET:?}, Key={emptied:?}, Body=b'')"
+    ));
+    let train_key = key_of(&store("a"), "train");
+    let train_manifest = format!("team/objects/train/{train_key}/manifest.json");
+    moto.python(&format!(
+        "import json\n\
+         m = json.loads(s3.get_object(Bucket={BUCKET:?}, Key={train_manifest:?})['Body'].read())\n\
+         assert next(iter(m)) == 'digest'\n\
+         m['provenance']['host'] = 'edited-in-the-bucket'\n\
+         s3.put_object(Bucket={BUCKET:?}, Key={train_manifest:?}, Body=json.dumps(m, indent=2).encode())"
+    ));
+
+    // Store B refuses those two, builds them, and fetches every other stage:
+    // the remote is not turned off by one bad object.
+    let b = moto.ok(&store("b"), &["run", &cfg, "--json"]);
+    let nodes = statuses(&b);
+    let err = stderr(&b);
+    for (id, status) in &nodes {
+        let expected = match id.as_str() {
+            "synth" | "train" => "ran",
+            _ => "fetched",
+        };
+        assert_eq!(status, expected, "{id}: {nodes:?}\n{err}");
+    }
+    assert!(!err.contains("not usable"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains(&synth_key) && err.contains(image_path),
+        "{err}"
+    );
+    assert!(err.contains("0 bytes on the remote"), "{err}");
+    assert!(
+        err.contains(&train_key) && err.contains("own digest"),
+        "{err}"
+    );
+    // Nothing edited was saved: B's train manifest is B's own build's, and
+    // every artifact verifies.
+    assert_ne!(
+        latest_manifest(&store("b"), "tiny", "train")["provenance"]["host"],
+        "edited-in-the-bucket"
+    );
+    let verified = moto.ok(&store("b"), &["run", &cfg, "--json", "--verify"]);
+    assert!(statuses(&verified).iter().all(|(_, s)| s == "cached"));
+    assert_eq!(embeddings(&store("a")), embeddings(&store("b")));
+
+    // B replaced both: an empty store C fetches everything.
+    let c = moto.ok(&store("c"), &["run", &cfg, "--json"]);
+    let c_nodes = statuses(&c);
+    assert!(
+        c_nodes.iter().all(|(_, s)| s == "fetched"),
+        "{c_nodes:?}\n{}",
+        stderr(&c)
+    );
+    assert_eq!(embeddings(&store("a")), embeddings(&store("c")));
+}
+
+#[test]
+fn with_a_remote_and_the_default_remote_skip_a_run_until_plan_works() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // No [store] table: `remote_skip = ["decode"]`, a stage a run until plan
+    // does not reach.
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let store = tmp.path().join("store");
+    moto.ok(&store, &["run", cfg, "--until", "plan", "--dry-run"]);
+    let out = moto.ok(&store, &["run", cfg, "--until", "plan", "--json"]);
+    let nodes = statuses(&out);
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(nodes.iter().all(|(_, s)| s == "ran"), "{nodes:?}");
+    // And a stage name that dml does not have is still refused, with a hint.
+    let typo = write_config(
+        tmp.path(),
+        &format!("{TINY_TRAIN}\n[store]\nremote_skip = [\"decod\"]\n"),
+    );
+    let out = moto
+        .dml(&store, &["run", typo.to_str().unwrap(), "--until", "plan"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did you mean `decode`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+#[ignore = "unfinished: fails on its message assertion (the run ends, with what message is not yet checked)"]
+fn a_hung_server_delays_the_end_of_a_run_by_the_upload_wait_at_most() {
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Requests that may hang for a minute, an end that waits 3 s for them.
+    let text = format!(
+        "{TINY_TRAIN}\n[store]\nremote_skip = []\nremote_transfer_timeout = 60.0\nremote_upload_wait = 3.0\n"
+    );
+    let cfg = write_config(tmp.path(), &text);
+    let cfg = cfg.to_str().unwrap();
+    let store = tmp.path().join("store");
+    let pid = moto.child.as_ref().unwrap().id();
+    // As soon as synth's upload is complete, the server stops answering
+    // (`kill -STOP`): the uploads of the stages after it hang.
+    let script = format!(
+        "import boto3, os, signal, time\n\
+         s3 = boto3.client('s3', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
+         deadline = time.time() + 120\n\
+         while time.time() < deadline:\n    \
+             r = s3.list_objects_v2(Bucket={BUCKET:?}, Prefix='team/objects/synth/')\n    \
+             if any(o['Key'].endswith('/manifest.json') for o in r.get('Contents', [])):\n        \
+                 os.kill({pid}, signal.SIGSTOP)\n        \
+                 print(time.time())\n        \
+                 break\n    \
+             time.sleep(0.05)\n",
+        moto.endpoint()
+    );
+    let stopper = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training long enough that uploads are still to come when the server stops.
+    let run = moto
+        .dml(&store, &["run", cfg, "--json", "--set", "plan.steps=200"])
+        .output()
+        .unwrap();
+    let stopped = stopper.wait_with_output().unwrap();
+    let resume = || {
+        let _ = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+    };
+    resume();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let stopped_at: f64 = String::from_utf8_lossy(&stopped.stdout)
+        .trim()
+        .parse()
+        .expect("the server was stopped during the run");
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let nodes = statuses(&run);
+    assert!(nodes.iter().all(|(_, s)| s == "ran"), "{nodes:?}");
+    let err = stderr(&run);
+    assert!(
+        err.contains("not uploaded")
+            && err.contains("remote_upload_wait = 3s")
+            && err.contains("dml push"),
+        "{err}"
+    );
+    // Far from the minute a hung request may take.
+    assert!(
+        ended - stopped_at < 45.0,
+        "the run ended {:.1} s after the server stopped:\n{err}",
+        ended - stopped_at
+    );
+
+    // The server answers again: `dml push` uploads what was left, and an empty
+    // store fetches everything.
+    moto.ok(&store, &["push"]);
+    let fresh = tmp.path().join("fresh");
+    let all = moto.ok(&fresh, &["run", cfg, "--json", "--set", "plan.steps=200"]);
+    let fetched = statuses(&all);
+    assert!(
+        fetched.iter().all(|(_, s)| s == "fetched"),
+        "{fetched:?}\n{}",
+        stderr(&all)
+    );
+    moto.stop();
+}
