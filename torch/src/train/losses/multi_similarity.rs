@@ -34,11 +34,7 @@ fn similarities_and_pairs(
     options: PairOptions,
 ) -> (Tensor, Pairs, Option<Pairs>) {
     let (sim, pairs, self_slot) = match reference {
-        None => (
-            cosine(embeddings, embeddings),
-            Pairs::within(labels),
-            None,
-        ),
+        None => (cosine(embeddings, embeddings), Pairs::within(labels), None),
         Some(r) => (
             cosine(embeddings, &r.embeddings.to_kind(embeddings.kind())),
             Pairs::against(labels, r.labels),
@@ -138,7 +134,10 @@ pub fn circle(
             let lse_pos = masked_logsumexp(&new_mat, &mp.pos, false, 1);
             let lse_neg = masked_logsumexp(&new_mat, &mp.neg, false, 1);
             let losses = (lse_pos + lse_neg).softplus().squeeze_dim(1);
-            let has_both = mp.pos.any_dim(1, false).logical_and(&mp.neg.any_dim(1, false));
+            let has_both = mp
+                .pos
+                .any_dim(1, false)
+                .logical_and(&mp.neg.any_dim(1, false));
             let losses = losses * has_both.to_kind(kind);
             let nonzero = losses.gt(0.0);
             let n = nonzero.sum(Kind::Int64).int64_value(&[]);

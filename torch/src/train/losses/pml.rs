@@ -37,7 +37,8 @@ pub(crate) fn masked_logsumexp(x: &Tensor, keep: &Tensor, add_one: bool, dim: i6
     let x = if add_one {
         let mut shape = x.size();
         shape[dim as usize] = 1;
-        Tensor::cat(&[x, Tensor::zeros(&shape, (x.kind(), x.device()))], dim)
+        let zeros = Tensor::zeros(&shape, (x.kind(), x.device()));
+        Tensor::cat(&[x, zeros], dim)
     } else {
         x
     };
