@@ -53,9 +53,9 @@ fn finish(
 
 /// Proxy-Anchor loss, PML's `ProxyAnchorLoss(margin δ, alpha α)`: with S the cosine
 /// similarities of the rows to the proxies `[B, C]`,
-/// L = 1/|P⁺| Σ_{p∈P⁺} log(1 + Σ_{i: y_i = p} e^{−α(S_ip − δ)})
-///   + 1/C Σ_p log(1 + Σ_{i: y_i ≠ p} e^{α(S_ip + δ)}),
-/// P⁺ the proxies with a row in the batch. `labels` are class ids (for the statistics),
+/// L = 1/|P⁺| Σ_{p∈P⁺} log(1 + Σ_{i: y_i = p} e^{−α(S_ip − δ)}) +
+/// 1/C Σ_p log(1 + Σ_{i: y_i ≠ p} e^{α(S_ip + δ)}),
+/// with P⁺ the proxies with a row in the batch. `labels` are class ids (for the statistics),
 /// `index` their proxy indices. `active_fraction`: rows whose own proxy is not the nearest.
 pub fn proxy_anchor(
     embeddings: &Tensor,
@@ -190,7 +190,7 @@ pub fn soft_triple(
     let mut loss =
         logits.cross_entropy_loss::<Tensor>(index, None, tch::Reduction::Mean, -100, 0.0);
     if tau > 0.0 {
-        loss = loss + centre_regulariser(&centers, classes, k) * tau;
+        loss += centre_regulariser(&centers, classes, k) * tau;
     }
     Ok(finish(loss, &class_sim, embeddings, labels, index))
 }
