@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Python packages the tests compare against, installed once into the torch venv
 # (the same interpreter whose libtorch `dml` links): torchvision for the backbone
-# parity test, pyarrow/polars/pandas for the notebook-facing tests, Pillow for benches,
+# parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the notebook-facing tests, Pillow for benches,
 # moto's S3 server (and boto3) for the remote-cache tests.
 set -euo pipefail
 py="$(command -v python3)"
 # torchvision without its dependencies: they would pull another torch.
 "$py" -c "import torchvision" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.26.0" >&2
+# pytorch-metric-learning for the modern losses' comparison test, likewise without its
+# dependencies (torch, numpy; the losses and miners need neither scikit-learn nor tqdm).
+"$py" -c "import pytorch_metric_learning as p; assert p.__version__ == '2.9.0'" 2>/dev/null \
+  || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "pytorch-metric-learning==2.9.0" >&2
 need=()
 "$py" -c "import safetensors" 2>/dev/null || need+=("safetensors")
 "$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")

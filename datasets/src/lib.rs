@@ -81,5 +81,5 @@ pub use imaging::{decode, image_dims, load_resized, load_resized_into, resize_rg
 pub use listing::{
     check_files_exist, list, missing_files, DatasetKind, ListOptions, Listing, Record, Split,
 };
-pub use plan::{steps_per_epoch, PkPlanner, PlanRow};
+pub use plan::{steps_per_epoch, PkPlanner, PlanRow, RandomPlanner, Sampler};
 pub use synthetic::{generate, SyntheticFormat, SyntheticSpec};

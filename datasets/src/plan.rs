@@ -149,6 +149,87 @@ impl PkPlanner {
     }
 }
 
+/// Which planner fills the batches (`plan.sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// P classes × K images ([`PkPlanner`]).
+    #[default]
+    Pk,
+    /// Uniform batches without replacement within an epoch ([`RandomPlanner`]).
+    Random,
+}
+
+/// Uniform batches, as a PyTorch `DataLoader(shuffle=True, drop_last=True)` draws them.
+///
+/// # The rule
+/// Every image of `classes` is listed once, ordered by image id. One ChaCha8 generator,
+/// `ChaCha8Rng::seed_from_u64(seed)`, shuffles that list ([`crate::stable_rng`]'s
+/// Fisher–Yates) at the start of each epoch; steps take the next `batch_size` images in
+/// that order; the `n mod batch_size` images left at the end of an epoch sit it out, and
+/// the next epoch is a new shuffle of all of them. Slot `i` of a step holds its `i`-th
+/// image; classes appear as often as chance has it (once, or not at all). Like the P×K
+/// plan, the plan for a given input and seed is a stable contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomPlanner {
+    /// Images per batch (`plan.batch_size`).
+    pub batch_size: u32,
+    /// Number of steps to plan.
+    pub steps: u32,
+    /// Seed of the ChaCha8 generator.
+    pub seed: u64,
+}
+
+impl RandomPlanner {
+    /// Plans `steps` batches from `classes` (class id → image ids of the train split).
+    /// Errors: a batch of 0 or more than 65,536 images, or fewer images than one batch.
+    pub fn plan(&self, classes: &BTreeMap<u32, Vec<u32>>) -> Result<Vec<PlanRow>> {
+        let batch = self.batch_size as usize;
+        if batch == 0 || batch > usize::from(u16::MAX) + 1 {
+            return Err(DatasetError::InvalidSetting {
+                setting: "plan.batch_size",
+                value: self.batch_size.to_string(),
+                reason: "a batch holds between 1 and 65,536 images".into(),
+            });
+        }
+        let mut images: Vec<(u32, u32)> = classes
+            .iter()
+            .flat_map(|(&c, ids)| ids.iter().map(move |&i| (i, c)))
+            .collect();
+        images.sort_unstable();
+        if images.len() < batch {
+            return Err(DatasetError::InvalidSetting {
+                setting: "plan.batch_size",
+                value: self.batch_size.to_string(),
+                reason: format!(
+                    "the training split has only {} images, fewer than one batch",
+                    images.len()
+                ),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut rows = Vec::with_capacity(self.steps as usize * batch);
+        let mut cursor = images.len();
+        for step in 0..self.steps {
+            if images.len() - cursor < batch {
+                shuffle(&mut rng, &mut images);
+                cursor = 0;
+            }
+            for (slot, &(image_id, class_id)) in images[cursor..cursor + batch].iter().enumerate() {
+                rows.push(PlanRow {
+                    step,
+                    slot: slot as u16,
+                    image_id,
+                    class_id,
+                });
+            }
+            cursor += batch;
+        }
+        Ok(rows)
+    }
+}
+
 /// Number of steps in one epoch for `n_classes` classes: `n / P` (at least 1 when classes
 /// may repeat). Useful to size `steps` in whole epochs.
 pub fn steps_per_epoch(n_classes: usize, p: u32, allow_repeated_classes: bool) -> usize {

@@ -171,6 +171,30 @@ pub struct PlanSettings {
     pub seed: u64,
     /// Tile the class list when there are fewer classes than P (the seed's behaviour).
     pub allow_repeated_classes: bool,
+    /// `pk` (P classes × K images, the default) or `random` (uniform batches of
+    /// `batch_size` images, for the proxy losses). Part of the key only when `random`.
+    #[serde(skip_serializing_if = "is_pk")]
+    pub sampler: dml_datasets::Sampler,
+    /// Images per batch of the `random` sampler (0: P × K).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batch_size: u32,
+}
+
+fn is_pk(s: &dml_datasets::Sampler) -> bool {
+    *s == dml_datasets::Sampler::Pk
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl PlanSettings {
+    /// Images per step: `batch_size` for the random sampler (P × K when unset), P × K otherwise.
+    pub fn images_per_step(&self) -> u32 {
+        match self.sampler {
+            dml_datasets::Sampler::Random if self.batch_size > 0 => self.batch_size,
+            _ => self.p.saturating_mul(self.k),
+        }
+    }
 }
 
 impl Default for PlanSettings {
@@ -181,6 +205,8 @@ impl Default for PlanSettings {
             steps: 1000,
             seed: 0,
             allow_repeated_classes: false,
+            sampler: dml_datasets::Sampler::Pk,
+            batch_size: 0,
         }
     }
 }
@@ -283,6 +309,10 @@ pub struct TrainSettings {
     /// cuDNN's deterministic algorithms on CUDA instead of autotuned ones. Part of the
     /// train key only when true.
     pub deterministic: bool,
+    /// Train the head (and the loss's parameters) only, the backbone frozen, for the first
+    /// N steps (the Proxy-Anchor warm-up). Part of the train key only when > 0.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub freeze_backbone_steps: u64,
     /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Seed of the weight initialisation and of the augmentation.
@@ -301,12 +331,17 @@ impl Default for TrainSettings {
             optimizer: Default::default(),
             precision: Default::default(),
             deterministic: false,
+            freeze_backbone_steps: 0,
             device: "auto".into(),
             seed: 0,
             checkpoint_every: 500,
             validation: Default::default(),
         }
     }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `[embed]`.

@@ -58,14 +58,23 @@ impl Stage for PlanStage {
             return Err(anyhow!("the index has no train split to plan batches from").into());
         }
         let s = &self.settings;
-        let planner = ds::PkPlanner {
-            p: s.p,
-            k: s.k,
-            steps: s.steps,
-            seed: s.seed,
-            allow_repeated_classes: s.allow_repeated_classes,
+        let planned = match s.sampler {
+            ds::Sampler::Pk => ds::PkPlanner {
+                p: s.p,
+                k: s.k,
+                steps: s.steps,
+                seed: s.seed,
+                allow_repeated_classes: s.allow_repeated_classes,
+            }
+            .plan(&classes),
+            ds::Sampler::Random => ds::RandomPlanner {
+                batch_size: s.images_per_step(),
+                steps: s.steps,
+                seed: s.seed,
+            }
+            .plan(&classes),
         };
-        let planned = planner.plan(&classes).map_err(|e| match e {
+        let planned = planned.map_err(|e| match e {
             // Name the holdout: it is why a small dataset has too few classes left.
             ds::DatasetError::TooFewClasses { .. } if !held.is_empty() => anyhow!(
                 "{e}, after train.validation held out {} of the {} training classes for validation (or set --set train.validation.every=0 to train on all of them)",
@@ -88,9 +97,11 @@ impl Stage for PlanStage {
             &ctx.out_dir().join("plan.parquet"),
             &tables::plan_to_batch(&rows),
         )?;
-        let small = classes.values().filter(|v| (v.len() as u32) < s.k).count();
         ctx.note("train_classes", json!(classes.len()));
-        ctx.note("classes_with_fewer_than_k_images", json!(small));
+        if s.sampler == ds::Sampler::Pk {
+            let small = classes.values().filter(|v| (v.len() as u32) < s.k).count();
+            ctx.note("classes_with_fewer_than_k_images", json!(small));
+        }
         Ok(())
     }
 }

@@ -99,6 +99,7 @@ pub fn train_config(s: &TrainSettings) -> TrainConfig {
         optimizer: s.optimizer.clone(),
         precision: s.precision,
         deterministic: s.deterministic,
+        freeze_backbone_steps: s.freeze_backbone_steps,
     }
 }
 
@@ -128,6 +129,9 @@ struct TrainTable<'a> {
     /// Only when true.
     #[serde(skip_serializing_if = "Option::is_none")]
     deterministic: Option<bool>,
+    /// Only when > 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze_backbone_steps: Option<u64>,
     /// Only when validating.
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<&'a ValidationPlan>,
@@ -167,6 +171,8 @@ impl TrainJob {
                 optimizer: trained.then_some(&s.optimizer),
                 precision: trained.then_some(s.precision),
                 deterministic: (trained && s.deterministic).then_some(true),
+                freeze_backbone_steps: (trained && s.freeze_backbone_steps > 0)
+                    .then_some(s.freeze_backbone_steps),
                 validation: self.validation.as_ref(),
                 untrained: self.untrained.then_some(true),
             },

@@ -208,6 +208,11 @@ pub struct ModelConfig {
     /// Overrides the backbone's input scaling (see [`Backbone::input_scaling`]).
     #[serde(default)]
     pub input_scaling: Option<InputScaling>,
+    /// Freeze the backbone's batch norms in training: their running statistics are used
+    /// and never updated, and their scale and shift are not trained (the Proxy-Anchor
+    /// recipe's `bn_freeze`). The head's batch norm is not affected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_bn: bool,
 }
 
 impl ModelConfig {
@@ -240,6 +245,7 @@ impl Default for ModelConfig {
             normalize: None,
             pretrained: None,
             input_scaling: None,
+            freeze_bn: false,
         }
     }
 }
@@ -346,6 +352,175 @@ pub enum Loss {
     },
     /// Margin loss of Wu et al. 2017 (normalised embeddings).
     Margin(MarginLossConfig),
+    /// Multi-similarity loss (Wang et al. 2019), pytorch-metric-learning's
+    /// `MultiSimilarityLoss` on cosine similarities, optionally with its miner and a
+    /// cross-batch memory.
+    MultiSimilarity {
+        /// Weight of positive pairs (2).
+        #[serde(default = "ms_alpha")]
+        alpha: f64,
+        /// Weight of negative pairs (50).
+        #[serde(default = "ms_beta")]
+        beta: f64,
+        /// The similarity offset λ (0.5).
+        #[serde(default = "half")]
+        base: f64,
+        /// Pair mining before the loss (`"multi_similarity"`; none by default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        miner: Option<Miner>,
+        /// ε of the multi-similarity miner (0.1).
+        #[serde(default = "epsilon_0_1", skip_serializing_if = "is_0_1")]
+        miner_epsilon: f64,
+        /// Cross-batch memory: embeddings kept from earlier batches (0: off).
+        #[serde(default, skip_serializing_if = "is_zero_usize")]
+        memory: usize,
+        /// Steps trained without the memory before it is used (XBM's warm-up; 0).
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        memory_start_step: u64,
+    },
+    /// Circle loss (Sun et al. 2020), pytorch-metric-learning's `CircleLoss` on cosine
+    /// similarities; the paper's m = 0.25, γ = 256 (PML's defaults are 0.4 and 80).
+    Circle {
+        /// The relaxation m (0.25).
+        #[serde(default = "circle_m")]
+        m: f64,
+        /// The scale γ (256).
+        #[serde(default = "circle_gamma")]
+        gamma: f64,
+        /// Pair mining before the loss (`"multi_similarity"`; none by default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        miner: Option<Miner>,
+        /// ε of the multi-similarity miner (0.1).
+        #[serde(default = "epsilon_0_1", skip_serializing_if = "is_0_1")]
+        miner_epsilon: f64,
+        /// Cross-batch memory: embeddings kept from earlier batches (0: off).
+        #[serde(default, skip_serializing_if = "is_zero_usize")]
+        memory: usize,
+        /// Steps trained without the memory before it is used (0).
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        memory_start_step: u64,
+    },
+    /// Proxy-Anchor loss (Kim et al. 2020), pytorch-metric-learning's `ProxyAnchorLoss`:
+    /// one proxy per training class (`loss.proxies`).
+    ProxyAnchor {
+        /// δ (0.1).
+        #[serde(default = "margin_0_1")]
+        margin: f64,
+        /// α (32).
+        #[serde(default = "alpha_32")]
+        alpha: f64,
+        /// Learning-rate multiplier of the proxies (1; the paper's recipe uses 100).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        lr_multiplier: f64,
+    },
+    /// Proxy-NCA (Movshovitz-Attias et al. 2017), pytorch-metric-learning's `ProxyNCALoss`:
+    /// softmax over negative squared distances to one proxy per class (`loss.proxies`).
+    ProxyNca {
+        /// Scale of the distances inside the softmax (1).
+        #[serde(default = "one")]
+        softmax_scale: f64,
+        /// Learning-rate multiplier of the proxies (1).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        lr_multiplier: f64,
+    },
+    /// ArcFace (Deng et al. 2019), pytorch-metric-learning's `ArcFaceLoss`: class weights
+    /// `loss.W` (`[embedding_dim, classes]`).
+    Arcface {
+        /// Additive angular margin in degrees (28.6, i.e. 0.5 rad).
+        #[serde(default = "arcface_margin")]
+        margin: f64,
+        /// Logit scale s (64).
+        #[serde(default = "arcface_scale")]
+        scale: f64,
+        /// Learning-rate multiplier of the class weights (1).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        lr_multiplier: f64,
+    },
+    /// SoftTriple (Qian et al. 2019), pytorch-metric-learning's `SoftTripleLoss`: K centres
+    /// per class, `loss.fc` (`[embedding_dim, classes·K]`).
+    SoftTriple {
+        /// Centres per class K (10).
+        #[serde(default = "centers_10")]
+        centers_per_class: usize,
+        /// λ, the scale of the class logits (20).
+        #[serde(default = "la_20")]
+        la: f64,
+        /// γ, the temperature of the soft assignment to centres (0.1).
+        #[serde(default = "epsilon_0_1")]
+        gamma: f64,
+        /// δ, the margin on the true class (0.01).
+        #[serde(default = "margin_0_01")]
+        margin: f64,
+        /// τ, the weight of the paper's centre regulariser (0, as in PML; the paper
+        /// uses 0.2). PML's `SparseCentersRegularizer`; needs `centers_per_class` > 1.
+        #[serde(default)]
+        tau: f64,
+        /// Learning-rate multiplier of the centres (1; the paper's recipe uses 100).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        lr_multiplier: f64,
+    },
+}
+
+/// Pair mining for the pair-based losses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Miner {
+    /// Multi-similarity mining (Wang et al. 2019, PML's `MultiSimilarityMiner`): keep a
+    /// positive less similar than the anchor's most similar negative + ε, and a negative
+    /// more similar than its least similar positive − ε.
+    MultiSimilarity,
+}
+
+fn ms_alpha() -> f64 {
+    2.0
+}
+fn ms_beta() -> f64 {
+    50.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn epsilon_0_1() -> f64 {
+    0.1
+}
+fn is_0_1(x: &f64) -> bool {
+    *x == 0.1
+}
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+fn is_zero_usize(x: &usize) -> bool {
+    *x == 0
+}
+fn is_zero_u64(x: &u64) -> bool {
+    *x == 0
+}
+fn circle_m() -> f64 {
+    0.25
+}
+fn circle_gamma() -> f64 {
+    256.0
+}
+fn margin_0_1() -> f64 {
+    0.1
+}
+fn alpha_32() -> f64 {
+    32.0
+}
+fn arcface_margin() -> f64 {
+    28.6
+}
+fn arcface_scale() -> f64 {
+    64.0
+}
+fn centers_10() -> usize {
+    10
+}
+fn la_20() -> f64 {
+    20.0
+}
+fn margin_0_01() -> f64 {
+    0.01
 }
 
 fn margin_0_2() -> Margin {
@@ -381,7 +556,77 @@ impl Loss {
             Loss::Angular { .. } => "angular",
             Loss::Contrastive { .. } => "contrastive",
             Loss::Margin(_) => "margin",
+            Loss::MultiSimilarity { .. } => "multi_similarity",
+            Loss::Circle { .. } => "circle",
+            Loss::ProxyAnchor { .. } => "proxy_anchor",
+            Loss::ProxyNca { .. } => "proxy_nca",
+            Loss::Arcface { .. } => "arcface",
+            Loss::SoftTriple { .. } => "soft_triple",
         }
+    }
+
+    /// Whether the loss trains one parameter block per training class (proxies, class
+    /// weights, centres): it needs the number of training classes and no P×K layout.
+    pub fn has_class_parameters(&self) -> bool {
+        matches!(
+            self,
+            Loss::ProxyAnchor { .. }
+                | Loss::ProxyNca { .. }
+                | Loss::Arcface { .. }
+                | Loss::SoftTriple { .. }
+        )
+    }
+
+    /// The learning-rate multiplier of the loss's own parameters (1 when it has none).
+    pub fn lr_multiplier(&self) -> f64 {
+        match self {
+            Loss::ProxyAnchor { lr_multiplier, .. }
+            | Loss::ProxyNca { lr_multiplier, .. }
+            | Loss::Arcface { lr_multiplier, .. }
+            | Loss::SoftTriple { lr_multiplier, .. } => *lr_multiplier,
+            _ => 1.0,
+        }
+    }
+
+    /// The cross-batch memory (size, first step it is used at), when on.
+    pub fn memory(&self) -> Option<(usize, u64)> {
+        match self {
+            Loss::MultiSimilarity {
+                memory,
+                memory_start_step,
+                ..
+            }
+            | Loss::Circle {
+                memory,
+                memory_start_step,
+                ..
+            } if *memory > 0 => Some((*memory, *memory_start_step)),
+            _ => None,
+        }
+    }
+
+    /// The pair miner and its ε, when one is set.
+    pub fn miner(&self) -> Option<(Miner, f64)> {
+        match self {
+            Loss::MultiSimilarity {
+                miner: Some(m),
+                miner_epsilon,
+                ..
+            }
+            | Loss::Circle {
+                miner: Some(m),
+                miner_epsilon,
+                ..
+            } => Some((*m, *miner_epsilon)),
+            _ => None,
+        }
+    }
+
+    /// Whether the loss works on any batch (a class may have one image, or none of its
+    /// pairs), so that `plan.sampler = "random"` can feed it; the seed's losses need P×K.
+    pub fn accepts_random_batches(&self) -> bool {
+        self.has_class_parameters()
+            || matches!(self, Loss::MultiSimilarity { .. } | Loss::Circle { .. })
     }
 
     /// The loss with the seed's parameters, by name.
@@ -398,6 +643,12 @@ impl Loss {
                 | Loss::Angular { .. }
                 | Loss::Contrastive { .. }
                 | Loss::Margin(_)
+                | Loss::MultiSimilarity { .. }
+                | Loss::Circle { .. }
+                | Loss::ProxyAnchor { .. }
+                | Loss::ProxyNca { .. }
+                | Loss::Arcface { .. }
+                | Loss::SoftTriple { .. }
         )
     }
 
@@ -414,6 +665,7 @@ impl Loss {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(ConfigError(format!("{}: {what}", self.name())));
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
+        let positive = |x: f64| x.is_finite() && x > 0.0;
         match self {
             Loss::SemiHardTriplet { margin } | Loss::HardTriplet { margin } => match margin {
                 Margin::Value(m) if !finite_nonneg(*m) => {
@@ -455,8 +707,86 @@ impl Loss {
                     _ => Ok(()),
                 }
             }
+            Loss::MultiSimilarity {
+                alpha,
+                beta,
+                base,
+                miner_epsilon,
+                ..
+            } => {
+                if !(positive(*alpha) && positive(*beta) && base.is_finite()) {
+                    bad("alpha and beta must be > 0 and base finite")
+                } else if !finite_nonneg(*miner_epsilon) {
+                    bad("miner_epsilon must be ≥ 0")
+                } else {
+                    Ok(())
+                }
+            }
+            Loss::Circle {
+                m,
+                gamma,
+                miner_epsilon,
+                ..
+            } => {
+                if !(finite_nonneg(*m) && positive(*gamma)) {
+                    bad("m must be ≥ 0 and gamma > 0")
+                } else if !finite_nonneg(*miner_epsilon) {
+                    bad("miner_epsilon must be ≥ 0")
+                } else {
+                    Ok(())
+                }
+            }
+            Loss::ProxyAnchor { margin, alpha, .. } => {
+                if !(margin.is_finite() && positive(*alpha)) {
+                    bad("margin must be finite and alpha > 0")
+                } else {
+                    Ok(())
+                }
+            }
+            Loss::ProxyNca { softmax_scale, .. } if !positive(*softmax_scale) => {
+                bad("softmax_scale must be > 0")
+            }
+            Loss::Arcface { margin, scale, .. } => {
+                if !(finite_nonneg(*margin) && *margin < 180.0 && positive(*scale)) {
+                    bad("margin must lie in [0, 180) degrees and scale be > 0")
+                } else {
+                    Ok(())
+                }
+            }
+            Loss::SoftTriple {
+                centers_per_class,
+                la,
+                gamma,
+                margin,
+                tau,
+                ..
+            } => {
+                if *centers_per_class == 0 {
+                    bad("centers_per_class must be ≥ 1")
+                } else if !(positive(*la) && positive(*gamma) && margin.is_finite()) {
+                    bad("la and gamma must be > 0 and margin finite")
+                } else if !finite_nonneg(*tau) {
+                    bad("tau must be ≥ 0")
+                } else if *tau > 0.0 && *centers_per_class < 2 {
+                    bad("the centre regulariser (tau > 0) needs centers_per_class ≥ 2; set train.loss.tau = 0 or more centres")
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
+        }?;
+        if !(self.lr_multiplier().is_finite() && self.lr_multiplier() > 0.0) {
+            return Err(ConfigError(format!(
+                "train.loss.lr_multiplier = {} must be > 0 (it scales the learning rate of the loss's parameters)",
+                self.lr_multiplier()
+            )));
         }
+        if let Some((memory, _)) = self.memory() {
+            if memory > 10_000_000 {
+                return bad("memory is larger than 10,000,000 embeddings");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -588,17 +918,22 @@ pub enum LrSchedule {
     Constant,
     /// 1e-7 + (base − 1e-7)·(1 + cos(π·min(step, total)/total))/2.
     Cosine,
+    /// `torch.optim.lr_scheduler.StepLR`: base·γ^⌊step / N⌋, with N =
+    /// `optimizer.decay_every` steps and γ = `optimizer.decay_gamma`.
+    Step,
 }
 
 impl LrSchedule {
     /// The learning rate for (0-based) `step` of `total`; `total = 0` gives `base`.
+    /// (`Step` needs its period and factor: see [`OptimConfig::learning_rate_at`]; here
+    /// it is constant.)
     pub fn lr(self, step: u64, total: u64, base: f64) -> f64 {
         if total == 0 {
             return base;
         }
         let progress = step.min(total) as f64 / total as f64;
         match self {
-            LrSchedule::Constant => base,
+            LrSchedule::Constant | LrSchedule::Step => base,
             LrSchedule::Linear => (base - END_LEARNING_RATE) * (1.0 - progress) + END_LEARNING_RATE,
             LrSchedule::Cosine => {
                 END_LEARNING_RATE
@@ -636,6 +971,21 @@ pub enum Algorithm {
         /// Nesterov momentum (false).
         #[serde(default)]
         nesterov: bool,
+    },
+    /// `torch.optim.AdamW` (Loshchilov & Hutter): θ ← θ·(1 − lr·wd), then
+    /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², θ ← θ − lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε),
+    /// with wd = `optimizer.weight_decay` decoupled from the gradient and applied to every
+    /// trained tensor (PyTorch's single parameter group), the loss's included.
+    Adamw {
+        /// β₁ (0.9).
+        #[serde(default = "beta1")]
+        beta1: f64,
+        /// β₂ (0.999).
+        #[serde(default = "beta2")]
+        beta2: f64,
+        /// ε (1e-8).
+        #[serde(default = "epsilon")]
+        epsilon: f64,
     },
 }
 
@@ -682,6 +1032,23 @@ pub struct OptimConfig {
     /// `learning_rate`. Wu et al. trained β with a larger rate than the network.
     #[serde(default)]
     pub beta_learning_rate: Option<f64>,
+    /// Learning-rate multiplier of the embedding head (1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub head_lr_multiplier: f64,
+    /// `schedule = "step"`: steps between decays (`StepLR`'s `step_size`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub decay_every: u64,
+    /// `schedule = "step"`: the factor of each decay (`StepLR`'s `gamma`, 0.1).
+    #[serde(default = "epsilon_0_1", skip_serializing_if = "is_0_1")]
+    pub decay_gamma: f64,
+    /// Linear warm-up: the first N steps scale the scheduled rate by (step + 1)/(N + 1)
+    /// (0: none).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub warmup_steps: u64,
+    /// Clip the gradients to this global L2 norm before each update
+    /// (`torch.nn.utils.clip_grad_norm_`; unset: no clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn base_lr() -> f64 {
@@ -696,15 +1063,61 @@ impl Default for OptimConfig {
             schedule: LrSchedule::default(),
             weight_decay: 0.0,
             beta_learning_rate: None,
+            head_lr_multiplier: 1.0,
+            decay_every: 0,
+            decay_gamma: epsilon_0_1(),
+            warmup_steps: 0,
+            clip_grad_norm: None,
         }
     }
 }
 
 impl OptimConfig {
+    /// The learning rate for (0-based) `step` of `total`: the schedule (with `step`'s
+    /// period and factor), then the linear warm-up.
+    pub fn learning_rate_at(&self, step: u64, total: u64) -> f64 {
+        let base = self.learning_rate;
+        let scheduled = match self.schedule {
+            LrSchedule::Step if self.decay_every > 0 => {
+                base * self
+                    .decay_gamma
+                    .powi((step / self.decay_every).min(i32::MAX as u64) as i32)
+            }
+            s => s.lr(step, total, base),
+        };
+        if step < self.warmup_steps {
+            scheduled * (step + 1) as f64 / (self.warmup_steps + 1) as f64
+        } else {
+            scheduled
+        }
+    }
+
     /// Checks the settings once.
     pub fn validate(&self) -> Result<()> {
         let positive = |x: f64| x.is_finite() && x > 0.0;
         let fraction = |x: f64| (0.0..1.0).contains(&x);
+        if !positive(self.head_lr_multiplier) {
+            return Err(ConfigError(format!(
+                "train.optimizer.head_lr_multiplier = {} must be > 0",
+                self.head_lr_multiplier
+            )));
+        }
+        if self.schedule == LrSchedule::Step && self.decay_every == 0 {
+            return Err(ConfigError(
+                "train.optimizer.schedule = \"step\" needs train.optimizer.decay_every = N (steps between decays)".into(),
+            ));
+        }
+        if !(self.decay_gamma.is_finite() && self.decay_gamma > 0.0 && self.decay_gamma <= 1.0) {
+            return Err(ConfigError(format!(
+                "train.optimizer.decay_gamma = {} must lie in (0, 1]",
+                self.decay_gamma
+            )));
+        }
+        if !self.clip_grad_norm.is_none_or(positive) {
+            return Err(ConfigError(
+                "train.optimizer.clip_grad_norm must be > 0 (or left out for no clipping)".into(),
+            ));
+        }
         if !positive(self.learning_rate) || !self.beta_learning_rate.is_none_or(positive) {
             return Err(ConfigError("learning rates must be finite and > 0".into()));
         }
@@ -713,6 +1126,11 @@ impl OptimConfig {
         }
         match self.algorithm {
             Algorithm::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            }
+            | Algorithm::Adamw {
                 beta1,
                 beta2,
                 epsilon,
@@ -763,6 +1181,10 @@ pub struct TrainConfig {
     /// settings of existing runs and checkpoints read the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deterministic: bool,
+    /// Train only the head (and the loss's parameters) for the first N steps, the backbone
+    /// frozen (the Proxy-Anchor recipe's warm-up; 0: never frozen).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub freeze_backbone_steps: u64,
 }
 
 impl TrainConfig {
@@ -771,5 +1193,26 @@ impl TrainConfig {
         self.model.validate()?;
         self.loss.validate()?;
         self.optimizer.validate()
+    }
+
+    /// Checks the settings that depend on the number of training steps.
+    pub fn validate_steps(&self, steps: u64) -> Result<()> {
+        let longer = |what: &str, n: u64| {
+            Err(ConfigError(format!(
+                "{what} = {n} is not shorter than training (plan.steps = {steps}); lower it or plan more steps"
+            )))
+        };
+        if self.optimizer.warmup_steps > 0 && self.optimizer.warmup_steps >= steps {
+            return longer("train.optimizer.warmup_steps", self.optimizer.warmup_steps);
+        }
+        if self.freeze_backbone_steps > 0 && self.freeze_backbone_steps >= steps {
+            return longer("train.freeze_backbone_steps", self.freeze_backbone_steps);
+        }
+        if let Some((_, start)) = self.loss.memory() {
+            if start > 0 && start >= steps {
+                return longer("train.loss.memory_start_step", start);
+            }
+        }
+        Ok(())
     }
 }

@@ -33,15 +33,20 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         }
         DeviceKind::Cpu => Device::Cpu,
     };
-    let mut trainer = Trainer::new(&cfg, device, seed)?;
     let out = ctx.out_dir().to_path_buf();
     write_file(&out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
     if job.untrained {
-        trainer.save_weights(&out.join("model.safetensors"))?;
+        // The untrained network: no loss parameters (embedding never needs them).
+        Trainer::new(&cfg, device, seed)?.save_weights(&out.join("model.safetensors"))?;
         return Ok(());
     }
     let cache = Arc::new(ds::DecodeCache::open(ctx.input(roles::DECODE)?)?);
     let index = tables::read_index(&ctx.input(roles::INDEX)?.join("index.parquet"))?;
+    let classes = training_classes(job, &index)?;
+    if cfg.loss.has_class_parameters() {
+        ctx.note("loss_classes", json!(classes.len()));
+    }
+    let mut trainer = Trainer::with_classes(&cfg, device, seed, Some(&classes))?;
     let plan = tables::read_plan(&ctx.input(roles::PLAN)?.join("plan.parquet"))?;
     let steps: BTreeMap<u32, Vec<tables::PlanRow>> =
         plan.iter().fold(BTreeMap::new(), |mut m, r| {
@@ -146,6 +151,21 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         ctx.note("validation_seconds", json!(v.seconds()));
     }
     Ok(())
+}
+
+/// The training classes, ascending: the train split's, less a validation holdout's (the
+/// classes the plan draws from). A proxy loss has one proxy per class.
+fn training_classes(job: &TrainJob, index: &[tables::IndexRow]) -> Result<Vec<i64>, BoxError> {
+    let held = match job.validation.as_ref().and_then(|v| v.holdout.as_ref()) {
+        Some(h) => h.classes(index)?,
+        None => Default::default(),
+    };
+    let classes: BTreeSet<u32> = index
+        .iter()
+        .filter(|r| r.split == Split::Train.as_str() && !held.contains(&r.class_id))
+        .map(|r| r.class_id)
+        .collect();
+    Ok(classes.into_iter().map(i64::from).collect())
 }
 
 /// What a failed run says about recovering: where the last good checkpoint is,

@@ -102,6 +102,7 @@ fn parity(backbone: Backbone, size: i64) {
         normalize: Some(false),
         pretrained: Some(weights),
         input_scaling: None,
+        freeze_bn: false,
     };
     let net = build_model(&vs, &cfg).expect("load the exported weights");
     let tensors = Tensor::read_safetensors(&reference).expect("read the reference");

@@ -264,3 +264,81 @@ fn setting_errors() {
         .expect("zero steps")
         .is_empty());
 }
+
+#[test]
+fn random_batches_cover_each_epoch_without_replacement() {
+    // 7 classes of 5..11 images: 56 images; batches of 10 leave 6 out per epoch.
+    let cls = classes(7, |c| 5 + c);
+    let total: usize = cls.values().map(Vec::len).sum();
+    assert_eq!(total, 56);
+    let planner = RandomPlanner {
+        batch_size: 10,
+        steps: 12,
+        seed: 3,
+    };
+    let rows = planner.plan(&cls).unwrap();
+    assert_eq!(rows.len(), 120);
+    let label: HashMap<u32, u32> = cls
+        .iter()
+        .flat_map(|(&c, ids)| ids.iter().map(move |&i| (i, c)))
+        .collect();
+    let steps = steps_of(&rows);
+    for (s, batch) in steps.iter().enumerate() {
+        let slots: Vec<u16> = batch.iter().map(|r| r.slot).collect();
+        assert_eq!(slots, (0..10).collect::<Vec<u16>>(), "step {s}");
+        for r in batch {
+            assert_eq!(label[&r.image_id], r.class_id, "a row carries its class");
+        }
+    }
+    // 5 steps per epoch: within each, no image twice.
+    for epoch in steps.chunks(5) {
+        let ids: Vec<u32> = epoch.iter().flatten().map(|r| r.image_id).collect();
+        let unique: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "an image repeated within an epoch");
+    }
+    // Classes are not balanced: some batch holds a class exactly once.
+    assert!(steps.iter().any(|b| {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for r in b {
+            *counts.entry(r.class_id).or_default() += 1;
+        }
+        counts.values().any(|&n| n == 1)
+    }));
+    assert_eq!(planner.plan(&cls).unwrap(), rows, "seeded");
+    let other = RandomPlanner { seed: 4, ..planner }.plan(&cls).unwrap();
+    assert_ne!(other, rows);
+}
+
+#[test]
+fn random_planner_errors_name_the_batch_size() {
+    let cls = classes(3, |_| 4);
+    for batch_size in [0, 13, 70_000] {
+        let err = RandomPlanner {
+            batch_size,
+            steps: 1,
+            seed: 0,
+        }
+        .plan(&cls)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("plan.batch_size"), "{err}");
+    }
+}
+
+#[test]
+fn golden_random_plan() {
+    // The contract: this seed and input give exactly these batches.
+    let cls = classes(3, |_| 3);
+    let rows = RandomPlanner {
+        batch_size: 4,
+        steps: 3,
+        seed: 0,
+    }
+    .plan(&cls)
+    .unwrap();
+    let ids: Vec<u32> = rows.iter().map(|r| r.image_id).collect();
+    assert_eq!(ids, GOLDEN_RANDOM);
+}
+
+// Epoch 1: images 4 3 0 2 | 1 8 6 7 (5 sits out); epoch 2 reshuffles all nine.
+const GOLDEN_RANDOM: [u32; 12] = [4, 3, 0, 2, 1, 8, 6, 7, 0, 1, 4, 3];

@@ -64,6 +64,7 @@ impl TrainBench {
                 normalize: Some(false),
                 pretrained: None,
                 input_scaling: None,
+                freeze_bn: false,
             },
             loss: Loss::HardTriplet {
                 margin: Margin::Value(1.0),
@@ -74,9 +75,11 @@ impl TrainBench {
                 schedule: LrSchedule::Constant,
                 weight_decay: 0.0,
                 beta_learning_rate: None,
+                ..OptimConfig::default()
             },
             precision: self.precision,
             deterministic: false,
+            freeze_backbone_steps: 0,
         }
     }
 

@@ -104,17 +104,20 @@ impl EmbeddingNet {
         self.backbone.forward_t(xs, train)
     }
 
-    /// Checks an image batch's shape and kind.
-    pub fn check_images(&self, images: &Tensor) -> Result<()> {
-        check_images(images).map_err(TrainError::Config)
+    /// The forward pass with the backbone's batch norms in evaluation mode when
+    /// `config.freeze_bn`, and, when `backbone_grad` is false, without gradients through
+    /// the backbone (its features detached: a frozen backbone).
+    pub fn forward_parts(&self, xs: &Tensor, train: bool, backbone_grad: bool) -> Tensor {
+        let features = if backbone_grad {
+            self.backbone.forward_t(xs, train && !self.config.freeze_bn)
+        } else {
+            tch::no_grad(|| self.backbone.forward_t(xs, train && !self.config.freeze_bn))
+        };
+        let e = self.head.forward_t(&features, train);
+        self.normalize(e)
     }
-}
 
-impl ModuleT for EmbeddingNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let e = self
-            .head
-            .forward_t(&self.backbone.forward_t(xs, train), train);
+    fn normalize(&self, e: Tensor) -> Tensor {
         // Unset only in a configuration that was never resolved: off, the default.
         if self.config.normalize == Some(true) {
             // TF's l2_normalize: x / sqrt(max(Σx², 1e-12)).
@@ -127,6 +130,17 @@ impl ModuleT for EmbeddingNet {
         } else {
             e
         }
+    }
+
+    /// Checks an image batch's shape and kind.
+    pub fn check_images(&self, images: &Tensor) -> Result<()> {
+        check_images(images).map_err(TrainError::Config)
+    }
+}
+
+impl ModuleT for EmbeddingNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_parts(xs, train, true)
     }
 }
 

@@ -1,4 +1,9 @@
-//! Optimisers (Adam and SGD with momentum, in the TF update forms the seed trained with) whose state is plain named tensors for checkpoints, and learning-rate schedules as pure functions.
+//! Optimisers (Adam and SGD with momentum, in the TF update forms the seed trained with, and PyTorch's AdamW for the modern recipes) whose state is plain named tensors for checkpoints, and learning-rate schedules as pure functions.
+//!
+//! Learning-rate groups: the loss's parameters (`loss.*`) train at `beta_learning_rate` (the
+//! margin loss's β) or at the loss's `lr_multiplier` × the rate, the head (`head.*`) at
+//! `head_lr_multiplier` × the rate. Gradient clipping (`clip_grad_norm`) rescales all
+//! gradients together as `torch.nn.utils.clip_grad_norm_` does, before weight decay.
 //!
 //! Weight decay: the seed declared a 1e-3 L2 regulariser on its head's weights but never added
 //! it to the loss, so it trained without decay; here `weight_decay` defaults to 0 and, when
@@ -22,6 +27,9 @@ struct Param {
     decay: bool,
     /// Adam: [m, v]; SGD: [accumulator].
     slots: Vec<Tensor>,
+    /// Updates this tensor received (AdamW's per-parameter step, as PyTorch counts it:
+    /// a tensor without a gradient, e.g. a frozen backbone, is not stepped).
+    steps: u64,
 }
 
 /// An optimiser over the trainable variables of a VarStore, with named, saveable state.
@@ -42,6 +50,16 @@ impl Optimizer {
     /// Tracks every trainable variable of `vs` (sorted by name); variables named `loss.beta`
     /// get `beta_learning_rate` when set.
     pub fn new(vs: &nn::VarStore, config: &OptimConfig) -> Result<Self> {
+        Self::with_loss_multiplier(vs, config, 1.0)
+    }
+
+    /// Like [`Optimizer::new`], the loss's parameters training at `loss_lr_multiplier` × the
+    /// rate (unless `beta_learning_rate` is set) and the head at `head_lr_multiplier` × it.
+    pub fn with_loss_multiplier(
+        vs: &nn::VarStore,
+        config: &OptimConfig,
+        loss_lr_multiplier: f64,
+    ) -> Result<Self> {
         config.validate()?;
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
@@ -50,7 +68,7 @@ impl Optimizer {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let slots = match config.algorithm {
-            Algorithm::Adam { .. } => 2,
+            Algorithm::Adam { .. } | Algorithm::Adamw { .. } => 2,
             Algorithm::Sgd { .. } => 1,
         };
         let params = vars
@@ -58,6 +76,8 @@ impl Optimizer {
             .map(|(name, tensor)| {
                 let lr_scale = match (name.starts_with("loss."), config.beta_learning_rate) {
                     (true, Some(beta_lr)) => beta_lr / config.learning_rate,
+                    (true, None) => loss_lr_multiplier,
+                    _ if name.starts_with("head.") => config.head_lr_multiplier,
                     _ => 1.0,
                 };
                 let decay = tensor.dim() >= 2 && !name.starts_with("loss.");
@@ -68,6 +88,7 @@ impl Optimizer {
                     lr_scale,
                     decay,
                     slots,
+                    steps: 0,
                 }
             })
             .collect();
@@ -82,11 +103,33 @@ impl Optimizer {
         })
     }
 
-    /// The learning rate the schedule gives for `step` of `total`.
+    /// The learning rate the schedule (and warm-up) gives for `step` of `total`.
     pub fn learning_rate(&self, step: u64, total: u64) -> f64 {
-        self.config
-            .schedule
-            .lr(step, total, self.config.learning_rate)
+        self.config.learning_rate_at(step, total)
+    }
+
+    /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: the global L2 norm of all
+    /// gradients; when it exceeds `max_norm`, every gradient is scaled by
+    /// max_norm/(norm + 1e-6). Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.tensor.grad())
+                .filter(Tensor::defined)
+                .collect();
+            if grads.is_empty() {
+                return 0.0;
+            }
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+            let coef = (max_norm / (total + 1e-6)).min(1.0);
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(coef);
+            }
+            total
+        })
     }
 
     /// Number of updates applied so far (Adam's t).
@@ -107,10 +150,39 @@ impl Optimizer {
         let t = self.updates as i32;
         let wd = self.config.weight_decay;
         let algorithm = self.config.algorithm;
+        if let Some(max_norm) = self.config.clip_grad_norm {
+            self.clip_grad_norm(max_norm);
+        }
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.tensor.grad();
                 if !grad.defined() {
+                    continue;
+                }
+                p.steps += 1;
+                if let Algorithm::Adamw {
+                    beta1,
+                    beta2,
+                    epsilon,
+                } = algorithm
+                {
+                    // torch.optim.AdamW (single tensor, no amsgrad), step by step.
+                    let lr = lr * p.lr_scale;
+                    let t = p.steps as i32;
+                    if wd != 0.0 {
+                        let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
+                    }
+                    let (m, v) = p.slots.split_at_mut(1);
+                    let (m, v) = (&mut m[0], &mut v[0]);
+                    let _ = m.lerp_(&grad, 1.0 - beta1);
+                    let _ = v.g_mul_scalar_(beta2);
+                    let _ = v.addcmul_(&(&grad * (1.0 - beta2)), &grad);
+                    let step_size = lr / (1.0 - beta1.powi(t));
+                    let mut denom = v.sqrt();
+                    let _ = denom.g_div_scalar_((1.0 - beta2.powi(t)).sqrt());
+                    let _ = denom.g_add_scalar_(epsilon);
+                    let _ = denom.g_mul_scalar_(-1.0 / step_size);
+                    let _ = p.tensor.addcdiv_(m, &denom);
                     continue;
                 }
                 let grad = if p.decay && wd > 0.0 {
@@ -149,18 +221,21 @@ impl Optimizer {
                         };
                         let _ = p.tensor.g_add_(&(update * -lr));
                     }
+                    Algorithm::Adamw { .. } => unreachable!("handled above"),
                 }
             }
         });
     }
 
-    /// The optimiser state as named tensors (`optim.<variable>.<slot>`), for checkpoints.
+    /// The optimiser state as named tensors (`optim.<variable>.<slot>`, and AdamW's
+    /// per-tensor step counts as `optim_steps.<variable>`), for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let names: &[&str] = match self.config.algorithm {
-            Algorithm::Adam { .. } => &SLOT_NAMES_ADAM,
+            Algorithm::Adam { .. } | Algorithm::Adamw { .. } => &SLOT_NAMES_ADAM,
             Algorithm::Sgd { .. } => &SLOT_NAMES_SGD,
         };
-        self.params
+        let mut out: Vec<(String, Tensor)> = self
+            .params
             .iter()
             .flat_map(|p| {
                 p.slots
@@ -168,7 +243,16 @@ impl Optimizer {
                     .zip(names)
                     .map(move |(s, n)| (format!("optim.{}.{}", p.name, n), s.shallow_clone()))
             })
-            .collect()
+            .collect();
+        if matches!(self.config.algorithm, Algorithm::Adamw { .. }) {
+            out.extend(self.params.iter().map(|p| {
+                (
+                    format!("optim_steps.{}", p.name),
+                    Tensor::from_slice(&[p.steps as i64]),
+                )
+            }));
+        }
+        out
     }
 
     /// Restores state written by [`Optimizer::state_tensors`] and the update count.
@@ -178,6 +262,7 @@ impl Optimizer {
         updates: u64,
     ) -> Result<()> {
         let names: Vec<String> = self.state_tensors().into_iter().map(|(n, _)| n).collect();
+        let adamw = matches!(self.config.algorithm, Algorithm::Adamw { .. });
         let mut i = 0;
         for p in &mut self.params {
             for slot in &mut p.slots {
@@ -186,6 +271,17 @@ impl Optimizer {
                 super::checkpoint::restore_named(slot, tensors, name)
                     .map_err(|e| TrainError::Config(format!("optimiser state: {e}")))?;
             }
+            p.steps = if adamw {
+                let name = format!("optim_steps.{}", p.name);
+                tensors
+                    .get(&name)
+                    .map(|t| t.int64_value(&[0]) as u64)
+                    .ok_or_else(|| {
+                        TrainError::Config(format!("optimiser state: `{name}` is missing"))
+                    })?
+            } else {
+                updates
+            };
         }
         self.updates = updates;
         Ok(())

@@ -51,8 +51,20 @@ pub struct Trainer {
 
 impl Trainer {
     /// Seeds libtorch with `seed`, builds the network (loading pretrained backbone weights if
-    /// configured), the loss and the optimiser on `device`.
+    /// configured), the loss and the optimiser on `device`. A loss with class parameters
+    /// gets none (see [`Trainer::with_classes`]).
     pub fn new(config: &TrainConfig, device: Device, seed: u64) -> Result<Self> {
+        Self::with_classes(config, device, seed, None)
+    }
+
+    /// Like [`Trainer::new`], with the training class ids (ascending) that a loss with
+    /// class parameters (proxies, class weights, centres) needs one block for.
+    pub fn with_classes(
+        config: &TrainConfig,
+        device: Device,
+        seed: u64,
+        classes: Option<&[i64]>,
+    ) -> Result<Self> {
         config.validate()?;
         let mut model = config.model.clone();
         model.resolve(&config.loss);
@@ -78,16 +90,26 @@ impl Trainer {
             }
             (
                 build_model(&vs, &model)?,
-                LossModule::new(&config.loss, &(vs.root() / "loss"), seed)?,
+                LossModule::with_classes(
+                    &config.loss,
+                    &(vs.root() / "loss"),
+                    seed,
+                    classes,
+                    model.embedding_dim,
+                )?,
             )
         };
+        if model.freeze_bn {
+            freeze_backbone_batch_norms(&vs);
+        }
         let channels_last = device.is_cuda();
         if channels_last {
             // Tensor cores read NHWC: convolution weights and inputs in channels-last order
             // save cuDNN a transpose per layer (same values, other strides).
             torch_state::to_channels_last(&vs);
         }
-        let optimizer = Optimizer::new(&vs, &config.optimizer)?;
+        let optimizer =
+            Optimizer::with_loss_multiplier(&vs, &config.optimizer, config.loss.lr_multiplier())?;
         Ok(Trainer {
             config: config.clone(),
             device,
@@ -145,7 +167,8 @@ impl Trainer {
         let labels = labels.to_device(self.device);
         let lr = self.optimizer.learning_rate(step, total);
         self.optimizer.zero_grad();
-        let embeddings = self.forward(&images, true);
+        let backbone_grad = step >= self.config.freeze_backbone_steps;
+        let embeddings = self.forward_train(&images, backbone_grad);
         let out = self.loss.forward(&embeddings, &labels, step)?;
         let value = out.loss.double_value(&[]);
         if !value.is_finite() {
@@ -199,6 +222,23 @@ impl Trainer {
         out.to_kind(Kind::Float)
     }
 
+    /// The training forward pass; `backbone_grad = false` freezes the backbone.
+    fn forward_train(&self, images: &Tensor, backbone_grad: bool) -> Tensor {
+        if !self.autocast {
+            return self.net.forward_parts(images, true, backbone_grad);
+        }
+        let out = {
+            let _bf16 = Autocast::bf16(self.device);
+            self.net.forward_parts(images, true, backbone_grad)
+        };
+        out.to_kind(Kind::Float)
+    }
+
+    /// The loss module (its class parameters, memory).
+    pub fn loss_module(&self) -> &LossModule {
+        &self.loss
+    }
+
     fn named_variables(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -248,6 +288,7 @@ impl Trainer {
             .map(|(n, t)| (format!("model.{n}"), t))
             .collect();
         tensors.extend(self.optimizer.state_tensors());
+        tensors.extend(self.loss.state_tensors());
         tensors.extend(extra);
         let mut metadata = self.metadata(CHECKPOINT_FORMAT)?;
         metadata.extend(extra_metadata);
@@ -302,9 +343,29 @@ impl Trainer {
             checkpoint::restore_named(&mut var, &contents.tensors, &format!("model.{name}"))
                 .map_err(refuse)?;
         }
+        self.loss
+            .load_state(&contents.tensors)
+            .map_err(|e| refuse(e.to_string()))?;
         self.optimizer
             .load_state(&contents.tensors, updates)
             .map_err(|e| refuse(e.to_string()))
+    }
+}
+
+/// Stops training the backbone's batch-norm scales and shifts (the tensors `X.weight` and
+/// `X.bias` beside an `X.running_mean`): `train.model.freeze_bn`.
+fn freeze_backbone_batch_norms(vs: &nn::VarStore) {
+    let vars = vs.variables();
+    for (name, mut t) in vars.iter().map(|(n, t)| (n, t.shallow_clone())) {
+        let Some(stem) = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"))
+        else {
+            continue;
+        };
+        if name.starts_with("backbone.") && vars.contains_key(&format!("{stem}.running_mean")) {
+            let _ = t.requires_grad_(false);
+        }
     }
 }
 

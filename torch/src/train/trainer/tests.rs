@@ -19,6 +19,7 @@ fn tiny_config(loss: Loss, algorithm: Algorithm) -> TrainConfig {
             normalize: Some(loss.normalize_by_default()),
             pretrained: None,
             input_scaling: None,
+            freeze_bn: false,
         },
         loss,
         optimizer: OptimConfig {
@@ -29,6 +30,7 @@ fn tiny_config(loss: Loss, algorithm: Algorithm) -> TrainConfig {
         },
         precision: Precision::F32,
         deterministic: false,
+        freeze_backbone_steps: 0,
     }
 }
 
