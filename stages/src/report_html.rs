@@ -437,7 +437,7 @@ fn histogram_svg(h: &mut String, trained: &[u32; 10], untrained: Option<&[u32; 1
     let bin = plot_w / 10.0;
     let _ = write!(
         h,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"histogram of per-class Recall@1\" font-family=\"sans-serif\" font-size=\"11\">"
+        "<svg width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"histogram of per-class Recall@1\" font-family=\"sans-serif\" font-size=\"11\">"
     );
     // Axes and a few gridlines.
     for t in 0..=4 {

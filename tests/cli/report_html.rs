@@ -67,7 +67,9 @@ fn sources(html: &str) -> Vec<&str> {
 /// The structural checks: nothing to fetch, every image decodes, the run's metrics shown.
 /// Returns how many images the page embeds.
 fn check_page(html: &str, r1_texts: &[String]) -> usize {
-    for bad in ["http://", "https://", "<script", "<link", "@import", "<iframe"] {
+    for bad in [
+        "http://", "https://", "<script", "<link", "@import", "<iframe",
+    ] {
         assert!(!html.contains(bad), "report.html holds `{bad}`");
     }
     let srcs = sources(html);
@@ -120,8 +122,8 @@ fn report_html_is_self_contained_and_the_combined_report_covers_both_runs() {
             .replace("name = \"tiny\"", "name = \"b\"")
             .replace("hard_triplet", "lifted_structure"),
     );
-    ok(&store, &[a.to_str().unwrap()]);
-    ok(&store, &[b.to_str().unwrap()]);
+    ok(&store, &["run", a.to_str().unwrap()]);
+    ok(&store, &["run", b.to_str().unwrap()]);
     let page = latest(&store, "a", "report").join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
     let r1_a = r1_text(&latest(&store, "a", "retrieve"));
@@ -139,7 +141,10 @@ fn report_html_is_self_contained_and_the_combined_report_covers_both_runs() {
     let combined = std::fs::read_to_string(store.join("reports/a+b/report.html")).unwrap();
     let r1_b = r1_text(&latest(&store, "b", "retrieve"));
     check_page(&combined, &[r1_a, r1_b]);
-    assert!(combined.contains("train.loss.name"), "the differing setting");
+    assert!(
+        combined.contains("train.loss.name"),
+        "the differing setting"
+    );
     assert!(combined.contains("lifted_structure") && combined.contains("hard_triplet"));
     assert!(combined.contains("id=\"run-0\"") && combined.contains("id=\"run-1\""));
 
@@ -340,8 +345,14 @@ for run, tags in sorted(m.Runs().items()):
     let runs: Vec<&str> = runs.lines().collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs.iter().any(|r| r.contains("hard_triplet")), "{runs:?}");
-    assert!(runs.iter().any(|r| r.contains("lifted_structure")), "{runs:?}");
+    assert!(
+        runs.iter().any(|r| r.contains("lifted_structure")),
+        "{runs:?}"
+    );
     // A name with no run is an error that says where to look.
-    let e = fails(&store, &["tensorboard", "--name", "nope", logdir.to_str().unwrap()]);
+    let e = fails(
+        &store,
+        &["tensorboard", "--name", "nope", logdir.to_str().unwrap()],
+    );
     assert!(e.contains("no run named `nope`"), "{e}");
 }
