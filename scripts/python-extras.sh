@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Python packages the tests compare against, installed once into the torch venv
 # (the same interpreter whose libtorch `dml` links): torchvision for the backbone
-# parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the notebook-facing tests, Pillow for benches,
-# moto's S3 server (and boto3) for the remote-cache tests.
+# parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
+# notebook-facing tests, Pillow for benches, moto's S3 server (and boto3) for the remote-cache
+# tests, TensorBoard (its EventAccumulator reads back the event files the train and report
+# stages write).
 set -euo pipefail
 py="$(command -v python3)"
 # torchvision without its dependencies: they would pull another torch.
@@ -20,6 +22,7 @@ need=()
 "$py" -c "import PIL" 2>/dev/null || need+=("pillow")
 "$py" -c "import matplotlib" 2>/dev/null || need+=("matplotlib")
 "$py" -c "import nbconvert, ipykernel" 2>/dev/null || need+=("nbconvert" "ipykernel")
+"$py" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null || need+=("tensorboard==2.21.0")
 { "$py" -c "import moto.server, boto3" 2>/dev/null && command -v moto_server >/dev/null; } || need+=("moto[server]")
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing into $(dirname "$py")/..: ${need[*]}" >&2

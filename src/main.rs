@@ -16,6 +16,7 @@ mod runs_cmd;
 mod slurm;
 mod store_cmds;
 mod suggest;
+mod tensorboard_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -154,6 +155,15 @@ enum Command {
         #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// A TensorBoard log directory over the runs: one folder per run and sweep point, with
+    /// links to its training curves and final test metrics (`tensorboard --logdir DIR`).
+    Tensorboard {
+        /// Only these run names (their newest records); default: every run's newest record.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// The log directory to lay out (folders already there are kept).
+        dir: PathBuf,
+    },
     /// List the built-in presets.
     Presets {
         /// Print one preset's TOML.
@@ -232,6 +242,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             runs_cmd::runs(&cli.store, name.as_deref(), limit, json)
         }
         Command::Report { runs, out } => runs_cmd::report(&cli.store, &runs, out),
+        Command::Tensorboard { names, dir } => {
+            tensorboard_cmd::tensorboard(&cli.store, &names, &dir)
+        }
         Command::Ls => store_cmds::ls(&cli.store),
         Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),

@@ -3,8 +3,9 @@
 use crate::outcome::{self, Point};
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Manifest};
-use dml_pipeline::{file_safe, BoxError, RunRecord, RunStatus};
-use dml_stages::report::{write_report, ReportInputs, RunLabel};
+use dml_pipeline::{file_safe, show, BoxError, RecordNode, RunRecord, RunStatus};
+use dml_stages::config::ReportSettings;
+use dml_stages::report::{run_settings, write_report, ReportInputs, RunLabel};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -113,9 +114,12 @@ pub fn runs(
     Ok(())
 }
 
-/// The combined report's inputs: global role (`retrieve/3`) → an artifact in the store.
+/// The combined report's inputs: global role (`retrieve/3`) → an artifact in the store;
+/// for the index and the images, why one is not there.
 struct StoreInputs {
     dirs: BTreeMap<String, PathBuf>,
+    absent: BTreeMap<String, String>,
+    image_roots: BTreeMap<usize, PathBuf>,
 }
 
 impl ReportInputs for StoreInputs {
@@ -124,6 +128,19 @@ impl ReportInputs for StoreInputs {
             .get(role)
             .cloned()
             .ok_or_else(|| format!("report input `{role}` is missing").into())
+    }
+    fn optional_dir(&self, role: &str) -> Result<PathBuf, String> {
+        match self.dirs.get(role) {
+            Some(d) => Ok(d.clone()),
+            None => Err(self
+                .absent
+                .get(role)
+                .cloned()
+                .unwrap_or_else(|| format!("`{role}` is not known to the run record"))),
+        }
+    }
+    fn image_root(&self, run: usize) -> Option<PathBuf> {
+        self.image_roots.get(&run).cloned()
     }
     fn notes(&self, role: &str) -> Value {
         self.dirs
@@ -134,14 +151,90 @@ impl ReportInputs for StoreInputs {
     }
 }
 
+/// The node of a record with this stage and key.
+fn record_node<'a>(record: &'a RunRecord, stage: &str, key: &str) -> Option<&'a RecordNode> {
+    record
+        .nodes
+        .iter()
+        .find(|n| n.stage == stage && n.key == key)
+}
+
+/// The index and decode artifacts (and where the images are) of a point: the inputs of
+/// the embed node its retrieve node read, for records made before the report read them.
+fn image_inputs(
+    store: &ArtifactStore,
+    record: &RunRecord,
+    retrieve_key: &str,
+    i: usize,
+    inputs: &mut StoreInputs,
+) {
+    let embed = record_node(record, "retrieve", retrieve_key)
+        .and_then(|r| r.inputs.get("embed"))
+        .and_then(|k| record_node(record, "embed", k));
+    for stage in ["index", "decode"] {
+        let role = format!("{stage}/{i}");
+        match embed.and_then(|e| e.inputs.get(stage)) {
+            Some(key) => {
+                let dir = store.object_dir(stage, key);
+                if dir.join("manifest.json").is_file() {
+                    inputs.dirs.insert(role, dir);
+                } else {
+                    inputs.absent.insert(
+                        role,
+                        format!(
+                            "the {stage} artifact {} is not in this store (pulled without it, or removed by `dml gc`)",
+                            &key[..key.len().min(12)]
+                        ),
+                    );
+                }
+            }
+            None => {
+                inputs
+                    .absent
+                    .insert(role, format!("the run record names no {stage} artifact"));
+            }
+        }
+    }
+    // Without a decode cache, the images themselves: the synth artifact's, or the dataset's.
+    let synth = record
+        .nodes
+        .iter()
+        .find(|n| n.stage == "synth")
+        .map(|n| store.object_dir("synth", &n.key).join("images"));
+    let root = synth.or_else(|| {
+        record
+            .config
+            .pointer("/dataset/root")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(root) = root {
+        inputs.image_roots.insert(i, root);
+    }
+}
+
 /// `dml report NAME [NAME…] [--out DIR]`.
 pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Result<()> {
     let store = ArtifactStore::open(store_dir)?;
     let mut labels: Vec<RunLabel> = Vec::new();
-    let mut dirs = BTreeMap::new();
+    let mut inputs = StoreInputs {
+        dirs: BTreeMap::new(),
+        absent: BTreeMap::new(),
+        image_roots: BTreeMap::new(),
+    };
+    let mut view: Option<ReportSettings> = None;
     let mut taken = BTreeSet::new();
     for what in names {
         let (path, record) = outcome::load_record(&store, what)?;
+        // What report.html shows: the first run's [report] settings.
+        if view.is_none() {
+            view = record
+                .config
+                .get("report")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok());
+        }
         let points: Vec<Point> = outcome::points(&store, &record);
         if points.iter().all(|p| p.label.is_none()) {
             bail!(
@@ -164,7 +257,22 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
                         path.display()
                     );
                 }
-                dirs.insert(format!("{role}/{}", labels.len()), dir);
+                inputs.dirs.insert(format!("{role}/{}", labels.len()), dir);
+            }
+            if let Some((_, key)) = p.roles.get("retrieve") {
+                image_inputs(&store, &record, key, labels.len(), &mut inputs);
+            }
+            // Records made before the report compared settings: the record's configuration,
+            // with the point's sweep values.
+            if label.settings.is_empty() {
+                let mut config = record.config.clone();
+                if let Some(o) = config.as_object_mut() {
+                    o.remove("sweep");
+                }
+                label.settings = run_settings(&config);
+                for (k, v) in &label.point {
+                    label.settings.insert(k.clone(), show(v));
+                }
             }
             if !taken.insert(label.name.clone()) {
                 let stem = path
@@ -188,11 +296,16 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    write_report(&out, &labels, &StoreInputs { dirs })
+    let view = view.unwrap_or_default();
+    write_report(&out, &labels, &view, &inputs)
         .map_err(|e| anyhow!("writing the report into {}: {e}", out.display()))?;
     let md = out.join("report.md");
     let text = std::fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?;
     println!("{text}");
-    println!("(report, plots and loss curves: {})", out.display());
+    println!(
+        "(report, plots and loss curves: {}; the retrievals: {})",
+        out.display(),
+        out.join("report.html").display()
+    );
     Ok(())
 }

@@ -358,20 +358,72 @@ impl Default for EmbedSettings {
     }
 }
 
-/// `[report]`.
+/// `[report]`: the untrained baseline, and what `report.html` shows of each run (all of
+/// it part of the report stage's key; no other stage reads it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportSettings {
     /// Also embed and score the untrained network, to show what training bought.
     pub untrained_baseline: bool,
+    /// Queries drawn at random (seeded by `seed`) whose retrievals are shown.
+    pub queries: usize,
+    /// The worst queries shown (latest first correct neighbour, then lowest AP).
+    pub worst_queries: usize,
+    /// Neighbours shown per query (at most `retrieve.neighbors`, the ones saved).
+    pub k: usize,
+    /// The classes with the lowest Recall@1 shown.
+    pub classes: usize,
+    /// Thumbnails shown per class.
+    pub class_images: usize,
+    /// The most-confused class pairs shown.
+    pub confused_pairs: usize,
+    /// Seed of the random queries.
+    pub seed: u64,
+    /// Longer side of the thumbnails, in pixels.
+    pub thumbnail_px: u32,
 }
 
 impl Default for ReportSettings {
     fn default() -> Self {
         ReportSettings {
             untrained_baseline: true,
+            queries: 8,
+            worst_queries: 8,
+            k: 8,
+            classes: 20,
+            class_images: 4,
+            confused_pairs: 10,
+            seed: 0,
+            thumbnail_px: 64,
         }
     }
+}
+
+/// The most of each that a report shows: what keeps `report.html` small at any scale.
+pub const REPORT_LIMITS: ReportLimits = ReportLimits {
+    queries: 100,
+    k: 50,
+    classes: 500,
+    class_images: 20,
+    confused_pairs: 200,
+    thumbnail_px: (16, 256),
+};
+
+/// Bounds of the `[report]` counts (see [`REPORT_LIMITS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReportLimits {
+    /// `queries` and `worst_queries`.
+    pub queries: usize,
+    /// `k`.
+    pub k: usize,
+    /// `classes`.
+    pub classes: usize,
+    /// `class_images`.
+    pub class_images: usize,
+    /// `confused_pairs`.
+    pub confused_pairs: usize,
+    /// `thumbnail_px` (min, max).
+    pub thumbnail_px: (u32, u32),
 }
 
 /// Which executor runs the stages that must run.

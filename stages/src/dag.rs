@@ -211,6 +211,9 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         report_inputs.push((format!("retrieve/{e}"), retrieve));
         report_inputs.push((format!("cluster/{e}"), cluster));
         report_inputs.push((format!("train/{e}"), train));
+        // report.html's thumbnails and class names.
+        report_inputs.push((format!("index/{e}"), index));
+        report_inputs.push((format!("decode/{e}"), decode));
         if c.report.untrained_baseline {
             let l = Some("untrained");
             let train0 = b.add_labelled(
@@ -250,8 +253,12 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
         .iter()
         .map(|(r, n)| (r.as_str(), *n))
         .collect();
-    for e in 0..experiments.len() {
-        b.add(e, Arc::new(ReportStage::new(labels.clone())), &inputs);
+    for (e, exp) in experiments.iter().enumerate() {
+        b.add(
+            e,
+            Arc::new(ReportStage::new(labels.clone(), exp.config.report.clone())),
+            &inputs,
+        );
     }
     Ok(b.finish(experiments))
 }

@@ -2,7 +2,7 @@
 //! the settings alone decide (at DAG assembly), and those that need the index
 //! (split sizes, against the Ks), run on the index artifact before any stage
 //! that reads it starts.
-use crate::config::{DatasetKindName, ExperimentConfig, ResolvedConfig};
+use crate::config::{DatasetKindName, ExperimentConfig, ResolvedConfig, REPORT_LIMITS};
 use crate::evaluate::Protocol;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::tables::IndexRow;
@@ -41,6 +41,41 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
                     path.display()
                 )
             })?;
+    }
+    check_report(c)
+}
+
+/// `[report]`: counts within [`REPORT_LIMITS`], so that `report.html` stays small. (A
+/// `report.k` above `retrieve.neighbors` shows the neighbours saved, and the page says so.)
+fn check_report(c: &ExperimentConfig) -> Result<()> {
+    let r = &c.report;
+    let l = REPORT_LIMITS;
+    for (name, value, max) in [
+        ("queries", r.queries, l.queries),
+        ("worst_queries", r.worst_queries, l.queries),
+        ("classes", r.classes, l.classes),
+        ("class_images", r.class_images, l.class_images),
+        ("confused_pairs", r.confused_pairs, l.confused_pairs),
+    ] {
+        if value > max {
+            bail!(
+                "report.{name} = {value} is more than report.html shows (at most {max}); lower it"
+            );
+        }
+    }
+    if r.k == 0 || r.k > l.k {
+        bail!(
+            "report.k = {}: the neighbours shown per query must be 1 to {}",
+            r.k,
+            l.k
+        );
+    }
+    let (lo, hi) = l.thumbnail_px;
+    if !(lo..=hi).contains(&r.thumbnail_px) {
+        bail!(
+            "report.thumbnail_px = {}: thumbnails are {lo} to {hi} pixels",
+            r.thumbnail_px
+        );
     }
     Ok(())
 }

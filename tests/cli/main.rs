@@ -8,6 +8,7 @@ mod new_user;
 mod notebook;
 mod presets;
 mod remote;
+mod report_html;
 mod runs;
 mod slurm;
 mod snapshots;

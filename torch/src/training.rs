@@ -1,6 +1,7 @@
 //! The train stage's body, run in the worker: resume from the key's checkpoint, stream the
 //! planned P×K batches through the loader, step, validate, checkpoint, check the result is
-//! finite, and write `model.safetensors`, `model.json`, `train_log.parquet` and `loss.png`.
+//! finite, and write `model.safetensors`, `model.json`, `train_log.parquet`, `loss.png` and a
+//! TensorBoard event file (written step by step).
 use crate::context::{write_file, WorkerCtx};
 use crate::loader::{Batch, BatchLoader};
 use crate::train::{self, Trainer};
@@ -13,6 +14,7 @@ use dml_stages::device::DeviceKind;
 use dml_stages::plots;
 use dml_stages::resume::{self, Checkpoints};
 use dml_stages::roles;
+use dml_stages::tensorboard::TrainEvents;
 use dml_stages::train::{train_config, TrainJob};
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -71,6 +73,9 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
     // removes them once this artifact is committed.
     let checkpoints = Checkpoints::new(ctx.key_cache_dir("checkpoints")?);
     let (start, log) = resume(&checkpoints, &mut trainer, validator.as_mut(), ctx)?;
+    // TensorBoard's event file: the resumed steps first, then each step as it is done.
+    let images_per_step = batches.first().map_or(0, |b| b.0.len());
+    let events = TrainEvents::create(&out, &log, images_per_step)?;
     let rescue = Rescue {
         checkpoints: &checkpoints,
         lower_lr: format!(
@@ -111,9 +116,13 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         every: u64::from(job.settings.checkpoint_every.max(1)),
         hooks: FaultHooks::from_env(),
         device,
+        events,
     };
     let last_images = steps.run(loader, &bar)?;
-    let StepLoop { log, meter, .. } = steps;
+    let StepLoop {
+        log, meter, events, ..
+    } = steps;
+    events.finish()?;
     bar.finish_and_clear();
 
     let kept_weights = match validator.as_ref() {
@@ -315,6 +324,7 @@ struct StepLoop<'a> {
     every: u64,
     hooks: FaultHooks,
     device: Device,
+    events: TrainEvents,
 }
 
 impl StepLoop<'_> {
@@ -374,6 +384,7 @@ impl StepLoop<'_> {
                 row.val_recall_at_1 = Some(score.recall_at_1);
                 row.val_map_at_r = Some(score.map_at_r);
             }
+            self.events.row(&row)?;
             self.log.push(row);
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} img/s active {:.0}%{}",
