@@ -29,6 +29,11 @@ fn key_paths(config: ExperimentConfig) -> Result<BTreeMap<String, BTreeSet<&'sta
     let mut out: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
     for node in dag.graph.nodes() {
         for path in dml_pipeline::flatten_settings(&node.stage.settings()).into_keys() {
+            // The report keys on what report.html shows under `html`: the `[report]` settings.
+            let path = match path.strip_prefix("report.html.") {
+                Some(setting) => format!("report.{setting}"),
+                None => path,
+            };
             out.entry(path).or_default().insert(node.stage.name());
         }
     }

@@ -522,6 +522,10 @@ mod key_paths {
             "report.runs",
             "each experiment's name, sweep point and method",
         ),
+        (
+            "report.html",
+            "the [report] settings of what report.html shows (report.queries, report.k, …)",
+        ),
     ];
 
     #[test]

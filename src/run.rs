@@ -342,9 +342,9 @@ pub fn run(
     }
     let written = running.finish_with(|| -> Result<()> {
         record.rewrite(&record_path)?;
-        // Only a complete run moves `latest/<name>/`: a partial one (`--until`, a failure)
-        // never shadows the last complete run there.
-        if record.complete() {
+        // Only a run that ended ok moves `latest/<name>/` (a failed or interrupted one never
+        // replaces the links of the last good run).
+        if record.run_status() == RunStatus::Ok {
             crate::links::update(&store, &record)?;
         }
         Ok(())

@@ -782,7 +782,7 @@ fn follow(
         record.finish(RunStatus::Failed, format!("failed: {}", names.join("; ")));
     }
     rewrite_record(record_path, record)?;
-    if record.complete() {
+    if record.run_status() == RunStatus::Ok {
         crate::links::update(store, record)?;
     }
     if s.json {

@@ -104,9 +104,20 @@ impl RunLabel {
 /// `dml diff` shows them, without the run's name and the executor (which never change
 /// what a run computes).
 pub fn run_settings(config: &Value) -> BTreeMap<String, String> {
-    flatten_settings(config)
-        .into_iter()
-        .filter(|(k, _)| k != "name" && !k.starts_with("executor."))
+    let flat = flatten_settings(config);
+    // With validation off, its other settings change nothing (and no key), so they
+    // neither make a column nor change the report's key.
+    let validation_off = flat.get("train.validation.every").is_none_or(|v| v == "0");
+    flat.into_iter()
+        .filter(|(k, _)| {
+            k != "name"
+                && k != "dataset.root"
+                && !k.starts_with("executor.")
+                && !k.starts_with("store.")
+                && !(validation_off
+                    && k.starts_with("train.validation.")
+                    && k != "train.validation.every")
+        })
         .map(|(k, v)| (k, show(&v)))
         .collect()
 }

@@ -213,7 +213,7 @@ fn the_script_finds_a_folder_datasets_images_through_the_index_manifest() {
     let mut args = vec![
         "run",
         "--set",
-        "name=my run/1",
+        "name=my-run.1",
         "--set",
         "dataset.kind=folder",
         "--set",
@@ -244,7 +244,7 @@ fn the_script_finds_a_folder_datasets_images_through_the_index_manifest() {
                 .arg(repo().join("notebooks/explore.py"))
                 .env("DML_QUERIES", "3"),
             &store,
-            "my run/1",
+            "my-run.1",
             &out,
         ),
         "python notebooks/explore.py on a folder dataset",

@@ -148,7 +148,10 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     assert_eq!(count(&store.join("objects")), objects);
     assert_eq!(count(&store.join("runs")), records);
     assert!(
-        report.contains("| a | hard_triplet") && report.contains("| b | hard_triplet"),
+        report.contains("| a | 0 |")
+            && report.contains("| b | 1 |")
+            && report.contains("| train.seed |")
+            && report.matches("hard_triplet").count() >= 2,
         "{report}"
     );
     let out = store.join("reports/a+b");

@@ -351,11 +351,14 @@ fn gc_and_reruns_collect_what_killed_runs_leave() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    // The killed run is in no record: its checkpoints are abandoned.
+    // The killed run has a record (written when it started, status `running`, shown as
+    // `killed` once its process is gone): its checkpoint is its resume point and is kept.
+    let runs = ok(&store, &["runs"]);
+    assert!(runs.contains("killed"), "{runs}");
     let dry = ok(&store, &["gc", "--dry-run"]);
+    assert!(!dry.contains("would remove checkpoints"), "{dry}");
     for what in [
         "would remove stale temporary",
-        "would remove checkpoints of a finished or abandoned train",
         "would remove registration of a run that is gone",
         "would remove stale temporary file",
     ] {
@@ -363,9 +366,12 @@ fn gc_and_reruns_collect_what_killed_runs_leave() {
     }
     ok(&store, &["gc"]);
     assert!(entries(&store.join("tmp")).is_empty());
-    assert!(entries(&store.join("cache/checkpoints")).is_empty());
+    assert_eq!(entries(&store.join("cache/checkpoints")).len(), 1);
     assert!(entries(&store.join("runs/live")).is_empty());
     assert!(!record_tmp.exists());
+    // Once no kept record reaches it, the checkpoint is abandoned and collected.
+    ok(&store, &["gc", "--keep-runs", "0"]);
+    assert!(entries(&store.join("cache/checkpoints")).is_empty());
     // Nothing that a recorded run reached was touched.
     assert!(run_json(&store, &with(cfg, &UNTIL_PLAN))
         .iter()
