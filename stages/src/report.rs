@@ -389,13 +389,11 @@ fn html_page(
     }
     // Every image a run shows, per index; then each thumbnail once.
     let mut wanted: HashMap<PathBuf, BTreeSet<u32>> = HashMap::new();
-    for a in analysed.iter() {
-        if let Ok((index, r)) = a {
-            wanted
-                .entry(index.clone())
-                .or_default()
-                .extend(r.images(view.classes));
-        }
+    for (index, r) in analysed.iter().flatten() {
+        wanted
+            .entry(index.clone())
+            .or_default()
+            .extend(r.images(view.classes));
     }
     let mut thumbs: HashMap<PathBuf, Arc<Thumbnails>> = HashMap::new();
     for (index, source) in &sources {
