@@ -2,7 +2,7 @@
 //! their metrics changed (like `dvc metrics diff`), and which stages each
 //! difference invalidated.
 use crate::outcome::{self, Point};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{changes, flatten_settings, show, RunRecord};
 use std::collections::BTreeSet;
@@ -10,8 +10,16 @@ use std::path::Path;
 
 pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
     let store = ArtifactStore::open_read_only(store_dir)?;
-    let (pa, ra) = outcome::load_record(&store, a)?;
-    let (pb, rb) = outcome::load_record(&store, b)?;
+    let (pa, ra) = outcome::load_record(&store, a, None)?;
+    let (pb, rb) = outcome::load_record(&store, b, None)?;
+    if pa == pb {
+        bail!(
+            "`{a}` and `{b}` are the same run record ({}); name an earlier run of a name with NAME~N, e.g. `dml diff {}~1 {}`",
+            pa.display(),
+            ra.name,
+            ra.name
+        );
+    }
     let (ca, cb) = (flatten_settings(&ra.config), flatten_settings(&rb.config));
     let keys: BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
     println!(

@@ -3,7 +3,7 @@
 //! without knowing keys; and `dml path`.
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{file_safe, RunRecord};
+use dml_pipeline::{file_safe, RecordNode, RunRecord};
 use std::path::{Path, PathBuf};
 
 /// A node id as a folder name: `train[train.loss=npairs]` → `train@train.loss=npairs`,
@@ -21,9 +21,9 @@ pub fn node_dir_name(id: &str) -> String {
     s
 }
 
-/// Points `latest/<name>/<node>` at every artifact of the record that exists, and
-/// removes every other link there: sweep points of an earlier run of that name
-/// that are not in this one, and nodes this run did not produce.
+/// Points `latest/<name>/<node>` at every artifact of the record that exists, and, for a
+/// complete run, removes every other link there: sweep points of an earlier run of that
+/// name that are not in this one, and nodes this run did not produce.
 pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
     let dir = store.root().join("latest").join(file_safe(&record.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -46,6 +46,12 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
             .with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &link).with_context(|| format!("linking {}", link.display()))?;
     }
+    // A `--until` run replaces the links of the nodes it reached and keeps the others:
+    // `latest/<name>/<node>` is the node of the newest run of the name that reached it,
+    // so a partial run never hides a complete one's embeddings or report.
+    if !record.complete() {
+        return Ok(dir);
+    }
     let entries = std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name();
@@ -62,26 +68,72 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `dml path STAGE [--name RUN]`: the artifact directory the last run used.
-pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
-    let record = match name {
-        Some(n) => RunRecord::latest(&store, n)?
-            .with_context(|| format!("no run named `{n}` in {}", store_dir.display()))?,
-        None => {
-            let last = RunRecord::list(&store)?
-                .pop()
-                .with_context(|| format!("no runs recorded in {} yet", store_dir.display()))?;
-            RunRecord::load(&last)?
-        }
+/// The record a command reads `node` from (a stage, a node id, its folder name or a
+/// unique id prefix): with `name` (a run name, `NAME~N` or a record file prefix), that
+/// run's newest record that reached the node; without, the newest record of any name
+/// that reached it. A `--until` run thus never hides the artifacts of a complete one.
+pub fn record_reaching(store: &ArtifactStore, node: &str, name: Option<&str>) -> Result<RunRecord> {
+    let reaches = |r: &RunRecord| {
+        r.nodes.iter().any(|n| {
+            n.status.reached()
+                && (n.stage == node
+                    || n.id == node
+                    || node_dir_name(&n.id) == node
+                    || n.id.starts_with(node))
+        })
     };
-    // An exact id (or its folder name), else the one node of a stage, else the
-    // one id that starts with what was given (`train[train.loss.name=npairs`).
+    match name {
+        // `NAME~N` or a record file prefix: exactly that record.
+        Some(n) if n.contains('~') || RunRecord::latest(store, n)?.is_none() => {
+            Ok(crate::outcome::load_record(store, n, None)?.1)
+        }
+        Some(n) => {
+            let suffix = format!("-{}.json", file_safe(n));
+            let named: Vec<(PathBuf, RunRecord)> = RunRecord::list(store)?
+                .into_iter()
+                .rev()
+                .filter(|p| p.to_string_lossy().ends_with(&suffix))
+                .filter_map(|p| RunRecord::load(&p).ok().map(|r| (p, r)))
+                .filter(|(_, r)| r.name == n)
+                .collect();
+            let Some(at) = named.iter().position(|(_, r)| reaches(r)) else {
+                return Ok(named.into_iter().next().expect("latest exists").1);
+            };
+            if at > 0 {
+                eprintln!(
+                    "note: the newest run of `{n}` stopped before `{node}`; reading {}",
+                    named[at].0.display()
+                );
+            }
+            Ok(named.into_iter().nth(at).expect("found").1)
+        }
+        None => {
+            let all = RunRecord::list(store)?;
+            if all.is_empty() {
+                bail!("no runs recorded in {} yet", store.root().display());
+            }
+            for path in all.iter().rev() {
+                if let Ok(r) = RunRecord::load(path) {
+                    if reaches(&r) {
+                        return Ok(r);
+                    }
+                }
+            }
+            let last = all.last().expect("non-empty");
+            Ok(RunRecord::load(last)?)
+        }
+    }
+}
+
+/// The node of `record` that `node` names: an exact id (or its folder name), else the
+/// one node of a stage, else the one id that starts with what was given
+/// (`train[train.loss.name=npairs`).
+pub fn pick_node<'a>(record: &'a RunRecord, node: &str) -> Result<&'a RecordNode> {
     let exact = record
         .nodes
         .iter()
         .find(|n| n.id == node || node_dir_name(&n.id) == node);
-    let candidates: Vec<&dml_pipeline::RecordNode> = match exact {
+    let candidates: Vec<&RecordNode> = match exact {
         Some(n) => vec![n],
         None => {
             let by_stage: Vec<_> = record.nodes.iter().filter(|n| n.stage == node).collect();
@@ -96,8 +148,8 @@ pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
             }
         }
     };
-    let n = match candidates.as_slice() {
-        [one] => *one,
+    match candidates.as_slice() {
+        [one] => Ok(*one),
         [] => {
             let ids: Vec<&str> = record.nodes.iter().map(|n| n.id.as_str()).collect();
             bail!(
@@ -116,7 +168,15 @@ pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
                 ids.join("\n")
             );
         }
-    };
+    }
+}
+
+/// `dml path STAGE [--name RUN]`: the artifact directory the last run that reached
+/// the stage used.
+pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
+    let store = ArtifactStore::open_read_only(store_dir)?;
+    let record = record_reaching(&store, node, name)?;
+    let n = pick_node(&record, node)?;
     let link = store
         .root()
         .join("latest")
@@ -131,6 +191,14 @@ pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
             record.name
         );
     }
-    println!("{}", if link.exists() { link } else { object }.display());
+    // The link when it is this artifact (it may be another run's after a partial run).
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    println!(
+        "{}",
+        if same(&link, &object) { link } else { object }.display()
+    );
     Ok(())
 }

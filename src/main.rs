@@ -47,8 +47,12 @@ enum Command {
     Ls,
     /// Show an artifact: its manifest's settings, and each table's schema and first rows.
     Show {
-        /// A stage name (its newest artifact) or a key (a unique prefix is enough).
+        /// A stage or node id (`train`, `embed:untrained`): the artifact the newest run that
+        /// reached it used, as `dml path` prints it; or a key (a unique prefix is enough).
         what: String,
+        /// The run name (`NAME~N` for an earlier run of it; default: any run).
+        #[arg(long)]
+        name: Option<String>,
         /// Rows to print per table.
         #[arg(long, default_value_t = 5)]
         rows: usize,
@@ -70,14 +74,16 @@ enum Command {
         /// A stage (`embed`), or a node id as `dml run` prints it (`embed:untrained`,
         /// `train[train.loss.name=npairs]`; a unique prefix is enough).
         stage: String,
-        /// The run name (default: the most recent run).
+        /// The run name, `NAME~N` for an earlier run of it, or a record file prefix
+        /// (default: the newest run that reached the stage).
         #[arg(long)]
         name: Option<String>,
     },
     /// Compare two run records: the settings that differ, the metric changes, and the stages
     /// each difference invalidated.
     Diff {
-        /// A run record: a run name (its newest record), a path, or a file name prefix under runs/.
+        /// A run record: a run name (its newest record), NAME~N (the N-th run of the name
+        /// before its newest), a path, or a file name prefix under runs/.
         a: String,
         /// The other run record.
         b: String,
@@ -246,7 +252,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             tensorboard_cmd::tensorboard(&cli.store, &names, &dir)
         }
         Command::Ls => store_cmds::ls(&cli.store),
-        Command::Show { what, rows } => store_cmds::show(&cli.store, &what, rows),
+        Command::Show { what, name, rows } => {
+            store_cmds::show(&cli.store, &what, name.as_deref(), rows)
+        }
         Command::Gc { keep_runs, dry_run } => store_cmds::gc(&cli.store, keep_runs, dry_run),
         Command::Config {
             defaults,

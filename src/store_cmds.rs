@@ -82,10 +82,47 @@ fn resolve<'a>(objects: &'a [ObjectInfo], what: &str) -> Result<&'a ObjectInfo> 
     }
 }
 
-pub fn show(store_dir: &Path, what: &str, rows: usize) -> Result<()> {
+/// What `dml show` names: a stage or node id is the artifact the newest run that reached
+/// it used (as `dml path` reads it: the trained `train`, never its untrained baseline);
+/// without a record of it, a stage's newest artifact or a key prefix.
+fn resolve_shown<'a>(
+    store: &ArtifactStore,
+    objects: &'a [ObjectInfo],
+    what: &str,
+    name: Option<&str>,
+) -> Result<&'a ObjectInfo> {
+    let by_record = match name {
+        Some(n) => Some(crate::links::record_reaching(store, what, Some(n))?),
+        None => crate::links::record_reaching(store, what, None).ok(),
+    };
+    if let Some(record) = by_record {
+        let names_a_node = record
+            .nodes
+            .iter()
+            .any(|n| n.stage == what || n.id == what || n.id.starts_with(what));
+        if names_a_node || name.is_some() {
+            let node = crate::links::pick_node(&record, what)?;
+            return objects
+                .iter()
+                .find(|o| o.stage == node.stage && o.key == node.key)
+                .with_context(|| {
+                    format!(
+                        "the artifact of `{}` in run `{}` ({}) is not in the store (removed by gc?); rerun `{}`",
+                        node.id,
+                        record.name,
+                        &node.key[..node.key.len().min(12)],
+                        record.name
+                    )
+                });
+        }
+    }
+    resolve(objects, what)
+}
+
+pub fn show(store_dir: &Path, what: &str, name: Option<&str>, rows: usize) -> Result<()> {
     let store = ArtifactStore::open_read_only(store_dir)?;
     let objects = store.list()?;
-    let o = resolve(&objects, what)?;
+    let o = resolve_shown(&store, &objects, what, name)?;
     println!("{} {}", o.stage, o.key);
     println!("path: {}", o.dir.display());
     let Some(m) = &o.manifest else {

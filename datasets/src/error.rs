@@ -155,6 +155,23 @@ pub enum DatasetError {
 }
 
 impl DatasetError {
+    /// True when the error is about one image that could not be opened, read or decoded:
+    /// the case `--skip-bad-images` is for. A full disk, a bad setting or a failed write
+    /// of the cache is not (skipping images would not help, and the hint would mislead).
+    pub fn is_bad_image(&self) -> bool {
+        match self {
+            DatasetError::Decode { .. } => true,
+            DatasetError::Io { action, source, .. } => {
+                matches!(*action, "opening image" | "reading image")
+                    && !matches!(
+                        source.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`DatasetError::Io`].
     pub(crate) fn io(
         action: &'static str,
@@ -182,4 +199,42 @@ fn human_bytes(bytes: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_per_image_failures_count_as_bad_images() {
+        let decode = DatasetError::Decode {
+            path: "a.jpg".into(),
+            reason: "bad huffman".into(),
+        };
+        assert!(decode.is_bad_image());
+        let unreadable = DatasetError::io(
+            "reading image",
+            "a.jpg",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(unreadable.is_bad_image());
+        let full = DatasetError::DiskFull {
+            path: "images.bin".into(),
+            needed: 1 << 30,
+            available: Some(1 << 20),
+        };
+        assert!(!full.is_bad_image());
+        let write = DatasetError::io(
+            "flushing",
+            "images.bin.partial",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        assert!(!write.is_bad_image());
+        let setting = DatasetError::InvalidSetting {
+            setting: "image.resize",
+            value: "0".into(),
+            reason: "must be positive".into(),
+        };
+        assert!(!setting.is_bad_image());
+    }
 }

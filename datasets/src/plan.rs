@@ -87,8 +87,8 @@ impl PkPlanner {
         let batch = u64::from(self.p) * u64::from(self.k);
         if batch > u64::from(u16::MAX) + 1 {
             return Err(DatasetError::InvalidSetting {
-                setting: "plan.k",
-                value: self.k.to_string(),
+                setting: "plan.p × plan.k",
+                value: format!("{} × {}", self.p, self.k),
                 reason: format!("P×K = {batch} exceeds the 65,536 slots a step can hold"),
             });
         }

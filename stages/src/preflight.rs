@@ -200,6 +200,48 @@ pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
             }
         );
     }
+    check_classes_per_batch(c, rows)
+}
+
+/// `plan.p` against the training classes the plan will see (after the validation
+/// holdout): the plan stage's own check, made as soon as the index exists so that a
+/// dry-run reports it and a run fails before decoding.
+fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
+    if c.plan.sampler != dml_datasets::Sampler::Pk || c.plan.allow_repeated_classes {
+        return Ok(());
+    }
+    let train: BTreeSet<u32> = rows
+        .iter()
+        .filter(|r| r.split == Split::Train.as_str())
+        .map(|r| r.class_id)
+        .collect();
+    if train.is_empty() {
+        bail!(
+            "the index has no train split to plan batches from (splits: {})",
+            splits(rows)
+        );
+    }
+    let held = match crate::validation::Holdout::of(&c.train.validation) {
+        Some(h) => h.classes(rows)?,
+        None => BTreeSet::new(),
+    };
+    let left = train.len() - held.len();
+    if (c.plan.p as usize) > left {
+        let holdout = if held.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", after train.validation held out {} of the {} training classes for validation (or set --set train.validation.every=0 to train on all of them)",
+                held.len(),
+                train.len()
+            )
+        };
+        bail!(
+            "setting `plan.p` = {} but the train split has only {left} class(es){holdout}; lower `plan.p` (e.g. --set plan.p={}) or set `plan.allow_repeated_classes = true`",
+            c.plan.p,
+            left.max(1)
+        );
+    }
     Ok(())
 }
 
@@ -239,7 +281,36 @@ mod tests {
         assert!(err.contains("only 59 gallery images"), "{err}");
         assert!(err.contains("--set retrieve.ks=1,10"), "{err}");
         c.retrieve.ks = vec![1, 10];
+        let mut rows = rows;
+        rows.extend((0..200).map(|i| row("train", 100 + i / 4)));
         check_index(&c.clone().resolve(), &rows).unwrap();
+    }
+
+    #[test]
+    fn more_classes_per_batch_than_training_classes_is_an_error_before_planning() {
+        let mut c = ExperimentConfig::default();
+        c.retrieve.ks = vec![1];
+        let mut rows: Vec<IndexRow> = (0..40).map(|i| row("test", i / 4)).collect();
+        rows.extend((0..60).map(|i| row("train", 100 + i / 4)));
+        c.plan.p = 16;
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`plan.p` = 16"), "{err}");
+        assert!(err.contains("only 15 class(es)"), "{err}");
+        assert!(err.contains("--set plan.p=15"), "{err}");
+        c.plan.allow_repeated_classes = true;
+        check_index(&c.clone().resolve(), &rows).unwrap();
+        c.plan.allow_repeated_classes = false;
+        c.plan.p = 15;
+        check_index(&c.clone().resolve(), &rows).unwrap();
+        // With a validation holdout, the held-out classes are not there to plan from.
+        c.train.validation.every = 10;
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("held out"), "{err}");
+        assert!(err.contains("train.validation.every=0"), "{err}");
     }
 
     #[test]

@@ -176,6 +176,8 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     assert!(e.contains("run `a`") && e.contains("retrieve"), "{e}");
     let e = fails(&store, &["report", "nope"]);
     assert!(e.contains("no run record `nope`"), "{e}");
+    // Rebuilt (the same key): `a` is whole again.
+    ok(&store, &["run", cfg_a.to_str().unwrap()]);
     // A run that stopped before its report cannot be reported.
     ok(
         &store,
@@ -188,8 +190,50 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
             "train.seed=2",
         ],
     );
-    let e = fails(&store, &["report", "a"]);
+    let e = fails(&store, &["report", "a~0"]);
     assert!(e.contains("did not reach its report"), "{e}");
+    // …while the run's name still means its newest record that has one: a partial run
+    // never shadows a complete one (report, path, show, latest/).
+    let out = run_in(&store, &["report", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("stopped before `report`"), "{note}");
+    let report_link = store.join("latest/a/report");
+    assert!(
+        report_link.join("manifest.json").is_file(),
+        "a --until run removed latest/a/report"
+    );
+    let embed_of_a = ok(&store, &["path", "embed", "--name", "a"]);
+    assert_eq!(
+        std::fs::canonicalize(embed_of_a.trim()).unwrap(),
+        std::fs::canonicalize(art(pa, "embed")).unwrap()
+    );
+    // The new train (train.seed = 2) is what `path train` and `show train` name now,
+    // and `show train` is the trained node, never its untrained baseline.
+    let train_now = ok(&store, &["path", "train", "--name", "a"]);
+    assert_ne!(
+        std::fs::canonicalize(train_now.trim()).unwrap(),
+        std::fs::canonicalize(art(pa, "train")).unwrap()
+    );
+    let shown = ok(&store, &["show", "train", "--name", "a"]);
+    let key = std::fs::canonicalize(train_now.trim()).unwrap();
+    let key = key.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(shown.starts_with(&format!("train {key}")), "{shown}");
+    let untrained = ok(&store, &["show", "train:untrained", "--name", "a"]);
+    assert!(
+        !untrained.starts_with(&format!("train {key}")),
+        "{untrained}"
+    );
+    // NAME~N names an earlier run; a name against itself is refused with that hint;
+    // an ambiguous record prefix lists what it matches.
+    let d = ok(&store, &["diff", "a~1", "a"]);
+    assert!(d.contains("train.seed"), "{d}");
+    let e = fails(&store, &["diff", "a", "a"]);
+    assert!(e.contains("same run record") && e.contains("a~1"), "{e}");
+    let e = fails(&store, &["diff", "a~9", "a"]);
+    assert!(e.contains("has 3 record(s)"), "{e}");
+    let e = fails(&store, &["diff", "2", "a"]);
+    assert!(e.contains("matches") && e.contains("-a.json"), "{e}");
     // …but `runs` still lists it, with what it has.
     let listed: serde_json::Value = serde_json::from_str(&ok(&store, &["runs", "--json"])).unwrap();
     let newest = &listed[0];
