@@ -27,9 +27,59 @@ pub struct Loaded {
     /// The config file, when it names no preset (so every setting it leaves out is a
     /// built-in default, which the run says).
     pub without_preset: Option<std::path::PathBuf>,
+    /// Where each setting came from, to say so in an error about it.
+    origins: Origins,
+}
+
+/// Where the settings of a run came from: the user's file, `--set`s, a preset.
+#[derive(Debug, Clone, Default)]
+struct Origins {
+    source: Option<ConfigSource>,
+    sets: Vec<String>,
+    preset: Option<String>,
+}
+
+impl Origins {
+    /// Where `path` was set: `--set …`, `file:line`, the preset, or `None` (a default).
+    fn of(&self, path: &str) -> Option<String> {
+        if let Some(set) = self.sets.iter().rev().find(|s| {
+            s.split_once('=').is_some_and(|(p, _)| {
+                p.trim() == path || path.starts_with(&format!("{}.", p.trim()))
+            })
+        }) {
+            return Some(format!("from --set `{set}`"));
+        }
+        if let Some(src) = &self.source {
+            if let Some(line) = line_of_key(&src.text, path) {
+                return Some(format!("set at {}:{line}", src.path.display()));
+            }
+        }
+        let preset = self.preset.as_deref()?;
+        let text = crate::presets::find(preset)?;
+        Some(match line_of_key(text, path) {
+            Some(_) => format!("from preset `{preset}`"),
+            None => "a built-in default".to_string(),
+        })
+    }
 }
 
 impl Loaded {
+    /// An error about settings, with where the first setting it names came from
+    /// (`from --set …`, `config.toml:12`, a preset), so the user knows what to edit.
+    pub fn locate_error(&self, e: anyhow::Error) -> anyhow::Error {
+        let text = format!("{e:#}");
+        let known = known_keys().ok();
+        let path = setting_paths(&text).into_iter().find(|p| {
+            known
+                .as_ref()
+                .is_some_and(|k| lookup(k, p).is_some() || TAGGED.iter().any(|t| p.starts_with(t)))
+        });
+        match path.and_then(|p| self.origins.of(&p).map(|o| (p, o))) {
+            Some((p, origin)) => anyhow!("{text} (`{p}` {origin})"),
+            None => e,
+        }
+    }
+
     /// The experiments as the DAG builder takes them.
     pub fn dag_experiments(&self) -> Vec<dml_stages::dag::Experiment> {
         self.experiments
@@ -69,6 +119,7 @@ pub fn load(
                 e.message()
             )
         })?;
+        let named = v.get("preset").and_then(Value::as_str).map(str::to_string);
         match v.get("preset") {
             Some(Value::String(p)) => root = parse_preset(p)?,
             Some(other) => bail!(
@@ -83,6 +134,7 @@ pub fn load(
         source = Some(ConfigSource {
             path: path.to_path_buf(),
             text,
+            preset: named,
         });
     }
     if let Some(t) = root.as_table_mut() {
@@ -91,6 +143,16 @@ pub fn load(
     apply_sets(&mut root, sets)?;
     let mut loaded = resolve_with(root, source.as_ref(), sets)?;
     loaded.without_preset = without_preset;
+    loaded.origins = Origins {
+        preset: match (&source, preset) {
+            (Some(src), _) if src.preset.is_some() => src.preset.clone(),
+            (_, Some(p)) => Some(p.to_string()),
+            (None, None) => Some(crate::presets::DEFAULT.to_string()),
+            (Some(_), None) => None,
+        },
+        source,
+        sets: sets.to_vec(),
+    };
     Ok(loaded)
 }
 
@@ -110,9 +172,25 @@ pub fn show_config(loaded: &Loaded) -> Result<String> {
 }
 
 /// The user's config file, kept to say on which line a bad value stands.
+#[derive(Debug, Clone)]
 struct ConfigSource {
     path: std::path::PathBuf,
     text: String,
+    /// The preset its `preset = …` line names.
+    preset: Option<String>,
+}
+
+/// The dotted setting paths a message names (`train.optimizer.learning_rate`), in order.
+fn setting_paths(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .map(|w| w.trim_matches('.'))
+        .filter(|w| {
+            w.contains('.')
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.starts_with(|c: char| c.is_ascii_lowercase()))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -127,7 +205,15 @@ pub fn resolve(root: Value) -> Result<Loaded> {
 fn resolve_with(mut root: Value, source: Option<&ConfigSource>, sets: &[String]) -> Result<Loaded> {
     normalize_shorthands(&mut root);
     let (store, experiment_root) = crate::remote_cmds::split_store_table(&root)?;
-    validate_keys(&experiment_root)?;
+    validate_keys(&experiment_root).map_err(|e| {
+        if e.chain().count() > 1 {
+            return e; // `in [sweep]: …` keeps its context
+        }
+        match e.downcast::<UnknownSetting>() {
+            Ok(u) => anyhow!(u.located(source, sets)),
+            Err(e) => e,
+        }
+    })?;
     let experiments = expand(&experiment_root).map_err(|e| match e.downcast::<TypeError>() {
         Ok(te) => anyhow!(te.located(source, sets)),
         Err(e) => e,
@@ -137,6 +223,7 @@ fn resolve_with(mut root: Value, source: Option<&ConfigSource>, sets: &[String])
         experiments,
         store,
         without_preset: None,
+        origins: Origins::default(),
     })
 }
 
@@ -455,7 +542,11 @@ fn check_path(known: &Value, path: &str) -> Result<()> {
                     None if names.is_empty() => String::new(),
                     None => format!("; known keys here: {}", names.join(", ")),
                 };
-                bail!("unknown setting `{parent}{part}`{hint}");
+                return Err(UnknownSetting {
+                    path: format!("{parent}{part}"),
+                    hint,
+                }
+                .into());
             }
         }
     }
@@ -577,6 +668,41 @@ fn typed(v: &Value) -> Result<ResolvedConfig> {
     Ok(c.resolve())
 }
 
+/// A setting no table has, with the nearest known one.
+#[derive(Debug)]
+struct UnknownSetting {
+    path: String,
+    hint: String,
+}
+
+impl std::fmt::Display for UnknownSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown setting `{}`{}", self.path, self.hint)
+    }
+}
+
+impl std::error::Error for UnknownSetting {}
+
+impl UnknownSetting {
+    /// With the line of the user's file (or the `--set`) that gives it.
+    fn located(self, source: Option<&ConfigSource>, sets: &[String]) -> String {
+        let msg = self.to_string();
+        if let Some(set) = sets.iter().rev().find(|s| {
+            s.split_once('=')
+                .is_some_and(|(p, _)| p.trim() == self.path)
+        }) {
+            return format!("{msg} (from --set `{set}`)");
+        }
+        if let Some(src) = source {
+            if let Some(line) = line_of_key(&src.text, &self.path) {
+                let shown = src.text.lines().nth(line - 1).unwrap_or("").trim();
+                return format!("{}:{line}: {msg}\n  {line} | {shown}", src.path.display());
+            }
+        }
+        msg
+    }
+}
+
 /// A value of the wrong type (or a variant's unknown field), with the setting it is at.
 #[derive(Debug)]
 struct TypeError {
@@ -587,13 +713,28 @@ struct TypeError {
 impl std::fmt::Display for TypeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.path {
-            Some(p) => write!(f, "invalid setting `{p}`: {}", self.message),
+            Some(p) => write!(
+                f,
+                "invalid setting `{p}`: {}",
+                plain_message(p, &self.message)
+            ),
             None => write!(f, "invalid configuration: {}", self.message),
         }
     }
 }
 
 impl std::error::Error for TypeError {}
+
+/// serde's message without the Rust names: `expected struct PlanSettings` says that
+/// `plan` is a table of settings, and which one to give instead.
+fn plain_message(path: &str, message: &str) -> String {
+    match message.split_once(", expected struct ") {
+        Some((got, _)) => format!(
+            "{got}, but `{path}` is a table of settings: give one of them, e.g. `--set {path}.<setting>=…` or a `[{path}]` table (`dml config --defaults` lists them)"
+        ),
+        None => message.to_string(),
+    }
+}
 
 impl TypeError {
     /// Says where the bad value came from: a line of the config file, a `--set`,
@@ -679,6 +820,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean `plan`?"), "{err}");
+    }
+
+    #[test]
+    fn messages_name_the_setting_and_where_it_was_set_without_rust_names() {
+        // A table given a value: no `expected struct PlanSettings`.
+        let err = load(None, None, &["plan=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("struct"), "{err}");
+        assert!(err.contains("`plan` is a table of settings"), "{err}");
+        // An unknown key in a file: its file and line.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mine.toml");
+        std::fs::write(&file, "name = \"x\"\n[plan]\nsteps = 3\nstepz = 4\n").unwrap();
+        let err = format!("{:#}", load(Some(&file), None, &[]).unwrap_err());
+        assert!(err.contains("mine.toml:4:"), "{err}");
+        assert!(err.contains("did you mean `plan.steps`?"), "{err}");
+        // A value refused when the DAG is built: the setting and where it came from.
+        let loaded = load(Some(&file), None, &["plan.stepz=4".into()]);
+        assert!(loaded.is_err());
+        std::fs::write(
+            &file,
+            "name = \"x\"\n[train.optimizer]\nlearning_rate = -1.0\n",
+        )
+        .unwrap();
+        let loaded = load(Some(&file), None, &[]).unwrap();
+        let e = anyhow!(
+            "invalid [train] settings: train.optimizer.learning_rate = -1 must be finite and > 0"
+        );
+        let located = loaded.locate_error(e).to_string();
+        assert!(located.contains("set at "), "{located}");
+        assert!(located.contains("mine.toml:3"), "{located}");
+        let loaded = load(None, None, &["train.optimizer.learning_rate=-1".into()]).unwrap();
+        let e = anyhow!("train.optimizer.learning_rate = -1 must be finite and > 0");
+        let located = loaded.locate_error(e).to_string();
+        assert!(
+            located.contains("from --set `train.optimizer.learning_rate=-1`"),
+            "{located}"
+        );
+        let e = anyhow!("plan.steps = 0: nothing to train");
+        let located = loaded.locate_error(e).to_string();
+        assert!(located.contains("from preset `synthetic`"), "{located}");
+        // A preset family is listed, not guessed.
+        let err = load(None, Some("cub"), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("pick one") && err.contains("cub/margin"),
+            "{err}"
+        );
     }
 
     #[test]

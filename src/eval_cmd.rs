@@ -85,7 +85,22 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &args.embedding_column,
         &args.labels_column,
         Some(&args.split_column),
-    )?;
+    )
+    .map_err(|e| {
+        // A missing column: the flag that names another one.
+        let text = format!("{e:#}");
+        let flag = [
+            (&args.labels_column, "--labels-column"),
+            (&args.embedding_column, "--embedding-column"),
+            (&args.split_column, "--split-column"),
+        ]
+        .into_iter()
+        .find(|(c, _)| text.contains(&format!("no column `{c}`")));
+        match flag {
+            Some((_, flag)) => anyhow::anyhow!("{text}; name the column to read with {flag} NAME"),
+            None => e,
+        }
+    })?;
     let sel = evaluate::select(&table, protocol)?;
     let retrieval = if want("recall") || want(map_at_r) {
         Some(evaluate::retrieval(&sel, table.dim, &args.k, distance)?)
@@ -111,12 +126,45 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             o.insert("gallery".into(), sel.g_labels.len().into());
         }
     }
+    // Metrics that the data cannot define: said, never printed as if they were scores.
+    let mut undefined: Vec<String> = Vec::new();
+    let queries = out.get("queries").and_then(|v| v.as_u64()).unwrap_or(0);
+    let without = out
+        .get("queries_without_positives")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let wants_retrieval = want("recall") || want(map_at_r);
+    if wants_retrieval && queries > 0 && without == queries {
+        undefined.push(format!(
+            "Recall@K and MAP@R are undefined: none of the {queries} queries has another item of its class in the gallery (is `{}` the class label, and does each class have 2 or more rows?)",
+            args.labels_column
+        ));
+    }
+    let classes: std::collections::BTreeSet<u32> = sel.q_labels.iter().copied().collect();
+    if want(evaluate::names::NMI) && classes.len() < 2 {
+        undefined.push(format!(
+            "NMI is undefined: the evaluated rows hold {} class(es); its value 1.0 says nothing",
+            classes.len()
+        ));
+    }
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
+        println!("{:<28} {}", "protocol", args.protocol);
+        println!("{:<28} {}", "distance", args.distance.to_lowercase());
         for (k, v) in out.as_object().into_iter().flatten() {
             println!("{k:<28} {v}");
         }
+    }
+    for u in &undefined {
+        eprintln!("warning: {u}");
+    }
+    let asked = usize::from(wants_retrieval) + usize::from(want(evaluate::names::NMI));
+    if !undefined.is_empty() && undefined.len() >= asked {
+        bail!(
+            "no metric asked for is defined on `{}` (see the warnings above)",
+            args.embeddings.display()
+        );
     }
     Ok(())
 }

@@ -490,6 +490,18 @@ pub fn find(name: &str) -> Option<&'static str> {
 /// The error for a preset name that does not exist, with the nearest one.
 pub fn unknown(name: &str) -> anyhow::Error {
     let names: Vec<&str> = all().iter().map(|p| p.name).collect();
+    // A dataset's name: its presets are `name/…`; list them all rather than guess one.
+    let family: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.strip_prefix(name).is_some_and(|r| r.starts_with('/')))
+        .collect();
+    if !family.is_empty() {
+        return anyhow::anyhow!(
+            "`{name}` is not a preset but a family of them; pick one: {} (`dml presets` describes each)",
+            family.join(", ")
+        );
+    }
     let hint = crate::suggest::nearest(name, names.iter().copied())
         .map(|n| format!(" (did you mean `{n}`?)"))
         .unwrap_or_default();

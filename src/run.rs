@@ -126,7 +126,7 @@ pub fn run(
         .map(|e| e.config.name.clone())
         .unwrap_or_else(|| "run".into());
     let experiments = loaded.dag_experiments();
-    let dag = dml_stages::dag::build_dag(&experiments)?;
+    let dag = dml_stages::dag::build_dag(&experiments).map_err(|e| loaded.locate_error(e))?;
     let users = dag.users;
     let mut graph = dag.graph;
     if let Some(until) = &args.until {

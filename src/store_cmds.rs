@@ -61,6 +61,9 @@ pub fn ls(store_dir: &Path) -> Result<()> {
 }
 
 fn resolve<'a>(objects: &'a [ObjectInfo], what: &str) -> Result<&'a ObjectInfo> {
+    if objects.is_empty() {
+        bail!("the store holds no artifacts yet, so nothing matches `{what}`; `dml run` builds them (or give --store DIR)");
+    }
     let by_stage: Vec<&ObjectInfo> = objects.iter().filter(|o| o.stage == what).collect();
     if !by_stage.is_empty() {
         return Ok(by_stage

@@ -106,6 +106,10 @@ impl fmt::Display for Change {
 /// A canonical JSON value as a person reads it: strings unquoted, lists comma-separated.
 pub fn show(canonical: &str) -> String {
     match serde_json::from_str::<Value>(canonical) {
+        // An empty value is named, never shown as nothing (`changed  → 5`).
+        Ok(Value::String(s)) if s.is_empty() => "\"\"".to_string(),
+        Ok(Value::Array(items)) if items.is_empty() => "(none)".to_string(),
+        Ok(Value::Null) => "(unset)".to_string(),
         Ok(Value::String(s)) => s,
         Ok(Value::Array(items)) => items
             .iter()
@@ -420,6 +424,20 @@ fn diff_settings(old: &Value, new: &Value) -> Vec<(String, String, String)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn empty_values_are_named() {
+        assert_eq!(show("[]"), "(none)");
+        assert_eq!(show("\"\""), "\"\"");
+        assert_eq!(show("null"), "(unset)");
+        assert_eq!(show("[3,4]"), "3,4");
+        let c = Change::Setting {
+            path: "dataset.train_classes".into(),
+            old: "[]".into(),
+            new: "[1,2]".into(),
+        };
+        assert_eq!(c.to_string(), "dataset.train_classes changed (none) → 1,2");
+    }
 
     #[test]
     fn settings_diff_names_the_path_and_both_values() {

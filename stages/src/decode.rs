@@ -88,22 +88,17 @@ impl Stage for DecodeStage {
         let bar = ctx.progress(1, "{prefix:>10} decoding {msg}");
         bar.set_message(format!("{} images at {}²", paths.len(), self.resize));
         let started = Instant::now();
-        let report = ds::DecodeCache::build(
-            &root,
-            &paths,
-            self.resize,
-            ctx.out_dir(),
-            self.skip_bad,
-        )
-        .map_err(|e| {
-            if !self.skip_bad && e.is_bad_image() {
-                anyhow!(
+        let report =
+            ds::DecodeCache::build(&root, &paths, self.resize, ctx.out_dir(), self.skip_bad)
+                .map_err(|e| {
+                    if !self.skip_bad && e.is_bad_image() {
+                        anyhow!(
                     "{e}; fix or remove the image, or pass --skip-bad-images to go on without it"
                 )
-            } else {
-                anyhow!(e)
-            }
-        })?;
+                    } else {
+                        anyhow!(e)
+                    }
+                })?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(

@@ -193,6 +193,10 @@ impl Stage for IndexStage {
                 .collect();
             (listing, digests)
         };
+        if let Some(w) = listing.unread_summary() {
+            tracing::warn!("{}: {w}", root.display());
+            ctx.note("unread_images", json!(listing.unread_images));
+        }
         let checked: Vec<Result<IndexRow, (String, String)>> = listing
             .records
             .par_iter()
@@ -248,6 +252,24 @@ impl Stage for IndexStage {
         }
         ctx.note("images", json!(rows.len()));
         ctx.note("per_split", json!(per_split));
+        if !skipped.is_empty() {
+            let first: Vec<String> = skipped
+                .iter()
+                .take(3)
+                .map(|s| {
+                    format!(
+                        "{} ({})",
+                        s["path"].as_str().unwrap_or(""),
+                        s["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            tracing::warn!(
+                "--skip-bad-images: left out {} image(s) that could not be read, e.g. {}; `dml show index` lists them all (its notes' skipped_images)",
+                skipped.len(),
+                first.join("; ")
+            );
+        }
         ctx.note("skipped_images", json!(skipped));
         ctx.note("dataset_root", json!(root.display().to_string()));
         Ok(())

@@ -78,6 +78,17 @@ impl Stage for RetrieveStage {
             let batch = tables::neighbors_to_batch(q, rank, n, nb.dist);
             tables::write_parquet(&ctx.out_dir().join("neighbors.parquet"), &batch)?;
         }
+        if metrics.queries_without_positives > 0 {
+            tracing::warn!(
+                "{} of the {} test queries have no other image of their class to find (classes with a single test image): {}",
+                metrics.queries_without_positives,
+                sel.q_labels.len(),
+                match s.queries_without_positives {
+                    evaluate::NoPositives::Exclude => "they are left out of Recall@K and MAP@R (retrieve.queries_without_positives = \"exclude\")",
+                    _ => "they count as misses (retrieve.queries_without_positives)",
+                }
+            );
+        }
         let mut m = evaluate::metrics_json(Some(&metrics), None, s.queries_without_positives);
         if let Some(o) = m.as_object_mut() {
             o.insert("protocol".into(), json!(s.protocol));

@@ -40,6 +40,8 @@ struct Images {
     single_image_classes: usize,
     /// Where the figures come from: `the index`, `the dataset's lists`, ….
     source: &'static str,
+    /// Image files of formats dml does not read, as a warning (from a listing).
+    unread: Option<String>,
 }
 
 /// What one experiment (a sweep point) will do.
@@ -107,6 +109,12 @@ fn summarise_one(
     let c = &exp.config;
     let mut lines = Vec::new();
     let mut warnings = Vec::new();
+    if c.dataset.kind == DatasetKindName::Synthetic && !c.dataset.root.is_empty() {
+        warnings.push(format!(
+            "dataset.root = \"{}\" is not read: dataset.kind = \"synthetic\" generates its images (set dataset.kind = \"folder\", \"cub\", \"sop\" … to read it)",
+            c.dataset.root
+        ));
+    }
     let images = images_of(store, c, index);
     if let Some(im) = &images {
         let side = im
@@ -234,6 +242,9 @@ fn summarise_one(
             c.image.crop
         ));
     }
+    if let Some(w) = images.as_ref().and_then(|im| im.unread.clone()) {
+        warnings.push(w);
+    }
     if let Some(im) = &images {
         if im.classes_below_k > 0 {
             let mut w = format!(
@@ -309,6 +320,7 @@ fn images_of(
                 classes_below_k: per_class.values().filter(|&&n| n < k).count(),
                 single_image_classes: per_class.values().filter(|&&n| n == 1).count(),
                 source: "the index",
+                unread: None,
             });
         }
     }
@@ -327,6 +339,7 @@ fn images_of(
             classes_below_k: if per < k { train_classes } else { 0 },
             single_image_classes: if per == 1 { train_classes } else { 0 },
             source: "the synthetic set's settings",
+            unread: None,
         });
     }
     let root = Path::new(&c.dataset.root);
@@ -358,6 +371,7 @@ fn images_of(
         classes_below_k: per_class.values().filter(|&&n| n < k).count(),
         single_image_classes: per_class.values().filter(|&&n| n == 1).count(),
         source: "the dataset's listing and a sample of image headers",
+        unread: listing.unread_summary(),
     })
 }
 

@@ -1118,11 +1118,22 @@ impl OptimConfig {
                 "train.optimizer.clip_grad_norm must be > 0 (or left out for no clipping)".into(),
             ));
         }
-        if !positive(self.learning_rate) || !self.beta_learning_rate.is_none_or(positive) {
-            return Err(ConfigError("learning rates must be finite and > 0".into()));
+        if !positive(self.learning_rate) {
+            return Err(ConfigError(format!(
+                "train.optimizer.learning_rate = {} must be finite and > 0",
+                self.learning_rate
+            )));
+        }
+        if let Some(b) = self.beta_learning_rate.filter(|&b| !positive(b)) {
+            return Err(ConfigError(format!(
+                "train.optimizer.beta_learning_rate = {b} must be finite and > 0"
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(ConfigError("weight_decay must be ≥ 0".into()));
+            return Err(ConfigError(format!(
+                "train.optimizer.weight_decay = {} must be ≥ 0",
+                self.weight_decay
+            )));
         }
         match self.algorithm {
             Algorithm::Adam {
@@ -1135,7 +1146,7 @@ impl OptimConfig {
                 beta2,
                 epsilon,
             } if !(fraction(beta1) && fraction(beta2) && positive(epsilon)) => Err(ConfigError(
-                "adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0".into(),
+                "train.optimizer.algorithm: adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0".into(),
             )),
             Algorithm::Sgd { momentum, .. } if !fraction(momentum) => {
                 Err(ConfigError("sgd needs 0 ≤ momentum < 1".into()))

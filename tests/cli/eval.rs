@@ -133,6 +133,7 @@ fn eval_bad_input_is_clear() {
         e.contains("no column `embedding`") && e.contains("vec, item, split"),
         "{e}"
     );
+    assert!(e.contains("--embedding-column NAME"), "{e}");
     let e = fails(
         tmp.path(),
         &[
@@ -182,4 +183,49 @@ pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0], [1.0, float("nan")],
     assert!(e.contains("row 1 has 1 values"), "{e}");
     let e = fails(tmp.path(), &["eval", b.to_str().unwrap()]);
     assert!(e.contains("NaN") && e.contains("row 1"), "{e}");
+    // Metrics the data cannot define are said, and with none defined the exit is non-zero.
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+rows = [[float(i), float(i % 3)] for i in range(6)]
+pq.write_table(pa.table({"embedding": pa.array(rows), "class_id": pa.array([0, 1, 2, 3, 4, 5])}), sys.argv[1])
+pq.write_table(pa.table({"embedding": pa.array(rows), "class_id": pa.array([7] * 6)}), sys.argv[2])
+"#;
+    let (unique, single) = (
+        tmp.path().join("unique.parquet"),
+        tmp.path().join("single.parquet"),
+    );
+    assert!(python()
+        .args([
+            "-c",
+            script,
+            unique.to_str().unwrap(),
+            single.to_str().unwrap()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let unique = unique.to_str().unwrap();
+    let e = fails(
+        tmp.path(),
+        &["eval", unique, "--metrics", "recall", "--k", "1,2"],
+    );
+    assert!(e.contains("Recall@K and MAP@R are undefined"), "{e}");
+    assert!(e.contains("no metric asked for is defined"), "{e}");
+    // NMI is defined there (6 classes), so the run succeeds but warns about recall.
+    let out = run_in(tmp.path(), &["eval", unique, "--k", "1,2"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("protocol") && text.contains("distance "),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("undefined"));
+    let e = fails(
+        tmp.path(),
+        &["eval", single.to_str().unwrap(), "--metrics", "nmi"],
+    );
+    assert!(
+        e.contains("NMI is undefined") && e.contains("1 class"),
+        "{e}"
+    );
 }

@@ -535,3 +535,61 @@ print(json.dumps({"row": t["image_id"], "dataset": t["dataset_image_id"]}))
     assert_eq!(got["row"], serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7]));
     assert_eq!(got["dataset"], serde_json::json!([1, 2, 3, 4, 5, 6, 7, 8]));
 }
+
+#[test]
+fn a_folder_of_small_images_is_described_before_anything_runs() {
+    // The README's Configuration example on a folder of small images, with what a new
+    // user's folder holds: formats dml does not read and classes smaller than K.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("photos");
+    folder_dataset(&root, 6, 3);
+    std::fs::write(root.join("class_00/extra.webp"), b"RIFF....WEBPVP8 ").unwrap();
+    std::fs::write(root.join("class_01/scan.BMP"), b"BM").unwrap();
+    let single = root.join("class_00b");
+    std::fs::create_dir_all(&single).unwrap();
+    std::fs::copy(root.join("class_00/img_0.png"), single.join("only.png")).unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "name = \"mine\"\n[dataset]\nkind = \"folder\"\nroot = \"{}\"\n",
+            root.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let out = run_in(&store, &["run", cfg.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("no `preset = …` line"), "{text}");
+    assert!(text.contains("image.resize = 256"), "{text}");
+    assert!(text.contains("median side 16 px"), "{text}");
+    assert!(
+        text.contains("2 image file(s) of formats dml does not read")
+            && text.contains("1 .bmp, 1 .webp"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fewer than plan.k") && text.contains("a single image, paired with itself"),
+        "{text}"
+    );
+    assert!(!store.join("objects").exists() || dir_is_empty(&store.join("objects")));
+    // The synthetic set ignores dataset.root: said.
+    let out = run_in(
+        &store,
+        &[
+            "run",
+            "--dry-run",
+            "--set",
+            &format!("dataset.root={}", root.display()),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not read: dataset.kind = \"synthetic\""),
+        "{err}"
+    );
+}

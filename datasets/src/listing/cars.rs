@@ -105,6 +105,7 @@ fn list_annotations(root: &Path) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files,
+        unread_images: Vec::new(),
     })
 }
 
@@ -141,5 +142,6 @@ fn list_folders(root: &Path) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files: Vec::new(),
+        unread_images: Vec::new(),
     })
 }

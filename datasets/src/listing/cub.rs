@@ -99,5 +99,6 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files: vec![images.rel.clone(), labels.rel.clone()],
+        unread_images: Vec::new(),
     })
 }

@@ -16,6 +16,11 @@ use crate::error::{DatasetError, Result};
 /// Image extensions the folder adapters pick up (compared lowercase).
 pub(crate) const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
+/// Image extensions of formats dml does not decode: listed as unread, with a warning.
+pub(crate) const UNREAD_EXTENSIONS: [&str; 9] = [
+    "bmp", "webp", "gif", "tif", "tiff", "heic", "heif", "avif", "jxl",
+];
+
 pub(crate) fn list(root: &Path, opts: &ListOptions) -> Result<Listing> {
     let classes = class_folders(root)?;
     if classes.is_empty() {
@@ -53,9 +58,12 @@ pub(crate) fn list(root: &Path, opts: &ListOptions) -> Result<Listing> {
         }
     };
     let mut records = Vec::new();
+    let mut unread_images = Vec::new();
     for (i, class) in classes.iter().enumerate() {
         let split = if train[i] { Split::Train } else { Split::Test };
-        for file in image_files(&root.join(class))? {
+        let (files, unread) = image_files_and_unread(&root.join(class))?;
+        unread_images.extend(unread.into_iter().map(|f| format!("{class}/{f}")));
+        for file in files {
             records.push(Record {
                 path: format!("{class}/{file}"),
                 class_id: i as u32,
@@ -68,6 +76,7 @@ pub(crate) fn list(root: &Path, opts: &ListOptions) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files: Vec::new(),
+        unread_images,
     })
 }
 
@@ -86,20 +95,30 @@ pub(crate) fn class_folders(dir: &Path) -> Result<Vec<String>> {
 
 /// Image file names directly inside `dir`, sorted.
 pub(crate) fn image_files(dir: &Path) -> Result<Vec<String>> {
+    Ok(image_files_and_unread(dir)?.0)
+}
+
+/// The image files of `dir` dml reads, and those of formats it does not read, sorted.
+pub(crate) fn image_files_and_unread(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut unread = Vec::new();
     for (name, is_dir) in read_dir(dir)? {
         if is_dir || name.starts_with('.') {
             continue;
         }
-        let ext_ok = name
+        let ext = name
             .rsplit_once('.')
-            .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
-        if ext_ok {
+            .map(|(_, ext)| ext.to_ascii_lowercase())
+            .unwrap_or_default();
+        if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
             out.push(name);
+        } else if UNREAD_EXTENSIONS.contains(&ext.as_str()) {
+            unread.push(name);
         }
     }
     out.sort();
-    Ok(out)
+    unread.sort();
+    Ok((out, unread))
 }
 
 /// (name, is a directory) of each entry; symlinks are followed. Non-UTF-8 names are an error.

@@ -38,6 +38,7 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
         return Ok(Listing {
             records: Vec::new(),
             list_files: vec![file.rel.clone()],
+            unread_images: Vec::new(),
         });
     };
     let declared: usize = count_line.text.trim().parse().map_err(|_| {
@@ -128,5 +129,6 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files: vec![file.rel.clone()],
+        unread_images: Vec::new(),
     })
 }

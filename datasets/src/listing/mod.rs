@@ -123,6 +123,32 @@ pub struct Listing {
     /// Metadata files that were read, relative to the root (`/` separators). Empty for
     /// folder trees. These belong in the dataset fingerprint together with the images.
     pub list_files: Vec<String>,
+    /// Image files of formats dml does not read (`.webp`, `.bmp`, `.gif`, `.tif` …)
+    /// that a folder adapter passed over, relative to the root: said, never silent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread_images: Vec<String>,
+}
+
+impl Listing {
+    /// The unread images as a sentence for a warning: how many of each extension, an
+    /// example, and what to do; `None` when there are none.
+    pub fn unread_summary(&self) -> Option<String> {
+        let first = self.unread_images.first()?;
+        let mut by_ext: std::collections::BTreeMap<String, usize> = Default::default();
+        for f in &self.unread_images {
+            let ext = f
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+                .unwrap_or_default();
+            *by_ext.entry(ext).or_default() += 1;
+        }
+        let counts: Vec<String> = by_ext.iter().map(|(e, n)| format!("{n} .{e}")).collect();
+        Some(format!(
+            "{} image file(s) of formats dml does not read were left out ({}), e.g. `{first}`; dml reads JPEG and PNG: convert them (e.g. `mogrify -format png *.webp`) to include them",
+            self.unread_images.len(),
+            counts.join(", ")
+        ))
+    }
 }
 
 /// Adapter options.

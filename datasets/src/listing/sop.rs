@@ -80,5 +80,6 @@ pub(crate) fn list(root: &Path) -> Result<Listing> {
     Ok(Listing {
         records,
         list_files,
+        unread_images: Vec::new(),
     })
 }
