@@ -48,6 +48,17 @@ pub enum DatasetError {
         source: std::io::Error,
     },
 
+    /// A dataset file in a format dml does not read, with the one-time conversion.
+    #[error("{}: {reason}; convert it once (needs Python with scipy), then rerun:\n{how}", path.display())]
+    NeedsConversion {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not read.
+        reason: String,
+        /// The commands to run.
+        how: String,
+    },
+
     /// A line of a list file does not have the expected form.
     #[error("{}:{line_no}: {reason}: `{line}`", file.display())]
     ParseLine {

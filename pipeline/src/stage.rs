@@ -135,13 +135,24 @@ impl<'a> RunContext<'a> {
     /// [`log_interval`] (position, the stage's message, rate and ETA).
     pub fn progress(&self, len: u64, template: &str) -> ProgressBar {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+        let eta = std::sync::Arc::new(SteadyEta::default());
         if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
+            let shown = eta.clone();
+            bar.set_style(style.progress_chars("=> ").with_key(
+                "eta",
+                move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let eta = shown.eta(s.pos(), s.len().unwrap_or(0), s.elapsed());
+                    let _ = match eta {
+                        Some(d) => write!(w, "{}", HumanDuration(d)),
+                        None => write!(w, "…"),
+                    };
+                },
+            ));
         }
         let bar = self.progress.add(bar);
         bar.set_prefix(self.node.to_string());
         if !std::io::stderr().is_terminal() {
-            log_progress(&bar, self.node.to_string());
+            log_progress(&bar, self.node.to_string(), eta);
         }
         bar
     }
@@ -156,8 +167,48 @@ pub fn log_interval() -> Duration {
         .map_or(Duration::from_secs(10), Duration::from_secs_f64)
 }
 
+/// A time-left estimate that does not jump: the mean time per unit since the first
+/// position seen (a resumed run's start, or the first step), times the units left.
+/// indicatif's own estimate weighs the last ~15 s, so a slow step every few minutes
+/// (a checkpoint, a validation pass, a first CPU step of 30 s) swung it between "6 days"
+/// and "7 weeks" on a CPU run; the mean over the run moves slowly and only with the rate.
+#[derive(Debug, Default)]
+pub struct SteadyEta {
+    /// (position, elapsed) when the first position above 0 was seen.
+    origin: std::sync::Mutex<Option<(u64, Duration)>>,
+}
+
+impl SteadyEta {
+    /// The time left at `pos` of `len` after `elapsed`, once two positions were seen.
+    pub fn eta(&self, pos: u64, len: u64, elapsed: Duration) -> Option<Duration> {
+        let mut origin = self.origin.lock().unwrap_or_else(|p| p.into_inner());
+        if pos == 0 {
+            return None;
+        }
+        let (p0, e0) = match *origin {
+            // A position below the origin: the bar was reset, start again.
+            Some((p0, _)) if pos < p0 => {
+                *origin = Some((pos, elapsed));
+                return None;
+            }
+            Some(o) => o,
+            None => {
+                *origin = Some((pos, elapsed));
+                return None;
+            }
+        };
+        if pos == p0 || elapsed <= e0 {
+            return None;
+        }
+        let per_unit = (elapsed - e0).as_secs_f64() / (pos - p0) as f64;
+        Some(Duration::from_secs_f64(
+            per_unit * len.saturating_sub(pos) as f64,
+        ))
+    }
+}
+
 /// Logs a bar's state every [`log_interval`] until it finishes or is dropped.
-fn log_progress(bar: &ProgressBar, node: String) {
+fn log_progress(bar: &ProgressBar, node: String, steady: std::sync::Arc<SteadyEta>) {
     let weak = bar.downgrade();
     let every = log_interval();
     std::thread::spawn(move || loop {
@@ -171,10 +222,9 @@ fn log_progress(bar: &ProgressBar, node: String) {
             continue;
         }
         let percent = (100 * pos).checked_div(len).unwrap_or(0);
-        let eta = if len > pos {
-            format!(", ETA {}", HumanDuration(bar.eta()))
-        } else {
-            String::new()
+        let eta = match steady.eta(pos, len, bar.elapsed()) {
+            Some(d) if len > pos => format!(", ETA {}", HumanDuration(d)),
+            _ => String::new(),
         };
         tracing::info!(
             "{node}: {pos}/{len} ({percent}%) {}, {:.1}/s, {} elapsed{eta}",
@@ -183,4 +233,30 @@ fn log_progress(bar: &ProgressBar, node: String) {
             HumanDuration(bar.elapsed()),
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_eta_is_the_mean_rate_since_the_first_position() {
+        let eta = SteadyEta::default();
+        let s = Duration::from_secs;
+        // A resumed run: the first position seen is its start (step 300 of 1000).
+        assert_eq!(eta.eta(300, 1000, s(1)), None);
+        assert_eq!(eta.eta(300, 1000, s(5)), None);
+        // 10 steps in 20 s: 2 s a step, 690 steps left.
+        assert_eq!(eta.eta(310, 1000, s(21)), Some(s(1380)));
+        // One slow step (a checkpoint: 60 s) raises it by its share of the mean only.
+        let after = eta.eta(311, 1000, s(81)).unwrap().as_secs_f64();
+        let before = 1380.0;
+        assert!(after > before && after < before * 6.0, "{after}");
+        let steady = eta.eta(400, 1000, s(81 + 89 * 2)).unwrap().as_secs_f64();
+        assert!((steady - 600.0 * 258.0 / 100.0).abs() < 1.0, "{steady}");
+        // Done: nothing left.
+        assert_eq!(eta.eta(1000, 1000, s(2000)), Some(s(0)));
+        // A reset bar starts over.
+        assert_eq!(eta.eta(5, 1000, s(2001)), None);
+    }
 }

@@ -593,3 +593,66 @@ fn a_folder_of_small_images_is_described_before_anything_runs() {
         "{err}"
     );
 }
+
+#[test]
+fn the_issues_bad_inputs_fail_at_start_up_with_the_setting_named_and_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--set", "train.model.embedding_dim=4000000000"],
+            "train.model.embedding_dim",
+        ),
+        (&["--set", "image.resize=0"], "image.resize"),
+        (&["--set", "image.crop=0"], "image.crop"),
+        (&["--set", "image.crop=64"], "image.crop"),
+        (&["--set", "retrieve.ks=0,1"], "retrieve.ks"),
+        (&["--set", "embed.batch_size=0"], "embed.batch_size"),
+        (&["--set", "plan.p=100000"], "plan.p"),
+        (&["--set", "plan.k=1"], "plan.k"),
+        (&["--set", "plan.steps=0"], "plan.steps"),
+        (&["--set", "plan=3"], "`plan` is a table"),
+        (&["--set", "plann.p=3"], "did you mean `plan`"),
+        (
+            &["--set", "train.optimizer.learning_rate=-1"],
+            "train.optimizer.learning_rate",
+        ),
+        (&["--set", "train.optimizer.learning_rate=-1"], "from --set"),
+        (&["--set", "name=.."], "name"),
+        (&["--set", "name=."], "name"),
+        (&["--set", "name="], "name"),
+        (&["--set", "name=a/b"], "name"),
+        (&["--jobs", "0"], "--jobs"),
+        (&["--until", "nosuchstage"], "is not a stage"),
+        (&["--preset", "cub"], "cub/margin"),
+    ];
+    for (args, needle) in cases {
+        for dry in [true, false] {
+            let mut all = vec!["run", cfg];
+            all.extend_from_slice(args);
+            if dry {
+                all.push("--dry-run");
+            }
+            let out = run_in(&store, &all);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{all:?} succeeded");
+            assert_ne!(out.status.code(), Some(101), "{all:?} panicked: {err}");
+            assert!(!err.contains("panicked"), "{all:?}: {err}");
+            assert!(
+                err.contains(needle),
+                "{all:?}: expected `{needle}` in: {err}"
+            );
+            assert!(
+                !err.contains("Cub") && !err.contains("Settings`") && !err.contains("struct "),
+                "{all:?} leaks a Rust name: {err}"
+            );
+        }
+        assert!(
+            !store.join("objects").exists() || dir_is_empty(&store.join("objects")),
+            "{args:?} built something"
+        );
+        assert!(!tmp.path().join("latest").exists() && !tmp.path().join("report").exists());
+    }
+}

@@ -39,9 +39,20 @@ fn split_of(class_id: u32) -> Split {
     }
 }
 
+/// The conversion of the official `cars_annos.mat` to the plain files this adapter reads.
+pub const CONVERSION: &str = r#"  cd DATASET_ROOT
+  python3 -c "import scipy.io as s; a=s.loadmat('cars_annos.mat')['annotations'][0]; print('\n'.join(f'{x[0][0]} {x[5][0][0]}' for x in a))" > cars_annos.txt
+  python3 -c "import scipy.io as s; print('\n'.join(c[0] for c in s.loadmat('cars_annos.mat')['class_names'][0]))" > class_names.txt"#;
+
 pub(crate) fn list(root: &Path) -> Result<Listing> {
     if root.join("cars_annos.txt").is_file() {
         list_annotations(root)
+    } else if root.join("cars_annos.mat").is_file() {
+        Err(DatasetError::NeedsConversion {
+            path: root.join("cars_annos.mat"),
+            reason: "the official MATLAB annotations are not read directly; the cars196 adapter reads cars_annos.txt (and class_names.txt) beside it".into(),
+            how: CONVERSION.replace("DATASET_ROOT", &root.display().to_string()),
+        })
     } else {
         list_folders(root)
     }

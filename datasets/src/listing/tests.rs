@@ -426,6 +426,23 @@ fn cars_folder_per_class() {
     assert!(err.to_string().contains("found 195 class folders"), "{err}");
 }
 
+#[test]
+fn cars_official_mat_file_gets_the_conversion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    write(root, "cars_annos.mat", "MATLAB 5.0 MAT-file");
+    write(root, "car_ims/000001.jpg", "x");
+    let err = list(DatasetKind::Cars196, root, &opts()).unwrap_err();
+    assert!(matches!(err, DatasetError::NeedsConversion { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("cars_annos.mat"), "{text}");
+    assert!(
+        text.contains("> cars_annos.txt") && text.contains("> class_names.txt"),
+        "{text}"
+    );
+    assert!(text.contains(&root.display().to_string()), "{text}");
+}
+
 // ---------------------------------------------------------------- folder
 
 fn folder_tree(root: &Path) {
