@@ -64,7 +64,7 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
 
 /// `dml path STAGE [--name RUN]`: the artifact directory the last run used.
 pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let record = match name {
         Some(n) => RunRecord::latest(&store, n)?
             .with_context(|| format!("no run named `{n}` in {}", store_dir.display()))?,
