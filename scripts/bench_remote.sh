@@ -3,6 +3,9 @@
 # fetched into an empty one from a shared remote cache (moto's S3 server on
 # 127.0.0.1, started and stopped here). Prints both wall times.
 #   scripts/bench_remote.sh [DIR [--set plan.steps=40 …]]
+# With BASELINE=PATH (the `dml` binary of another build, e.g. one whose files move
+# one or 8 at a time), the fetch is timed ROUNDS times (default 3) with each
+# build, alternating, each into an empty store, from the same bucket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/bootstrap.sh)"
@@ -33,3 +36,19 @@ t2=$(date +%s.%N)
 cmp "$dir/a/latest/synthetic/embed/embeddings.arrow" "$dir/b/latest/synthetic/embed/embeddings.arrow"
 bytes=$(du -sb "$dir/b/objects" | cut -f1)
 python3 -c "print(f'build + upload: {$t1 - $t0:.1f} s; fetch into an empty store: {$t2 - $t1:.1f} s ({$bytes / 1e6:.1f} MB of artifacts); embeddings byte-identical')"
+if [ -n "${BASELINE:-}" ]; then
+  # Each fetch must build nothing: the worker is not needed (and may be missing
+  # beside the baseline's dml).
+  for round in $(seq "${ROUNDS:-3}"); do
+    for which in this baseline; do
+      bin=$dml
+      [ "$which" = baseline ] && bin=$BASELINE
+      rm -rf "$dir/c"
+      s0=$(date +%s.%N)
+      "$bin" --store "$dir/c" run "$dir/bench.toml" "$@" >/dev/null
+      s1=$(date +%s.%N)
+      cmp "$dir/a/latest/synthetic/embed/embeddings.arrow" "$dir/c/latest/synthetic/embed/embeddings.arrow"
+      python3 -c "print(f'round $round, $which build ($bin): fetch into an empty store: {$s1 - $s0:.1f} s')"
+    done
+  done
+fi

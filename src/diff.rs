@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let (pa, ra) = outcome::load_record(&store, a, None)?;
     let (pb, rb) = outcome::load_record(&store, b, None)?;
     if pa == pb {

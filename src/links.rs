@@ -174,7 +174,7 @@ pub fn pick_node<'a>(record: &'a RunRecord, node: &str) -> Result<&'a RecordNode
 /// `dml path STAGE [--name RUN]`: the artifact directory the last run that reached
 /// the stage used.
 pub fn path(store_dir: &Path, node: &str, name: Option<&str>) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let record = record_reaching(&store, node, name)?;
     let n = pick_node(&record, node)?;
     let link = store

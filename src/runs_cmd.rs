@@ -35,7 +35,7 @@ pub fn runs(
     limit: Option<usize>,
     as_json: bool,
 ) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let mut listed = Vec::new();
     for path in RunRecord::list(&store)?.into_iter().rev() {
         let Ok(record) = RunRecord::load(&path) else {
@@ -216,7 +216,8 @@ fn image_inputs(
 
 /// `dml report NAME [NAME…] [--out DIR]`.
 pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    // Only read: with --out elsewhere, a read-only store is enough.
+    let store = ArtifactStore::open_existing(store_dir)?;
     let mut labels: Vec<RunLabel> = Vec::new();
     let mut inputs = StoreInputs {
         dirs: BTreeMap::new(),
@@ -295,7 +296,12 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
     if fresh && out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| {
+        format!(
+            "creating {} (`--out DIR` writes the report elsewhere)",
+            out.display()
+        )
+    })?;
     let view = view.unwrap_or_default();
     write_report(&out, &labels, &view, &inputs)
         .map_err(|e| anyhow!("writing the report into {}: {e}", out.display()))?;

@@ -863,7 +863,7 @@ fn find_record(store: &ArtifactStore, name: Option<&str>) -> Result<RunRecord> {
 /// `dml status [--name RUN]`: each stage of the run: cached, queued, running,
 /// failed or cancelled (with the tail of its job's log), done.
 pub fn status(store_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let layout = Layout::new(&store)?;
     let record = find_record(&store, name)?;
     let jobs: Vec<Option<String>> = record

@@ -32,7 +32,7 @@ fn finished(o: &ObjectInfo) -> String {
 }
 
 pub fn ls(store_dir: &Path) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let objects = store.list()?;
     if objects.is_empty() {
         println!("the store `{}` holds no artifacts yet", store_dir.display());
@@ -123,7 +123,7 @@ fn resolve_shown<'a>(
 }
 
 pub fn show(store_dir: &Path, what: &str, name: Option<&str>, rows: usize) -> Result<()> {
-    let store = ArtifactStore::open_read_only(store_dir)?;
+    let store = ArtifactStore::open_existing(store_dir)?;
     let objects = store.list()?;
     let o = resolve_shown(&store, &objects, what, name)?;
     println!("{} {}", o.stage, o.key);
@@ -288,14 +288,23 @@ fn latest_links(store: &ArtifactStore) -> Result<(StageKeys, Vec<PathBuf>)> {
 }
 
 /// Removes artifacts that none of the last `keep_runs` runs, no `latest/` link and
-/// no live run reaches, and what interrupted runs leave behind.
+/// no live run reaches, and what interrupted runs leave behind. A dry run only reads the
+/// store (it works on a read-only one); neither creates a store where there is none.
 pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    let looked = ArtifactStore::open_existing(store_dir)?;
+    let store = if dry_run {
+        looked
+    } else {
+        ArtifactStore::open(store_dir)?
+    };
     let verb = if dry_run { "would remove" } else { "removed" };
     // Runs resolving their plans finish registering first; runs starting now wait.
-    let _fence = store.fence_out_runs(|| {
-        eprintln!("waiting for runs that are resolving their plans to register")
-    })?;
+    let waiting = || eprintln!("waiting for runs that are resolving their plans to register");
+    let _fence = if dry_run {
+        store.fence_out_runs_to_look(waiting)?
+    } else {
+        Some(store.fence_out_runs(waiting)?)
+    };
     let records = RunRecord::list(&store)?;
     let mut alive: StageKeys = BTreeSet::new();
     for path in records.iter().rev().take(keep_runs) {
@@ -326,7 +335,11 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
         leftovers += 1;
     };
     for t in store.stale_tmp(dry_run)? {
-        report("stale temporary", &t);
+        if ArtifactStore::is_trash(&t) {
+            report("the rest of an artifact whose removal was interrupted", &t);
+        } else {
+            report("stale temporary", &t);
+        }
     }
     for q in store.collect_quarantine(dry_run)? {
         report("quarantined artifact", &q);
@@ -334,7 +347,8 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
     // Resumable checkpoints: kept while a kept, live or linked run still needs them
     // (its artifact is not committed yet) and while a build of the key may run.
     let mut key_locks: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for lock in std::fs::read_dir(store.root().join("locks"))?.filter_map(|e| e.ok()) {
+    let locks = std::fs::read_dir(store.root().join("locks"));
+    for lock in locks.into_iter().flatten().filter_map(|e| e.ok()) {
         let name = lock.file_name().to_string_lossy().into_owned();
         if let Some(key) = name
             .strip_suffix(".lock")
@@ -360,6 +374,11 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
             let mut held = Vec::new();
             let mut busy = false;
             for path in key_locks.get(&key).into_iter().flatten() {
+                if dry_run {
+                    // Looking only: no lock file is opened for writing.
+                    busy |= KeyLock::is_held(path)?;
+                    continue;
+                }
                 match KeyLock::try_acquire(path)? {
                     Some(lock) => held.push(lock),
                     None => busy = true,

@@ -23,6 +23,14 @@ pub enum StoreError {
         /// The underlying error.
         cause: std::io::Error,
     },
+    /// A command that only reads the store was given a path that holds none.
+    #[error("there is no artifact store at `{path}` ({why}); pass --store DIR or set DML_STORE to the store `dml run` made (`dml-store` in the directory it ran in, by default)")]
+    NoStore {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A manifest could not be parsed.
     #[error("manifest `{path}` is not valid: {message}")]
     BadManifest {

@@ -107,6 +107,26 @@ impl ArtifactStore {
         self.fence(true, on_wait)
     }
 
+    /// [`ArtifactStore::fence_out_runs`] for a look that changes nothing (`gc --dry-run`):
+    /// the fence's lock file is opened read-only and never created, so a read-only store
+    /// can be looked at; `None` when no run ever made one (none is resolving its plan).
+    pub fn fence_out_runs_to_look(
+        &self,
+        on_wait: impl FnOnce(),
+    ) -> Result<Option<GcFence>, StoreError> {
+        let path = self.root().join("locks").join("gc.lock");
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("open lock file", &path)(e)),
+        };
+        if !FileExt::try_lock_exclusive(&file).map_err(StoreError::io("lock", &path))? {
+            on_wait();
+            FileExt::lock_exclusive(&file).map_err(StoreError::io("lock", &path))?;
+        }
+        Ok(Some(GcFence { file }))
+    }
+
     /// Registers a running run's (stage, key) pairs; call while holding
     /// [`ArtifactStore::hold_off_gc`].
     pub fn register_live_run<'a>(

@@ -35,6 +35,25 @@ impl KeyLock {
             Err(e) => Err(StoreError::io("lock", path)(e)),
         }
     }
+
+    /// Whether another process holds the lock at `path` now, found without creating or
+    /// writing anything (a lock file that does not exist is held by nobody), so that a
+    /// read-only store can be looked at.
+    pub fn is_held(path: &Path) -> Result<bool, StoreError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io("open lock file", path)(e)),
+        };
+        match FileExt::try_lock_shared(&file) {
+            Ok(true) => {
+                let _ = FileExt::unlock(&file);
+                Ok(false)
+            }
+            Ok(false) => Ok(true),
+            Err(e) => Err(StoreError::io("lock", path)(e)),
+        }
+    }
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {

@@ -80,6 +80,27 @@ impl ArtifactStore {
         })
     }
 
+    /// Opens an existing store for looking only (`ls`, `show`, `path`, `runs`, `status`,
+    /// `gc --dry-run`, …): [`ArtifactStore::open_read_only`], but a path that holds no
+    /// store is an error naming it, so a mistyped `--store` reads neither as an empty
+    /// store nor creates one.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let why = if !root.exists() {
+            Some("no such directory")
+        } else if !root.is_dir() {
+            Some("it is not a directory")
+        } else if !root.join("objects").is_dir() && !root.join("runs").is_dir() {
+            Some("it has neither objects/ nor runs/")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(StoreError::NoStore { path: root, why }),
+            None => Self::open_read_only(root),
+        }
+    }
+
     /// True when opened with [`ArtifactStore::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         self.read_only
@@ -211,13 +232,37 @@ impl ArtifactStore {
         })
     }
 
-    /// Removes a finished (or corrupt) artifact.
+    /// Removes a finished (or corrupt) artifact: first moved out of `objects/` into
+    /// `tmp/` (one rename, so no reader ever sees it half-removed, even if this process
+    /// is killed), then deleted there. What a killed removal leaves in `tmp/` is finished
+    /// by [`ArtifactStore::stale_tmp`] (`dml gc`, and every `dml run` as it starts).
     pub fn remove_object(&self, stage: &str, key: &str) -> Result<(), StoreError> {
-        let dir = self.object_dir(stage, key);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(StoreError::io("remove", &dir))?;
+        if let Some(trash) = self.move_to_trash(stage, key)? {
+            remove_path(&trash)?;
         }
         Ok(())
+    }
+
+    /// The first half of [`ArtifactStore::remove_object`]: the artifact's directory renamed
+    /// to `tmp/trash.<stage>-<key>-<random>`; where it went, if it existed.
+    fn move_to_trash(&self, stage: &str, key: &str) -> Result<Option<PathBuf>, StoreError> {
+        self.refuse_if_read_only()?;
+        let dir = self.object_dir(stage, key);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let tmp = self.root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(StoreError::io("create", &tmp))?;
+        let tag: u64 = rand::thread_rng().gen();
+        let trash = tmp.join(format!("{TRASH_PREFIX}{stage}-{key}-{tag:016x}"));
+        fs::rename(&dir, &trash).map_err(StoreError::io("move out of objects/", &dir))?;
+        Ok(Some(trash))
+    }
+
+    /// True for what [`ArtifactStore::remove_object`] moved out of `objects/` and had not
+    /// finished deleting (as listed by [`ArtifactStore::stale_tmp`]).
+    pub fn is_trash(path: &Path) -> bool {
+        file_name(path).starts_with(TRASH_PREFIX)
     }
 
     /// Moves an artifact that failed verification out of `objects/` into
@@ -270,31 +315,51 @@ impl ArtifactStore {
         Ok(out)
     }
 
-    /// Temporary directories left by builds that are no longer running
-    /// (their key lock is free); removed unless `dry_run`.
+    /// Temporary directories left by builds that are no longer running (their key lock
+    /// is free), and the rest of artifacts whose removal was killed
+    /// ([`ArtifactStore::is_trash`]); removed unless `dry_run`. A dry run only looks:
+    /// it creates and writes nothing (no lock file either), so it works on a read-only store.
     pub fn stale_tmp(&self, dry_run: bool) -> Result<Vec<PathBuf>, StoreError> {
         let mut stale = Vec::new();
         for dir in read_dir_sorted(&self.root.join("tmp"))? {
-            let name = file_name(&dir);
-            let mut parts = name.rsplitn(3, '-');
-            let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
-            // Held while removing, so no build of that key starts meanwhile.
-            let held = match (stage, key) {
-                (Some(stage), Some(key)) => {
-                    KeyLock::try_acquire(&self.lock_path(stage, key))?.map(Some)
-                }
-                _ => Some(None),
-            };
-            if let Some(_lock) = held {
+            if Self::is_trash(&dir) {
+                // Out of objects/ already: nothing reads it, no lock guards it.
                 if !dry_run {
                     remove_path(&dir)?;
                 }
+                stale.push(dir);
+                continue;
+            }
+            let name = file_name(&dir);
+            let mut parts = name.rsplitn(3, '-');
+            let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
+            let (Some(stage), Some(key)) = (stage, key) else {
+                if !dry_run {
+                    remove_path(&dir)?;
+                }
+                stale.push(dir);
+                continue;
+            };
+            let lock = self.lock_path(stage, key);
+            if dry_run {
+                if !KeyLock::is_held(&lock)? {
+                    stale.push(dir);
+                }
+                continue;
+            }
+            // Held while removing, so no build of that key starts meanwhile.
+            if let Some(_lock) = KeyLock::try_acquire(&lock)? {
+                remove_path(&dir)?;
                 stale.push(dir);
             }
         }
         Ok(stale)
     }
 }
+
+/// How [`ArtifactStore::remove_object`] names an artifact it moved into `tmp/` (no stage
+/// name has a `.`, so no staging directory starts so).
+const TRASH_PREFIX: &str = "trash.";
 
 /// Removes a file or a directory tree; one already gone is not an error.
 pub(crate) fn remove_path(path: &Path) -> Result<(), StoreError> {
@@ -629,6 +694,81 @@ mod tests {
         assert_eq!(stale.len(), 1);
         assert!(stale[0].ends_with("s-dead-0000000000000001"));
         assert!(tmp.path().join("tmp/s-live-0000000000000002").exists());
+    }
+
+    /// Commits artifact `s`/`key` with one file, `a.bin`.
+    fn commit_one(store: &ArtifactStore, key: &str) {
+        let staging = store.begin("s", key).unwrap();
+        fs::write(staging.dir().join("a.bin"), b"abc").unwrap();
+        let mut m = manifest();
+        m.stage = "s".into();
+        m.key = key.into();
+        staging.commit(m).unwrap();
+    }
+
+    #[test]
+    fn a_removal_killed_after_its_rename_shows_nothing_and_is_finished_later() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        commit_one(&store, "k1");
+        commit_one(&store, "k2");
+        // A gc killed between moving k1 out of objects/ and deleting it (and with half
+        // its files deleted): readers see k1 as absent, never as a broken artifact.
+        let trash = store.move_to_trash("s", "k1").unwrap().unwrap();
+        fs::remove_file(trash.join("a.bin")).unwrap();
+        assert!(ArtifactStore::is_trash(&trash));
+        let listed: Vec<String> = store.list().unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(listed, vec!["k2".to_string()]);
+        assert!(matches!(
+            store.lookup("s", "k1", true).unwrap(),
+            Lookup::Missing
+        ));
+        // The next gc (or run) finishes it; a dry run only names it.
+        assert_eq!(store.stale_tmp(true).unwrap(), vec![trash.clone()]);
+        assert!(trash.exists());
+        assert_eq!(store.stale_tmp(false).unwrap(), vec![trash.clone()]);
+        assert!(!trash.exists());
+        // A whole removal leaves nothing behind, and k2 is untouched.
+        store.remove_object("s", "k1").unwrap();
+        store.remove_object("s", "k2").unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(read_dir_sorted(&tmp.path().join("tmp")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_dry_run_of_stale_tmp_creates_no_lock_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(tmp.path()).unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/s-dead-0000000000000001")).unwrap();
+        fs::create_dir_all(tmp.path().join("tmp/s-live-0000000000000002")).unwrap();
+        let _held = store.lock("s", "live", || {}).unwrap();
+        let stale = store.stale_tmp(true).unwrap();
+        assert_eq!(stale.len(), 1);
+        assert!(stale[0].ends_with("s-dead-0000000000000001"));
+        assert!(!store.lock_path("s", "dead").exists());
+        assert!(stale[0].exists());
+    }
+
+    #[test]
+    fn only_an_existing_store_opens_for_looking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let absent = tmp.path().join("absent");
+        let err = ArtifactStore::open_existing(&absent).unwrap_err();
+        assert!(err.to_string().contains("no such directory"), "{err}");
+        assert!(
+            err.to_string().contains(&*absent.to_string_lossy()),
+            "{err}"
+        );
+        assert!(!absent.exists());
+        let err = ArtifactStore::open_existing(tmp.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("neither objects/ nor runs/"),
+            "{err}"
+        );
+        ArtifactStore::open(tmp.path().join("store")).unwrap();
+        assert!(ArtifactStore::open_existing(tmp.path().join("store"))
+            .unwrap()
+            .is_read_only());
     }
 
     #[test]

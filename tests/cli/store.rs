@@ -662,3 +662,143 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
     });
     assert!(e.contains("not writable"), "{e}");
 }
+
+/// Every path under `root` with its size, mtime and kind (symlinks not followed): what
+/// a command that only reads must leave exactly as it found it (a file created and
+/// removed again still changes its directory's mtime).
+fn snapshot(
+    root: &Path,
+) -> std::collections::BTreeMap<PathBuf, (u64, std::time::SystemTime, bool)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        out.insert(p, (m.len(), m.modified().unwrap(), m.is_dir()));
+    }
+    out
+}
+
+#[test]
+fn runs_status_gc_dry_run_and_a_report_elsewhere_only_read_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    run_json(&store, &[cfg]);
+    // Leftovers for the dry run to name: a build's temporary directory whose key lock
+    // file does not exist (looking must not create it) and the rest of an artifact
+    // whose removal was killed after its move out of objects/.
+    std::fs::create_dir_all(store.join("tmp/plan-0123456789abcdef-0000000000000001")).unwrap();
+    let plan_dir = object(&store, "plan");
+    let trash = store.join(format!(
+        "tmp/trash.plan-{}-0000000000000002",
+        plan_dir.file_name().unwrap().to_string_lossy()
+    ));
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(&plan_dir)
+        .arg(&trash)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::remove_file(trash.join("manifest.json")).unwrap();
+    let before = snapshot(&store);
+
+    // A read-only bind mount where mounting is permitted (root or CAP_SYS_ADMIN; CI
+    // must), else the store itself: either way, the snapshot proves nothing changed.
+    let ro = tmp.path().join("read-only");
+    let bind = mount_or_skip(&["--bind", store.to_str().unwrap()], &ro, "read_only_store");
+    let target = match &bind {
+        Some(_) => {
+            let remount = Command::new("mount")
+                .args(["-o", "remount,ro,bind"])
+                .arg(&ro)
+                .status()
+                .unwrap();
+            assert!(remount.success());
+            assert!(
+                std::fs::write(ro.join("probe"), b"").is_err(),
+                "the bind mount is writable"
+            );
+            ro.clone()
+        }
+        None => store.clone(),
+    };
+    let runs = ok(&target, &["runs"]);
+    assert!(runs.contains("tiny") && runs.contains("ok"), "{runs}");
+    let status = ok(&target, &["status"]);
+    assert!(status.contains("run `tiny`"), "{status}");
+    let dry = ok(&target, &["gc", "--dry-run", "--keep-runs", "0"]);
+    for what in [
+        "would remove stale temporary",
+        "would remove the rest of an artifact whose removal was interrupted",
+    ] {
+        assert!(dry.contains(what), "{what}:\n{dry}");
+    }
+    let elsewhere = tmp.path().join("report-elsewhere");
+    let report = ok(
+        &target,
+        &["report", "tiny", "--out", elsewhere.to_str().unwrap()],
+    );
+    assert!(report.contains("R@1"), "{report}");
+    assert!(elsewhere.join("report.md").is_file());
+    // The half-removed artifact never shows as one.
+    let ls = ok(&target, &["ls"]);
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("plan")).count(),
+        1,
+        "{ls}"
+    );
+    drop(bind);
+    assert!(
+        before == snapshot(&store),
+        "a read-only command changed the store"
+    );
+
+    // The next gc finishes the interrupted removal; the artifact in objects/ stays.
+    let gc = ok(&store, &["gc"]);
+    assert!(
+        gc.contains("removed the rest of an artifact whose removal was interrupted"),
+        "{gc}"
+    );
+    assert!(entries(&store.join("tmp")).is_empty());
+    assert!(plan_dir.join("manifest.json").is_file());
+}
+
+#[test]
+fn commands_that_read_a_store_refuse_a_path_without_one_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("dml-stroe");
+    for args in [
+        &["runs"][..],
+        &["ls"],
+        &["status"],
+        &["show", "train"],
+        &["path", "train"],
+        &["diff", "a", "b"],
+        &["report", "tiny"],
+        &["gc", "--dry-run"],
+        &["gc"],
+    ] {
+        let e = fails(&typo, args);
+        assert!(
+            e.contains("no artifact store at") && e.contains(typo.to_str().unwrap()),
+            "{args:?}: {e}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // Nor the default `dml-store` in the current directory.
+    for args in [&["runs"][..], &["gc", "--dry-run"], &["ls"]] {
+        let out = dml().current_dir(tmp.path()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no artifact store at `dml-store`"),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(!tmp.path().join("dml-store").exists(), "{args:?}");
+    }
+}

@@ -321,3 +321,62 @@ fn bf16_trains_on_a_cpu_with_bf16_and_is_refused_elsewhere() {
         assert!(e.contains("avx512_bf16"), "{e}");
     }
 }
+
+/// The untrained baseline's directory in `store` (the train artifact whose key's
+/// settings say `untrained`).
+fn untrained_dir(store: &std::path::Path) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(store.join("objects/train")).unwrap() {
+        let dir = e.unwrap().path();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        if m["settings"]["train"]["untrained"] == true {
+            found.push(dir);
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+#[test]
+fn the_untrained_baseline_is_the_same_bytes_whichever_loss_and_optimiser_built_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // Both normalised, so that only the loss and the optimiser differ; the margin
+    // loss has a learnable β (a loss parameter), the triplet loss none.
+    let common = ["--until", "train", "--set", "train.model.normalize=true"];
+    ok(&a, &[&["run", cfg][..], &common].concat());
+    ok(
+        &b,
+        &[
+            &["run", cfg][..],
+            &common,
+            &[
+                "--set",
+                "train.loss.name=\"margin\"",
+                "--set",
+                "train.optimizer.learning_rate=0.01",
+            ],
+        ]
+        .concat(),
+    );
+    let (da, db) = (untrained_dir(&a), untrained_dir(&b));
+    assert_eq!(da.file_name(), db.file_name(), "one key");
+    for f in ["model.json", "model.safetensors"] {
+        let (x, y) = (
+            std::fs::read(da.join(f)).unwrap(),
+            std::fs::read(db.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs between configs that share its key");
+    }
+    // What it records is what its key holds: the network, not the loss or optimiser.
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(da.join("model.json")).unwrap()).unwrap();
+    assert!(model.get("model").is_some(), "{model}");
+    for absent in ["loss", "optimizer", "precision"] {
+        assert!(model.get(absent).is_none(), "{model}");
+    }
+}

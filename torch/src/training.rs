@@ -36,12 +36,19 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         DeviceKind::Cpu => Device::Cpu,
     };
     let out = ctx.out_dir().to_path_buf();
-    write_file(&out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
     if job.untrained {
-        // The untrained network: no loss parameters (embedding never needs them).
-        Trainer::new(&cfg, device, seed)?.save_weights(&out.join("model.safetensors"))?;
+        // The untrained network, recorded with only what its key holds (the network's
+        // settings and the seed): configs that differ in the loss or the optimiser share
+        // this key, so they must write the same bytes.
+        let model_json = train::trainer::untrained_model_json(&cfg.model);
+        write_file(
+            &out.join("model.json"),
+            serde_json::to_string_pretty(&model_json)?,
+        )?;
+        Trainer::save_initial_weights(&cfg.model, device, seed, &out.join("model.safetensors"))?;
         return Ok(());
     }
+    write_file(&out.join("model.json"), serde_json::to_string_pretty(&cfg)?)?;
     let cache = Arc::new(ds::DecodeCache::open(ctx.input(roles::DECODE)?)?);
     let index = tables::read_index(&ctx.input(roles::INDEX)?.join("index.parquet"))?;
     let classes = training_classes(job, &index)?;

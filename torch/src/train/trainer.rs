@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use super::checkpoint;
 use super::error::{Result, TrainError};
 use super::losses::LossModule;
-use super::model::{build_model, EmbeddingNet};
+use super::model::{build_model, EmbeddingNet, ModelConfig};
 use super::optim::Optimizer;
 use super::torch_state::{self, lock_torch_rng, Autocast};
 
@@ -266,6 +266,43 @@ impl Trainer {
         )
     }
 
+    /// Writes the initialised network alone (the untrained baseline): built from `model` and
+    /// `seed` as [`Trainer::new`] builds it (the network first, so its weights are the same),
+    /// saved like [`Trainer::save_weights`]. Only what the baseline's key holds is written —
+    /// the network's settings and the seed, never a loss's parameters, the loss, the
+    /// optimiser or the precision — so one key always has one byte content.
+    pub fn save_initial_weights(
+        model: &ModelConfig,
+        device: Device,
+        seed: u64,
+        path: &Path,
+    ) -> Result<()> {
+        model.validate()?;
+        let vs = nn::VarStore::new(device);
+        {
+            let _rng = lock_torch_rng();
+            tch::manual_seed(seed as i64);
+            if device.is_cuda() {
+                tch::Cuda::manual_seed_all(seed);
+            }
+            build_model(&vs, model)?;
+        }
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let config = serde_json::to_string(&untrained_model_json(model))
+            .map_err(|e| TrainError::Config(format!("serialising the settings: {e}")))?;
+        checkpoint::write(
+            path,
+            &vars,
+            HashMap::from([
+                ("format".to_string(), WEIGHTS_FORMAT.to_string()),
+                ("config".to_string(), config),
+                ("seed".to_string(), seed.to_string()),
+                ("updates".to_string(), "0".to_string()),
+            ]),
+        )
+    }
+
     /// Writes a resumable checkpoint: weights, batch-norm statistics, the margin loss's β,
     /// optimiser state and update count, with the settings it was made under.
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -367,6 +404,13 @@ fn freeze_backbone_batch_norms(vs: &nn::VarStore) {
             let _ = t.requires_grad_(false);
         }
     }
+}
+
+/// The untrained baseline's `model.json` (and its weights' `config` metadata): the network's
+/// settings only, which [`dml_stages::train::read_model_json`] reads with the other sections
+/// at their defaults.
+pub fn untrained_model_json(model: &ModelConfig) -> serde_json::Value {
+    serde_json::json!({ "model": model })
 }
 
 /// The tensors whose names start with `prefix` (the prefix removed) and the metadata of a
