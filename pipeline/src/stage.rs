@@ -156,8 +156,9 @@ pub fn log_interval() -> Duration {
         .map_or(Duration::from_secs(10), Duration::from_secs_f64)
 }
 
-/// Logs a bar's state every [`log_interval`] until it finishes or is dropped.
-fn log_progress(bar: &ProgressBar, node: String) {
+/// Logs a bar's state every [`log_interval`] until it finishes or is dropped (a hidden bar
+/// where stderr is no terminal; also for the commands that draw bars outside a stage).
+pub fn log_progress(bar: &ProgressBar, node: String) {
     let weak = bar.downgrade();
     let every = log_interval();
     std::thread::spawn(move || loop {

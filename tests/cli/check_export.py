@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Checks a `dml export` folder against the embeddings `dml embed` wrote for the same images.
+
+usage: check_export.py EXPORT_DIR EMBEDDINGS.parquet
+Runs model.pt (torch.jit.load) and the network load_model.py rebuilds from
+model.safetensors on load_model.preprocess(paths) -- all images in one batch, a batch size
+the trace never saw -- and prints {"rows", "torchscript", "safetensors"} with each form's
+largest absolute difference from dml's embeddings.
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+
+def main(export_dir, embeddings):
+    spec = importlib.util.spec_from_file_location("load_model", os.path.join(export_dir, "load_model.py"))
+    lm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lm)
+    t = pq.read_table(embeddings).to_pydict()
+    paths = t["path"]
+    ref = np.asarray(t["embedding"], dtype=np.float32)
+    x = lm.preprocess(paths, export_dir)
+    with torch.no_grad():
+        ts = torch.jit.load(os.path.join(export_dir, "model.pt"), map_location="cpu")(x).numpy()
+        st = lm.load(export_dir)(x).numpy()
+    print(json.dumps({
+        "rows": len(paths),
+        "torchscript": float(np.abs(ts - ref).max()),
+        "safetensors": float(np.abs(st - ref).max()),
+    }))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
