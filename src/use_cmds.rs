@@ -517,8 +517,8 @@ fn embed_in_worker(model: &UseModel, images: &[Image], out: &Path) -> Result<Emb
     let notes = run_request(&request, &mut |len, template| {
         progress_bar(len, template, "embed")
     })?;
-    Ok(serde_json::from_value(Value::Object(notes))
-        .context("the worker's notes are not valid (is dml-torch from the same build as dml?)")?)
+    serde_json::from_value(Value::Object(notes))
+        .context("the worker's notes are not valid (is dml-torch from the same build as dml?)")
 }
 
 /// The error for images that could not be embedded, after naming each on stderr.

@@ -5,7 +5,8 @@ usage: check_export.py EXPORT_DIR EMBEDDINGS.parquet
 Runs model.pt (torch.jit.load) and the network load_model.py rebuilds from
 model.safetensors on load_model.preprocess(paths) -- all images in one batch, a batch size
 the trace never saw -- and prints {"rows", "torchscript", "safetensors"} with each form's
-largest absolute difference from dml's embeddings.
+largest absolute difference from dml's embeddings; with a model.onnx, "onnx" too (run by
+onnxruntime).
 """
 import importlib.util
 import json
@@ -28,11 +29,19 @@ def main(export_dir, embeddings):
     with torch.no_grad():
         ts = torch.jit.load(os.path.join(export_dir, "model.pt"), map_location="cpu")(x).numpy()
         st = lm.load(export_dir)(x).numpy()
-    print(json.dumps({
+    out = {
         "rows": len(paths),
         "torchscript": float(np.abs(ts - ref).max()),
         "safetensors": float(np.abs(st - ref).max()),
-    }))
+    }
+    onnx_path = os.path.join(export_dir, "model.onnx")
+    if os.path.exists(onnx_path):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        out["onnx"] = float(np.abs(y - ref).max())
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

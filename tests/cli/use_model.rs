@@ -427,6 +427,8 @@ fn exports_reproduce_the_embeddings_in_python() {
                 point,
                 "--out",
                 exp.to_str().unwrap(),
+                "--format",
+                "torchscript,safetensors,onnx",
             ],
         );
         for f in [
@@ -434,6 +436,7 @@ fn exports_reproduce_the_embeddings_in_python() {
             "model.safetensors",
             "model.json",
             "load_model.py",
+            "model.onnx",
         ] {
             assert!(exp.join(f).is_file(), "{f}");
         }
@@ -471,7 +474,7 @@ fn exports_reproduce_the_embeddings_in_python() {
         );
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(r["rows"], 48);
-        for form in ["torchscript", "safetensors"] {
+        for form in ["torchscript", "safetensors", "onnx"] {
             let d = r[form].as_f64().unwrap();
             assert!(d <= 1e-5, "{backbone} {form}: max |diff| {d}");
         }
