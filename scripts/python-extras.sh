@@ -4,7 +4,7 @@
 # parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
 # notebook-facing tests, Pillow for benches, moto's S3 server (and boto3) for the remote-cache
 # tests, TensorBoard (its EventAccumulator reads back the event files the train and report
-# stages write).
+# stages write), onnx and onnxruntime (`dml export --format onnx` and its check).
 set -euo pipefail
 py="$(command -v python3)"
 # torchvision without its dependencies: they would pull another torch.
@@ -23,6 +23,9 @@ need=()
 "$py" -c "import matplotlib" 2>/dev/null || need+=("matplotlib")
 "$py" -c "import nbconvert, ipykernel" 2>/dev/null || need+=("nbconvert" "ipykernel")
 "$py" -c "import tensorboard.backend.event_processing.event_accumulator" 2>/dev/null || need+=("tensorboard==2.21.0")
+# onnx for `dml export --format onnx` (torch.onnx.export) and onnxruntime to run the result.
+"$py" -c "import onnx" 2>/dev/null || need+=("onnx==1.23.2")
+"$py" -c "import onnxruntime" 2>/dev/null || need+=("onnxruntime==1.32.0")
 { "$py" -c "import moto.server, boto3" 2>/dev/null && command -v moto_server >/dev/null; } || need+=("moto[server]")
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing into $(dirname "$py")/..: ${need[*]}" >&2

@@ -17,6 +17,7 @@ mod slurm;
 mod store_cmds;
 mod suggest;
 mod tensorboard_cmd;
+mod use_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -69,6 +70,15 @@ enum Command {
     },
     /// Score an embeddings file (Arrow IPC or Parquet): Recall@K, MAP@R, R-precision, NMI.
     Eval(eval_cmd::EvalArgs),
+    /// Embed image files with a run's trained network (the embed stage's preprocessing) into
+    /// a Parquet or Arrow table: path, class folder, embedding.
+    Embed(use_cmds::EmbedArgs),
+    /// Rank a gallery (the run's embedded test split, or an embeddings file) for query images:
+    /// rank, path, class and distance of each neighbour; `--html` draws them.
+    Search(use_cmds::SearchArgs),
+    /// Export a run's trained network: TorchScript `model.pt`, `model.safetensors` with
+    /// `model.json` and `load_model.py`, or ONNX.
+    Export(use_cmds::ExportArgs),
     /// Print the artifact directory of a stage in the last run (`latest/<run>/<stage>`).
     Path {
         /// A stage (`embed`), or a node id as `dml run` prints it (`embed:untrained`,
@@ -239,6 +249,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             remote_cmds::RemoteCommand::Ls => remote_cmds::ls(&cli.remote),
         },
         Command::Eval(args) => eval_cmd::eval(args),
+        Command::Embed(args) => use_cmds::embed(&cli.store, args),
+        Command::Search(args) => use_cmds::search(&cli.store, args),
+        Command::Export(args) => use_cmds::export(&cli.store, args),
         Command::Path { stage, name } => links::path(&cli.store, &stage, name.as_deref()),
         Command::Diff { a, b } => diff::diff(&cli.store, &a, &b),
         Command::Status { name, json } => slurm::status(&cli.store, name.as_deref(), json),

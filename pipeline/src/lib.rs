@@ -24,4 +24,4 @@ pub use remote::{FetchOutcome, RemoteCache, RemoteError, SharedRemote, UploadOut
 pub use scheduler::{
     build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,
 };
-pub use stage::{BoxError, PlanEnv, RunContext, Stage};
+pub use stage::{log_progress, BoxError, PlanEnv, RunContext, Stage, SteadyEta};

@@ -207,8 +207,9 @@ impl SteadyEta {
     }
 }
 
-/// Logs a bar's state every [`log_interval`] until it finishes or is dropped.
-fn log_progress(bar: &ProgressBar, node: String, steady: std::sync::Arc<SteadyEta>) {
+/// Logs a bar's state every [`log_interval`] until it finishes or is dropped (a hidden bar
+/// where stderr is no terminal; also for the commands that draw bars outside a stage).
+pub fn log_progress(bar: &ProgressBar, node: String, steady: std::sync::Arc<SteadyEta>) {
     let weak = bar.downgrade();
     let every = log_interval();
     std::thread::spawn(move || loop {

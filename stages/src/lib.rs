@@ -24,6 +24,7 @@ pub mod tensorboard;
 pub mod thumbs;
 pub mod train;
 pub mod train_config;
+pub mod use_model;
 pub mod validation;
 pub mod worker;
 

@@ -162,7 +162,8 @@ pub struct Page {
     pub thumbnail_px: u32,
 }
 
-const STYLE: &str = r#"
+/// The page's style sheet (shared with `dml search --html`, which draws the same cells).
+pub const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d1d1f;margin:0 auto;max-width:1500px;padding:12px 28px 60px}
 h1{font-size:24px;margin:8px 0 2px}h2{font-size:20px;margin:34px 0 8px;padding-top:10px;border-top:2px solid #ccc}h3{font-size:16px;margin:22px 0 6px}
 nav a{margin-right:14px}a{color:#1f5fa8}

@@ -105,6 +105,19 @@ fn thumbnail(source: &ImageSource, cat: &Catalogue, id: u32, size: u32) -> Optio
     Some(out)
 }
 
+/// The thumbnail of an image file (longer side `size`, its own aspect ratio) as a
+/// `data:image/jpeg;base64,…` URI, or `None` when it cannot be read or decoded.
+pub fn file_thumbnail(path: &std::path::Path, size: u32) -> Option<String> {
+    let full = image::open(path).ok()?.to_rgb8();
+    let (w, h) = fit(full.width(), full.height(), size);
+    let img = imageops::thumbnail(&full, w, h);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, QUALITY)
+        .encode_image(&img)
+        .ok()?;
+    Some(jpeg_uri(&out))
+}
+
 fn jpeg_uri(jpeg: &[u8]) -> String {
     format!("data:image/jpeg;base64,{}", base64(jpeg))
 }

@@ -113,6 +113,21 @@ pub fn run_in_worker(
         },
         device_index: ctx.device_index(),
     };
+    let notes = run_request(&request, &mut |len, template| ctx.progress(len, template))?;
+    for (k, v) in notes {
+        ctx.note(&k, v);
+    }
+    Ok(())
+}
+
+/// Runs `request` in the worker (`dml-torch run-stage`), drawing its progress bars with
+/// `progress` (length, indicatif template); returns the notes it sent, or its error. For
+/// the stages ([`run_in_worker`]) and for the commands that use a trained network
+/// (`dml embed`, `dml search`, `dml export`), which have no engine context.
+pub fn run_request(
+    request: &WorkerRequest,
+    progress: &mut dyn FnMut(u64, &str) -> ProgressBar,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let worker = worker_path()?;
     let mut cmd = Command::new(&worker);
     cmd.arg("run-stage")
@@ -127,12 +142,13 @@ pub fn run_in_worker(
     let _registered = Registered::new(child.id());
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        serde_json::to_writer(&mut stdin, &request)?;
+        serde_json::to_writer(&mut stdin, request)?;
         stdin.flush()?;
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut bars: HashMap<usize, ProgressBar> = HashMap::new();
     let mut outcome: Option<Result<(), String>> = None;
+    let mut notes = serde_json::Map::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading the training worker's output")?;
         let event: WorkerEvent = match serde_json::from_str(&line) {
@@ -145,7 +161,7 @@ pub fn run_in_worker(
         };
         match event {
             WorkerEvent::Bar { id, len, template } => {
-                bars.insert(id, ctx.progress(len, &template));
+                bars.insert(id, progress(len, &template));
             }
             WorkerEvent::Tick { id, pos, msg } => {
                 if let Some(b) = bars.get(&id) {
@@ -158,11 +174,7 @@ pub fn run_in_worker(
                     b.finish_and_clear();
                 }
             }
-            WorkerEvent::Notes { notes } => {
-                for (k, v) in notes {
-                    ctx.note(&k, v);
-                }
-            }
+            WorkerEvent::Notes { notes: sent } => notes.extend(sent),
             WorkerEvent::Error { message } => outcome = Some(Err(message)),
             WorkerEvent::Ok => outcome = Some(Ok(())),
         }
@@ -172,14 +184,13 @@ pub fn run_in_worker(
     }
     let status = child.wait().context("waiting for the training worker")?;
     match (outcome, status.success()) {
-        (Some(Ok(())), true) => Ok(()),
-        (Some(Err(message)), _) => Err(anyhow!(message).into()),
+        (Some(Ok(())), true) => Ok(notes),
+        (Some(Err(message)), _) => Err(anyhow!(message)),
         (_, _) => Err(anyhow!(
             "the training worker `{}` {}",
             worker.display(),
             describe(status)
-        )
-        .into()),
+        )),
     }
 }
 

@@ -15,4 +15,5 @@ mod snapshots;
 mod store;
 mod sweep;
 mod train;
+mod use_model;
 mod validation;

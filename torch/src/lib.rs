@@ -4,11 +4,13 @@
 //! and [`embedding`] are the bodies of the train and embed stages, which `dml` runs in the
 //! `dml-torch` executable ([`worker::main`]) so that `dml` itself never loads libtorch. The
 //! settings these read are plain data in `dml_stages` (`train_config`, `train::TrainJob`,
-//! `embed::EmbedJob`).
+//! `embed::EmbedJob`); [`use_model`] embeds image files and exports the network for `dml embed`,
+//! `dml search` and `dml export`.
 pub mod context;
 pub mod embedding;
 pub mod loader;
 pub mod train;
 pub mod training;
+pub mod use_model;
 pub mod validator;
 pub mod worker;

@@ -74,6 +74,20 @@ fn run_stage() -> i32 {
                 )?;
                 crate::embedding::run(&job, &mut ctx)?;
             }
+            dml_stages::use_model::EMBED_FILES => {
+                let job: dml_stages::use_model::EmbedFilesJob = serde_json::from_value(
+                    ctx.request.job.clone(),
+                )
+                .context("the embed job is not valid (is dml-torch from the same build as dml?)")?;
+                crate::use_model::embed_files(&job, &mut ctx)?;
+            }
+            dml_stages::use_model::EXPORT => {
+                let job: dml_stages::use_model::ExportJob =
+                    serde_json::from_value(ctx.request.job.clone()).context(
+                        "the export job is not valid (is dml-torch from the same build as dml?)",
+                    )?;
+                crate::use_model::export(&job, &mut ctx)?;
+            }
             other => return Err(anyhow!("dml-torch cannot run stage `{other}`").into()),
         }
         ctx.finish();

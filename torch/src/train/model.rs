@@ -225,6 +225,17 @@ impl Embedder {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+
+    /// Stops tracking gradients of every weight (TorchScript tracing takes the weights as
+    /// constants, which must not require gradients).
+    pub fn freeze(&mut self) {
+        self.vs.freeze();
+    }
+
+    /// The network's tensors by name (`backbone.*` under torchvision's names, `head.*`).
+    pub fn variables(&self) -> std::collections::HashMap<String, Tensor> {
+        self.vs.variables()
+    }
 }
 
 #[cfg(test)]
