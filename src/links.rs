@@ -49,16 +49,26 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
     // A `--until` run replaces the links of the nodes it reached and keeps the others:
     // `latest/<name>/<node>` is the node of the newest run of the name that reached it,
     // so a partial run never hides a complete one's embeddings or report.
-    if !record.complete() {
-        return Ok(dir);
-    }
+    let reached: std::collections::BTreeSet<&str> = record
+        .nodes
+        .iter()
+        .filter(|n| n.status.reached())
+        .map(|n| n.stage.as_str())
+        .collect();
     let entries = std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name();
         // Dot files are links being written by a concurrent run; only links are ours.
+        let stage = name
+            .to_string_lossy()
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if name.to_string_lossy().starts_with('.')
             || current.contains(&name)
             || !entry.path().is_symlink()
+            || (!record.complete() && !reached.contains(stage.as_str()))
         {
             continue;
         }

@@ -141,7 +141,9 @@ impl<'a> RunContext<'a> {
             bar.set_style(style.progress_chars("=> ").with_key(
                 "eta",
                 move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let eta = shown.eta(s.pos(), s.len().unwrap_or(0), s.elapsed());
+                    let eta = shown
+                        .eta(s.pos(), s.len().unwrap_or(0), s.elapsed())
+                        .or_else(|| (s.pos() > 0).then(|| s.eta()));
                     let _ = match eta {
                         Some(d) => write!(w, "{}", HumanDuration(d)),
                         None => write!(w, "…"),
@@ -223,7 +225,11 @@ pub fn log_progress(bar: &ProgressBar, node: String, steady: std::sync::Arc<Stea
             continue;
         }
         let percent = (100 * pos).checked_div(len).unwrap_or(0);
-        let eta = match steady.eta(pos, len, bar.elapsed()) {
+        // Until two positions were seen, indicatif's own estimate.
+        let eta = match steady
+            .eta(pos, len, bar.elapsed())
+            .or_else(|| Some(bar.eta()))
+        {
             Some(d) if len > pos => format!(", ETA {}", HumanDuration(d)),
             _ => String::new(),
         };
