@@ -180,6 +180,18 @@ struct ConfigSource {
     preset: Option<String>,
 }
 
+impl ConfigSource {
+    /// `msg` prefixed with the `file:line` that sets `path`, and that line shown.
+    fn at_line(&self, path: &str, msg: &str) -> Option<String> {
+        let line = line_of_key(&self.text, path)?;
+        let shown = self.text.lines().nth(line - 1).unwrap_or("").trim();
+        Some(format!(
+            "{}:{line}: {msg}\n  {line} | {shown}",
+            self.path.display()
+        ))
+    }
+}
+
 /// The dotted setting paths a message names (`train.optimizer.learning_rate`), in order.
 fn setting_paths(text: &str) -> Vec<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
@@ -693,11 +705,8 @@ impl UnknownSetting {
         }) {
             return format!("{msg} (from --set `{set}`)");
         }
-        if let Some(src) = source {
-            if let Some(line) = line_of_key(&src.text, &self.path) {
-                let shown = src.text.lines().nth(line - 1).unwrap_or("").trim();
-                return format!("{}:{line}: {msg}\n  {line} | {shown}", src.path.display());
-            }
+        if let Some(at) = source.and_then(|src| src.at_line(&self.path, &msg)) {
+            return at;
         }
         msg
     }
@@ -757,11 +766,8 @@ impl TypeError {
         if let Some(set) = from_set {
             return format!("{msg} (from --set `{set}`)");
         }
-        if let Some(src) = source {
-            if let Some(line) = line_of_key(&src.text, path) {
-                let shown = src.text.lines().nth(line - 1).unwrap_or("").trim();
-                return format!("{}:{line}: {msg}\n  {line} | {shown}", src.path.display());
-            }
+        if let Some(at) = source.and_then(|src| src.at_line(path, &msg)) {
+            return at;
         }
         msg
     }

@@ -83,40 +83,8 @@ pub fn update(store: &ArtifactStore, record: &RunRecord) -> Result<PathBuf> {
 /// run's newest record that reached the node; without, the newest record of any name
 /// that reached it. A `--until` run thus never hides the artifacts of a complete one.
 pub fn record_reaching(store: &ArtifactStore, node: &str, name: Option<&str>) -> Result<RunRecord> {
-    let reaches = |r: &RunRecord| {
-        r.nodes.iter().any(|n| {
-            n.status.reached()
-                && (n.stage == node
-                    || n.id == node
-                    || node_dir_name(&n.id) == node
-                    || n.id.starts_with(node))
-        })
-    };
     match name {
-        // `NAME~N` or a record file prefix: exactly that record.
-        Some(n) if n.contains('~') || RunRecord::latest(store, n)?.is_none() => {
-            Ok(crate::outcome::load_record(store, n, None)?.1)
-        }
-        Some(n) => {
-            let suffix = format!("-{}.json", file_safe(n));
-            let named: Vec<(PathBuf, RunRecord)> = RunRecord::list(store)?
-                .into_iter()
-                .rev()
-                .filter(|p| p.to_string_lossy().ends_with(&suffix))
-                .filter_map(|p| RunRecord::load(&p).ok().map(|r| (p, r)))
-                .filter(|(_, r)| r.name == n)
-                .collect();
-            let Some(at) = named.iter().position(|(_, r)| reaches(r)) else {
-                return Ok(named.into_iter().next().expect("latest exists").1);
-            };
-            if at > 0 {
-                eprintln!(
-                    "note: the newest run of `{n}` stopped before `{node}`; reading {}",
-                    named[at].0.display()
-                );
-            }
-            Ok(named.into_iter().nth(at).expect("found").1)
-        }
+        Some(n) => Ok(crate::outcome::load_record(store, n, Some(node))?.1),
         None => {
             let all = RunRecord::list(store)?;
             if all.is_empty() {
@@ -124,7 +92,7 @@ pub fn record_reaching(store: &ArtifactStore, node: &str, name: Option<&str>) ->
             }
             for path in all.iter().rev() {
                 if let Ok(r) = RunRecord::load(path) {
-                    if reaches(&r) {
+                    if reaches(&r, node) {
                         return Ok(r);
                     }
                 }
@@ -133,6 +101,19 @@ pub fn record_reaching(store: &ArtifactStore, node: &str, name: Option<&str>) ->
             Ok(RunRecord::load(last)?)
         }
     }
+}
+
+/// Whether `record` has the artifact of `node`: a stage, a node id, its folder name, or
+/// (when no node is of that stage) a prefix of an id.
+pub fn reaches(record: &RunRecord, node: &str) -> bool {
+    let of_stage = record.nodes.iter().any(|n| n.stage == node);
+    record.nodes.iter().any(|n| {
+        n.status.reached()
+            && (n.stage == node
+                || n.id == node
+                || node_dir_name(&n.id) == node
+                || (!of_stage && n.id.starts_with(node)))
+    })
 }
 
 /// The node of `record` that `node` names: an exact id (or its folder name), else the

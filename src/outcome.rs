@@ -295,7 +295,7 @@ pub fn resolve_record(store: &ArtifactStore, what: &str, need: Option<&str>) -> 
         let Some(stage) = need else {
             return Ok((*newest).clone());
         };
-        return match named.iter().find(|(_, r)| r.reached(stage)) {
+        return match named.iter().find(|(_, r)| crate::links::reaches(r, stage)) {
             Some((path, _)) => {
                 if path != newest {
                     eprintln!(
