@@ -93,11 +93,47 @@ impl Loaded {
     }
 }
 
-/// Loads `file` (or `preset`, or the default synthetic preset), applies overrides.
+/// Settings that a flag of `dml run` sets, typed (not `--set` strings): applied after the
+/// file, the preset and the `--set`s, and recorded in the run's config like them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlagSettings {
+    /// `--skip-bad-images`: `index.skip_bad_images = true`.
+    pub skip_bad_images: bool,
+}
+
+impl FlagSettings {
+    /// Writes the flags' settings into a config tree.
+    pub fn apply(&self, root: &mut Value) -> Result<()> {
+        if self.skip_bad_images {
+            let table = root
+                .as_table_mut()
+                .ok_or_else(|| anyhow!("config root is not a table"))?
+                .entry("index")
+                .or_insert_with(|| Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| anyhow!("`index` in the config is not a table"))?;
+            table.insert("skip_bad_images".into(), Value::Boolean(true));
+        }
+        Ok(())
+    }
+}
+
+/// Loads a run's configuration: the file (or a preset; the default preset without
+/// either), then the `--set`s.
 pub fn load(
     file: Option<&std::path::Path>,
     preset: Option<&str>,
     sets: &[String],
+) -> Result<Loaded> {
+    load_with_flags(file, preset, sets, FlagSettings::default())
+}
+
+/// [`load`], then the settings of `dml run`'s flags.
+pub fn load_with_flags(
+    file: Option<&std::path::Path>,
+    preset: Option<&str>,
+    sets: &[String],
+    flags: FlagSettings,
 ) -> Result<Loaded> {
     let mut root = match (file, preset) {
         (_, Some(name)) => parse_preset(name)?,
@@ -141,6 +177,7 @@ pub fn load(
         t.remove("preset");
     }
     apply_sets(&mut root, sets)?;
+    flags.apply(&mut root)?;
     let mut loaded = resolve_with(root, source.as_ref(), sets)?;
     loaded.without_preset = without_preset;
     loaded.origins = Origins {

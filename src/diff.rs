@@ -4,14 +4,13 @@
 use crate::outcome::{self, Point};
 use anyhow::{bail, Result};
 use dml_artifacts::ArtifactStore;
-use dml_pipeline::{changes, flatten_settings, show, RunRecord};
-use std::collections::BTreeSet;
+use dml_pipeline::{settings_diff, show, Change, RunRecord};
 use std::path::Path;
 
 pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
     let store = ArtifactStore::open_existing(store_dir)?;
-    let (pa, ra) = outcome::load_record(&store, a, None)?;
-    let (pb, rb) = outcome::load_record(&store, b, None)?;
+    let (pa, ra) = crate::records::load_record(&store, a, None)?;
+    let (pb, rb) = crate::records::load_record(&store, b, None)?;
     if pa == pb {
         bail!(
             "`{a}` and `{b}` are the same run record ({}); name an earlier run of a name with NAME~N, e.g. `dml diff {}~1 {}`",
@@ -20,23 +19,18 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
             ra.name
         );
     }
-    let (ca, cb) = (flatten_settings(&ra.config), flatten_settings(&rb.config));
-    let keys: BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
     println!(
         "settings that differ ({} → {}):",
         pa.display(),
         pb.display()
     );
-    let mut any = false;
-    for k in keys {
-        let (x, y) = (ca.get(k), cb.get(k));
-        if x != y {
-            any = true;
-            let show = |v: Option<&String>| v.map_or_else(|| "(unset)".into(), |v| show(v));
-            println!("  {k}: {} → {}", show(x), show(y));
+    let differ = settings_diff(&ra.config, &rb.config);
+    for change in &differ {
+        if let Change::Setting { path, old, new } = change {
+            println!("  {path}: {} → {}", show(old), show(new));
         }
     }
-    if !any {
+    if differ.is_empty() {
         println!("  none");
     }
     print_metrics(&store, &ra, &rb);
@@ -49,17 +43,7 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
             }
             Some(na) => {
                 // The same causes `dml run --dry-run` names: every one of them.
-                let why: Vec<String> = changes(
-                    na,
-                    nb.version,
-                    &nb.settings,
-                    &nb.inputs,
-                    &nb.input_ids,
-                    &nb.fingerprint,
-                )
-                .iter()
-                .map(ToString::to_string)
-                .collect();
+                let why: Vec<String> = na.changes(nb).iter().map(ToString::to_string).collect();
                 println!("  {:<28} invalidated: {}", nb.id, why.join("; "));
             }
         }

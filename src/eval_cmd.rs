@@ -1,7 +1,82 @@
 //! `dml eval`: score any embeddings file (Arrow IPC or Parquet) without a pipeline.
-use anyhow::{bail, Context, Result};
-use dml_stages::evaluate::{self, Protocol, Table};
+use anyhow::{bail, Result};
+use dml_metrics::Distance;
+use dml_stages::evaluate::{self, NoPositives, Protocol, Table};
 use std::path::PathBuf;
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    // Every row queries all the others.
+    #[value(alias = "leave_one_out")]
+    LeaveOneOut,
+    // Rows of split `query` search the rows of split `gallery`.
+    #[value(alias = "query_gallery")]
+    QueryGallery,
+    // The seed's In-shop protocol: query and gallery merged, leave-one-out.
+    #[value(alias = "inshop_merged")]
+    InshopMerged,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Protocol {
+        match p {
+            ProtocolArg::LeaveOneOut => Protocol::LeaveOneOut,
+            ProtocolArg::QueryGallery => Protocol::QueryGallery,
+            ProtocolArg::InshopMerged => Protocol::InshopMerged,
+        }
+    }
+}
+
+/// `--queries-without-positives`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NoPositivesArg {
+    // Left out of every metric and counted.
+    Exclude,
+    // Counted as a miss in Recall@K.
+    #[value(alias = "count_as_miss")]
+    CountAsMiss,
+}
+
+impl From<NoPositivesArg> for NoPositives {
+    fn from(r: NoPositivesArg) -> NoPositives {
+        match r {
+            NoPositivesArg::Exclude => NoPositives::Exclude,
+            NoPositivesArg::CountAsMiss => NoPositives::CountAsMiss,
+        }
+    }
+}
+
+/// `--distance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistanceArg {
+    // Euclidean (squared distances rank the same).
+    Euclidean,
+    // Cosine.
+    Cosine,
+}
+
+impl From<DistanceArg> for Distance {
+    fn from(d: DistanceArg) -> Distance {
+        match d {
+            DistanceArg::Euclidean => Distance::Euclidean,
+            DistanceArg::Cosine => Distance::Cosine,
+        }
+    }
+}
+
+/// `--metrics`, spelled as in metrics.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricArg {
+    // Recall@K for every K of `--k`.
+    Recall,
+    // MAP@R, with R-precision (`map_r`, the spelling before metrics had one name
+    // everywhere, is read as map@r).
+    #[value(name = "map@r", alias = "map_r")]
+    MapAtR,
+    // NMI of k-means on the embeddings.
+    Nmi,
+}
 
 /// Arguments of `dml eval`.
 #[derive(Debug, clap::Args)]
@@ -34,22 +109,26 @@ pub struct EvalArgs {
     /// The split column: `query` / `gallery` per row, for --protocol query-gallery.
     #[arg(long, default_value = "split")]
     pub split_column: String,
-    /// leave-one-out, query-gallery or inshop-merged.
-    #[arg(long, default_value = "leave-one-out")]
-    pub protocol: String,
+    /// How queries and gallery are drawn.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::LeaveOneOut)]
+    pub protocol: ProtocolArg,
     /// Recall@K cut-offs.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub k: Vec<usize>,
     /// Queries without any positive in the gallery: exclude (and count them) or count-as-miss.
-    #[arg(long, default_value = "exclude")]
-    pub queries_without_positives: String,
-    /// What to compute: recall, map@r (with R-precision), nmi — spelled as in metrics.json
-    /// (all by default; `map_r` is read as map@r).
-    #[arg(long, value_delimiter = ',', default_value = "recall,map@r,nmi")]
-    pub metrics: Vec<String>,
-    /// euclidean or cosine.
-    #[arg(long, default_value = "euclidean")]
-    pub distance: String,
+    #[arg(long, value_enum, default_value_t = NoPositivesArg::Exclude)]
+    pub queries_without_positives: NoPositivesArg,
+    /// What to compute, spelled as in metrics.json (all by default).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "recall,map@r,nmi"
+    )]
+    pub metrics: Vec<MetricArg>,
+    /// The distance queries are ranked by.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DistanceArg::Euclidean)]
+    pub distance: DistanceArg,
     /// k-means seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -59,26 +138,19 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let protocol = Protocol::parse(&args.protocol)?;
-    let rule = evaluate::NoPositives::parse(&args.queries_without_positives)?;
-    let distance: dml_metrics::Distance =
-        serde_json::from_value(serde_json::json!(args.distance.to_lowercase()))
-            .with_context(|| format!("--distance `{}`: use euclidean or cosine", args.distance))?;
+    let protocol = Protocol::from(args.protocol);
+    let rule = NoPositives::from(args.queries_without_positives);
+    let distance = Distance::from(args.distance);
     let map_at_r = evaluate::names::MAP_AT_R;
     let metrics: Vec<&str> = args
         .metrics
         .iter()
-        .map(|m| match m.as_str() {
-            // The spelling before metrics had one name everywhere.
-            "map_r" => map_at_r,
-            m => m,
+        .map(|m| match m {
+            MetricArg::Recall => "recall",
+            MetricArg::MapAtR => map_at_r,
+            MetricArg::Nmi => evaluate::names::NMI,
         })
         .collect();
-    for m in &metrics {
-        if !["recall", map_at_r, evaluate::names::NMI].contains(m) {
-            bail!("--metrics `{m}`: choose from recall, {map_at_r}, nmi");
-        }
-    }
     let want = |m: &str| metrics.contains(&m);
     let table = Table::read(
         &args.embeddings,
@@ -150,8 +222,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        println!("{:<28} {}", "protocol", args.protocol);
-        println!("{:<28} {}", "distance", args.distance.to_lowercase());
+        println!("{:<28} {}", "protocol", value_name(args.protocol));
+        println!("{:<28} {}", "distance", value_name(args.distance));
         for (k, v) in out.as_object().into_iter().flatten() {
             println!("{k:<28} {v}");
         }
@@ -167,4 +239,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How a flag's value is spelled on the command line.
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }

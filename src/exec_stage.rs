@@ -7,9 +7,9 @@
 //! build something else), and builds it through the scheduler's build path,
 //! under the key's lock, its inputs already in the store.
 use crate::config;
-use crate::slurm::{release_claim, StageRequest};
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
+use dml_pipeline::slurm::{release_claim, StageRequest};
 use dml_pipeline::{build_one, Event, ExecOptions, Plan, Status};
 use std::path::{Path, PathBuf};
 

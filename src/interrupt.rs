@@ -172,7 +172,7 @@ impl Running {
 /// The temporary directories a build of (stage, key) writes (`tmp/<stage>-<key>-<rand>`).
 fn staging_dirs(store: &ArtifactStore, stage: &str, key: &str) -> Vec<PathBuf> {
     let prefix = format!("{stage}-{key}-");
-    std::fs::read_dir(store.root().join("tmp"))
+    std::fs::read_dir(store.layout().tmp())
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -184,7 +184,7 @@ fn staging_dirs(store: &ArtifactStore, stage: &str, key: &str) -> Vec<PathBuf> {
 
 /// Where an interrupted train stage will resume: its newest checkpoint, or nowhere yet.
 fn resume_point(store: &ArtifactStore, key: &str) -> String {
-    let dir = store.root().join("cache").join("checkpoints").join(key);
+    let dir = store.layout().checkpoint(key);
     match dml_stages::resume::Checkpoints::new(dir.clone()).latest() {
         Some((step, _)) => format!(
             "resumes from its checkpoint at step {step} ({})",

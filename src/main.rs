@@ -9,6 +9,7 @@ mod links;
 mod out;
 mod outcome;
 mod presets;
+mod records;
 mod remote_cmds;
 mod run;
 mod run_shared;

@@ -1,4 +1,5 @@
-//! `dml run`: load the config, assemble the DAG, explain, execute, record.
+//! `dml run`: its flags resolved once into a [`Request`], then plan → dry-run, submit to
+//! Slurm, or execute here → record → print.
 use crate::config;
 use crate::interrupt;
 use crate::out;
@@ -9,7 +10,7 @@ use dml_pipeline::{
     execute, Event, ExecOptions, NodeStatus, Outcome, Plan, RunRecord, RunStatus, Status,
     UploadOutcome,
 };
-use dml_stages::config::ExecutorKind;
+use dml_stages::config::{ExecutorKind, ExecutorSettings};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -78,113 +79,210 @@ const STAGES: [&str; 9] = [
     "synth", "index", "plan", "decode", "train", "embed", "retrieve", "cluster", "report",
 ];
 
-pub fn run(
-    store_dir: &Path,
-    remote_args: &crate::remote_cmds::RemoteArgs,
-    args: RunArgs,
-) -> Result<()> {
-    if let Some(until) = &args.until {
-        if !STAGES.contains(&until.as_str()) {
-            let hint = crate::suggest::nearest(until, STAGES.iter().copied())
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
-            bail!(
-                "--until `{until}` is not a stage{hint}; stages: {}",
-                STAGES.join(", ")
-            );
-        }
-    }
-    let mut sets = args.sets.clone();
-    for sweep in &args.sweeps {
-        sets.push(config::sweep_arg(sweep)?);
-    }
-    if args.skip_bad_images {
-        sets.push("index.skip_bad_images=true".into());
-    }
-    let loaded = match &args.from_record {
-        Some(path) => {
-            let record = RunRecord::load(path)?;
-            let raw = toml::Value::try_from(&record.config)
-                .with_context(|| format!("the config in {} is not a TOML table", path.display()))?;
-            config::resolve(raw)?
-        }
-        None => config::load(args.config.as_deref(), args.preset.as_deref(), &sets)?,
-    };
-    if args.show_config {
-        out::println(&config::show_config(&loaded)?);
-        return Ok(());
-    }
-    // A dry run only looks, so a read-only store can be planned against.
-    let store = if args.dry_run {
-        ArtifactStore::open_read_only(store_dir)?
-    } else {
-        ArtifactStore::open(store_dir)?
-    };
-    let name = loaded
-        .experiments
-        .first()
-        .map(|e| e.config.name.clone())
-        .unwrap_or_else(|| "run".into());
-    let experiments = loaded.dag_experiments();
-    let dag = dml_stages::dag::build_dag(&experiments).map_err(|e| loaded.locate_error(e))?;
-    let users = dag.users;
-    let mut graph = dag.graph;
-    if let Some(until) = &args.until {
-        let names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
-        if !names.contains(&until.as_str()) {
-            bail!(
-                "--until `{until}` is not a stage of this run; its stages: {}",
-                dedup(&names).join(", ")
-            );
-        }
-        graph = graph.prune_to(|n| n.stage.name() == until);
-    }
-    let remote = crate::remote_cmds::open(remote_args, &loaded.store)?;
-    let previous = RunRecord::latest(&store, &name)?;
-    // gc waits while this run resolves its plan and registers the keys it reaches.
-    let fence = match args.dry_run {
-        true => None,
-        false => Some(store.hold_off_gc(|| eprintln!("  waiting for `dml gc` to finish"))?),
-    };
-    let mut plan = Plan::resolve(&graph, &store, previous.as_ref(), args.verify)?;
-    if let Some(r) = &remote {
-        crate::remote_cmds::mark_plan(&mut plan, r);
-    }
-    // What needs the index is checked now if the index is cached (a dry run too), so a
-    // setting the data cannot serve fails before anything runs.
-    let check = graph
-        .nodes()
-        .iter()
-        .any(|n| n.stage.name() == "retrieve")
-        .then(|| index_check(experiments.clone(), users.clone()));
-    if let Some(check) = &check {
-        for node in plan
-            .nodes
-            .iter()
-            .filter(|n| n.stage == "index" && n.status == Status::Cached)
-        {
-            (check.0)(node, &store.object_dir(&node.stage, &node.key))
-                .map_err(|message| anyhow::anyhow!("{message}"))?;
-        }
-    }
-    let summaries = dml_stages::summary::summarise(&store, &experiments, &users, &plan);
-    let mut warnings: Vec<String> = Vec::new();
-    if let Some(file) = &loaded.without_preset {
-        warnings.push(format!(
-            "{} has no `preset = …` line: every setting it does not give takes its built-in default (`dml config --defaults` lists them; `--show-config` prints this run's)",
-            file.display()
-        ));
-    }
-    for w in summaries.iter().flat_map(|s| &s.warnings) {
-        if !warnings.contains(w) {
-            warnings.push(w.clone());
-        }
-    }
-    if args.dry_run {
-        if args.json {
-            out::println(&serde_json::to_string_pretty(&plan.to_json())?);
+/// What `dml run` was asked to do: every flag resolved and checked once, before the
+/// store is opened or anything is planned.
+struct Request {
+    loaded: config::Loaded,
+    /// The run's name (its first experiment's).
+    name: String,
+    /// The stage `--until` stops after (one of [`STAGES`]).
+    until: Option<&'static str>,
+    /// `--verify`: re-hash every cached artifact.
+    verify: bool,
+    /// `--json`.
+    json: bool,
+    mode: Mode,
+}
+
+/// How the planned stages run.
+enum Mode {
+    /// `--show-config`: print the resolved configuration; plan nothing.
+    ShowConfig,
+    /// `--dry-run`: say what would run and why.
+    DryRun,
+    /// In this process, `jobs` stages at once.
+    Local { jobs: usize },
+    /// One Slurm job per stage; with `wait`, followed to the end.
+    Slurm {
+        settings: ExecutorSettings,
+        wait: bool,
+    },
+}
+
+impl Request {
+    fn resolve(args: RunArgs) -> Result<Request> {
+        let until = match &args.until {
+            None => None,
+            Some(until) => Some(STAGES.iter().copied().find(|s| s == until).ok_or_else(|| {
+                let hint = crate::suggest::nearest(until, STAGES.iter().copied())
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                anyhow::anyhow!(
+                    "--until `{until}` is not a stage{hint}; stages: {}",
+                    STAGES.join(", ")
+                )
+            })?),
+        };
+        let flags = config::FlagSettings {
+            skip_bad_images: args.skip_bad_images,
+        };
+        let loaded = match &args.from_record {
+            Some(path) => {
+                let record = RunRecord::load(path)?;
+                let mut raw = toml::Value::try_from(&record.config).with_context(|| {
+                    format!("the config in {} is not a TOML table", path.display())
+                })?;
+                flags.apply(&mut raw)?;
+                config::resolve(raw)?
+            }
+            None => {
+                let mut sets = args.sets.clone();
+                for sweep in &args.sweeps {
+                    sets.push(config::sweep_arg(sweep)?);
+                }
+                config::load_with_flags(
+                    args.config.as_deref(),
+                    args.preset.as_deref(),
+                    &sets,
+                    flags,
+                )?
+            }
+        };
+        let name = loaded
+            .experiments
+            .first()
+            .map(|e| e.config.name.clone())
+            .unwrap_or_else(|| "run".into());
+        let mode = if args.show_config {
+            Mode::ShowConfig
+        } else if args.dry_run {
+            Mode::DryRun
         } else {
-            for node in &plan.nodes {
+            let settings = loaded
+                .experiments
+                .first()
+                .map(|e| e.config.executor.clone())
+                .unwrap_or_default();
+            let slurm = match args.executor {
+                Some(e) => e == ExecutorArg::Slurm,
+                None => settings.kind == ExecutorKind::Slurm,
+            };
+            if slurm {
+                Mode::Slurm {
+                    settings,
+                    wait: args.wait,
+                }
+            } else {
+                Mode::Local {
+                    jobs: usize::from(args.jobs),
+                }
+            }
+        };
+        Ok(Request {
+            loaded,
+            name,
+            until,
+            verify: args.verify,
+            json: args.json,
+            mode,
+        })
+    }
+}
+
+/// A request resolved against the store: the graph, its plan, and what to say first.
+struct Planned {
+    graph: dml_pipeline::Graph,
+    plan: Plan,
+    /// The settings checks against the index, when the run evaluates.
+    check: Option<dml_pipeline::NodeCheck>,
+    summaries: Vec<dml_stages::summary::RunSummary>,
+    warnings: Vec<String>,
+    remote: Option<std::sync::Arc<dml_remote::S3Remote>>,
+    /// Holds `dml gc` off until the run has registered the keys it reaches.
+    fence: Option<dml_artifacts::GcFence>,
+}
+
+impl Planned {
+    fn new(
+        req: &Request,
+        store: &ArtifactStore,
+        remote_args: &crate::remote_cmds::RemoteArgs,
+    ) -> Result<Planned> {
+        let loaded = &req.loaded;
+        let experiments = loaded.dag_experiments();
+        let dag = dml_stages::dag::build_dag(&experiments).map_err(|e| loaded.locate_error(e))?;
+        let users = dag.users;
+        let mut graph = dag.graph;
+        if let Some(until) = req.until {
+            let names: Vec<&str> = graph.nodes().iter().map(|n| n.stage.name()).collect();
+            if !names.contains(&until) {
+                bail!(
+                    "--until `{until}` is not a stage of this run; its stages: {}",
+                    dedup(&names).join(", ")
+                );
+            }
+            graph = graph.prune_to(|n| n.stage.name() == until);
+        }
+        let remote = crate::remote_cmds::open(remote_args, &loaded.store)?;
+        let previous = RunRecord::latest(store, &req.name)?;
+        // gc waits while this run resolves its plan and registers the keys it reaches.
+        let fence = match req.mode {
+            Mode::DryRun | Mode::ShowConfig => None,
+            Mode::Local { .. } | Mode::Slurm { .. } => {
+                Some(store.hold_off_gc(|| eprintln!("  waiting for `dml gc` to finish"))?)
+            }
+        };
+        let mut plan = Plan::resolve(&graph, store, previous.as_ref(), req.verify)?;
+        if let Some(r) = &remote {
+            crate::remote_cmds::mark_plan(&mut plan, r);
+        }
+        // What needs the index is checked now if the index is cached (a dry run too), so a
+        // setting the data cannot serve fails before anything runs.
+        let check = graph
+            .nodes()
+            .iter()
+            .any(|n| n.stage.name() == "retrieve")
+            .then(|| index_check(experiments.clone(), users.clone()));
+        if let Some(check) = &check {
+            for node in plan
+                .nodes
+                .iter()
+                .filter(|n| n.stage == "index" && n.status == Status::Cached)
+            {
+                (check.0)(node, &store.object_dir(&node.stage, &node.key))
+                    .map_err(|message| anyhow::anyhow!("{message}"))?;
+            }
+        }
+        let summaries = dml_stages::summary::summarise(store, &experiments, &users, &plan);
+        let mut warnings: Vec<String> = Vec::new();
+        if let Some(file) = &loaded.without_preset {
+            warnings.push(format!(
+                "{} has no `preset = …` line: every setting it does not give takes its built-in default (`dml config --defaults` lists them; `--show-config` prints this run's)",
+                file.display()
+            ));
+        }
+        for w in summaries.iter().flat_map(|s| &s.warnings) {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
+        Ok(Planned {
+            graph,
+            plan,
+            check,
+            summaries,
+            warnings,
+            remote,
+            fence,
+        })
+    }
+
+    /// `--dry-run`: each node's status, key and reason, and each experiment's summary.
+    fn print_dry_run(&self, json: bool) -> Result<()> {
+        if json {
+            out::println(&serde_json::to_string_pretty(&self.plan.to_json())?);
+        } else {
+            for node in &self.plan.nodes {
                 let status = match node.status {
                     Status::Cached => "cached",
                     Status::Run => "run",
@@ -197,24 +295,49 @@ pub fn run(
                     node.explanation()
                 ));
             }
-            for s in &summaries {
+            for s in &self.summaries {
                 out::println(&s.text());
             }
         }
-        for w in &warnings {
+        self.print_warnings();
+        Ok(())
+    }
+
+    fn print_warnings(&self) {
+        for w in &self.warnings {
             eprintln!("warning: {w}");
         }
+    }
+}
+
+pub fn run(
+    store_dir: &Path,
+    remote_args: &crate::remote_cmds::RemoteArgs,
+    args: RunArgs,
+) -> Result<()> {
+    let req = Request::resolve(args)?;
+    if let Mode::ShowConfig = req.mode {
+        out::println(&config::show_config(&req.loaded)?);
         return Ok(());
     }
-    for w in &warnings {
-        eprintln!("warning: {w}");
+    // A dry run only looks, so a read-only store can be planned against.
+    let store = match req.mode {
+        Mode::DryRun => ArtifactStore::open_read_only(store_dir)?,
+        _ => ArtifactStore::open(store_dir)?,
+    };
+    let mut planned = Planned::new(&req, &store, remote_args)?;
+    if let Mode::DryRun = req.mode {
+        return planned.print_dry_run(req.json);
     }
+    planned.print_warnings();
     let live = store.register_live_run(
-        plan.nodes
+        planned
+            .plan
+            .nodes
             .iter()
             .map(|n| (n.stage.as_str(), n.key.as_str())),
     )?;
-    drop(fence);
+    drop(planned.fence.take());
     // Builds killed earlier leave temporary directories; those whose key lock is free are stale.
     match store.stale_tmp(false) {
         Ok(stale) if !stale.is_empty() => {
@@ -223,50 +346,55 @@ pub fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("stale temporary directories were not removed: {e}"),
     }
-    let executor = loaded
-        .experiments
-        .first()
-        .map(|e| e.config.executor.clone())
-        .unwrap_or_default();
-    let slurm = match args.executor {
-        Some(e) => e == ExecutorArg::Slurm,
-        None => executor.kind == ExecutorKind::Slurm,
-    };
-    if slurm {
-        let config = serde_json::to_value(&loaded.raw).context("config as JSON")?;
-        return crate::slurm::submit(
+    let config = serde_json::to_value(&req.loaded.raw).context("config as JSON")?;
+    match &req.mode {
+        Mode::Slurm { settings, wait } => crate::slurm::submit(
             &store,
             &crate::slurm::Submission {
-                name: &name,
+                name: &req.name,
                 config,
-                plan: &plan,
-                settings: &executor,
-                wait: args.wait,
-                json: args.json,
+                plan: &planned.plan,
+                settings,
+                wait: *wait,
+                json: req.json,
             },
-        );
+        ),
+        Mode::Local { jobs } => execute_here(&req, &store, &planned, live, config, *jobs),
+        Mode::ShowConfig | Mode::DryRun => unreachable!("handled above"),
     }
+}
+
+/// Runs the plan in this process: the record written first (status `running`) and
+/// rewritten as the run ends, `latest/` moved when it ended ok, the outcome printed.
+fn execute_here(
+    req: &Request,
+    store: &ArtifactStore,
+    planned: &Planned,
+    live: dml_artifacts::LiveRun,
+    config: serde_json::Value,
+    jobs: usize,
+) -> Result<()> {
+    let plan = &planned.plan;
     let started_at = chrono::Utc::now().to_rfc3339();
     let started = Instant::now();
-    let config_json = serde_json::to_value(&loaded.raw).context("config as JSON")?;
-    let mut record = RunRecord::from_plan(&name, started_at, config_json, &plan);
+    let mut record = plan.record(&req.name, started_at, config);
     record.provenance = run_shared::provenance();
     record.live = Some(live.tag());
-    record.until = args.until.clone();
+    record.until = req.until.map(str::to_string);
     // Written now (status `running`), so an interrupted or killed run has a record: `dml
     // runs` lists it and `dml gc` keeps the checkpoints it resumes from.
-    let record_path = record.save(&store)?;
+    let record_path = record.save(store)?;
     let opts = ExecOptions {
-        jobs: usize::from(args.jobs),
+        jobs,
         // One device stage per visible GPU at a time (`--jobs N` with N GPUs trains N
         // sweep points at once); on the CPU device stages do not exist.
         device_slots: dml_stages::device::cuda_device_count().max(1),
         provenance: record.provenance.clone(),
         // The index checks are about evaluation: only when this run evaluates.
-        check,
-        remote: crate::remote_cmds::shared(&remote),
+        check: planned.check.clone(),
+        remote: crate::remote_cmds::shared(&planned.remote),
     };
-    let running = interrupt::Running::install(&store, &record_path, record.clone(), live.path());
+    let running = interrupt::Running::install(store, &record_path, record.clone(), live.path());
     let print = |e: Event<'_>| match e {
         Event::Cached(n) => eprintln!("  cached  {:<32} {}", n.id, &n.key[..12]),
         Event::Started(n) => {
@@ -317,7 +445,7 @@ pub fn run(
         }
         Event::RemoteWarning(n, msg) => eprintln!("  warning {:<32} {msg}", n.id),
     };
-    let (summary, result) = execute(&graph, &plan, &store, &opts, &print);
+    let (summary, result) = execute(&planned.graph, plan, store, &opts, &print);
     for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
         let (status, seconds) = match outcome {
             Outcome::Cached => (NodeStatus::Cached, 0.0),
@@ -345,7 +473,7 @@ pub fn run(
         // Only a run that ended ok moves `latest/<name>/` (a failed or interrupted one never
         // replaces the links of the last good run).
         if record.run_status() == RunStatus::Ok {
-            crate::links::update(&store, &record)?;
+            crate::links::update(store, &record)?;
         }
         Ok(())
     });
@@ -357,17 +485,17 @@ pub fn run(
         },
     }
     drop(live);
-    if let Some(r) = &remote {
+    if let Some(r) = &planned.remote {
         crate::remote_cmds::after_run(r, &record_path);
     }
-    if args.json {
+    if req.json {
         let nodes: Vec<serde_json::Value> = record
             .nodes
             .iter()
             .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
             .collect();
         // The outcome of each point: artifact directories and headline metrics.
-        let points = crate::outcome::points(&store, &record);
+        let points = crate::outcome::points(store, &record);
         out::println(&serde_json::to_string_pretty(&serde_json::json!({
             "record": record_path,
             "status": record.run_status(),
@@ -389,8 +517,8 @@ pub fn run(
             other => other.into(),
         });
     }
-    if !args.json {
-        run_shared::print_reports(&store, &plan);
+    if !req.json {
+        run_shared::print_reports(store, plan);
     }
     let ran = summary.ran();
     let fetched = summary

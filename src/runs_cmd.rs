@@ -227,7 +227,7 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
     let mut view: Option<ReportSettings> = None;
     let mut taken = BTreeSet::new();
     for what in names {
-        let (path, record) = outcome::load_record(&store, what, Some("report"))?;
+        let (path, record) = crate::records::load_record(&store, what, Some("report"))?;
         // What report.html shows: the first run's [report] settings.
         if view.is_none() {
             view = record

@@ -1,8 +1,8 @@
 //! `dml ls`, `dml show`, `dml gc`: looking into and tidying the store.
 use anyhow::{bail, Context, Result};
-use dml_artifacts::{tables, ArtifactStore, KeyLock, ObjectInfo};
+use dml_artifacts::{tables, ArtifactStore, ObjectInfo, StageKeys};
 use dml_pipeline::{flatten_settings, RunRecord};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -95,8 +95,8 @@ fn resolve_shown<'a>(
     name: Option<&str>,
 ) -> Result<&'a ObjectInfo> {
     let by_record = match name {
-        Some(n) => Some(crate::links::record_reaching(store, what, Some(n))?),
-        None => crate::links::record_reaching(store, what, None).ok(),
+        Some(n) => Some(crate::records::record_reaching(store, what, Some(n))?),
+        None => crate::records::record_reaching(store, what, None).ok(),
     };
     if let Some(record) = by_record {
         let names_a_node = record
@@ -104,7 +104,7 @@ fn resolve_shown<'a>(
             .iter()
             .any(|n| n.stage == what || n.id == what || n.id.starts_with(what));
         if names_a_node || name.is_some() {
-            let node = crate::links::pick_node(&record, what)?;
+            let node = crate::records::pick_node(&record, what)?;
             return objects
                 .iter()
                 .find(|o| o.stage == node.stage && o.key == node.key)
@@ -251,15 +251,12 @@ fn stale_temp_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// (stage, key) pairs.
-type StageKeys = BTreeSet<(String, String)>;
-
 /// (stage, key) of every artifact a `latest/<run>/<node>` link points to; links
 /// whose artifact is gone are listed in `dangling`.
 fn latest_links(store: &ArtifactStore) -> Result<(StageKeys, Vec<PathBuf>)> {
     let mut reached = BTreeSet::new();
     let mut dangling = Vec::new();
-    let latest = store.root().join("latest");
+    let latest = store.layout().latest();
     let Ok(runs) = std::fs::read_dir(&latest) else {
         return Ok((reached, dangling));
     };
@@ -309,25 +306,25 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
     let mut alive: StageKeys = BTreeSet::new();
     for path in records.iter().rev().take(keep_runs) {
         let r = RunRecord::load(path)?;
-        alive.extend(r.nodes.into_iter().map(|n| (n.stage, n.key)));
+        alive.extend(
+            r.nodes
+                .into_iter()
+                .map(|n| (n.identity.stage, n.identity.key)),
+        );
     }
     let live = store.live_runs(dry_run)?;
     alive.extend(live.keys.iter().cloned());
     let (linked, dangling) = latest_links(&store)?;
     alive.extend(linked);
-    let mut freed = 0u64;
-    let mut removed = 0usize;
-    for o in store.list()? {
-        if alive.contains(&(o.stage.clone(), o.key.clone())) {
-            continue;
-        }
+    let plan = store.gc_plan(&alive, dry_run)?;
+    let freed = plan.object_bytes();
+    let removed = plan.objects.len();
+    for o in &plan.objects {
         let size = o.manifest.as_ref().map(|m| m.total_bytes()).unwrap_or(0);
         println!("{verb} {:<10} {} ({})", o.stage, o.key, human(size));
         if !dry_run {
             store.remove_object(&o.stage, &o.key)?;
         }
-        freed += size;
-        removed += 1;
     }
     let mut leftovers = 0usize;
     let mut report = |what: &str, path: &Path| {
@@ -345,55 +342,15 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
         report("quarantined artifact", &q);
     }
     // Resumable checkpoints: kept while a kept, live or linked run still needs them
-    // (its artifact is not committed yet) and while a build of the key may run.
-    let mut key_locks: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let locks = std::fs::read_dir(store.root().join("locks"));
-    for lock in locks.into_iter().flatten().filter_map(|e| e.ok()) {
-        let name = lock.file_name().to_string_lossy().into_owned();
-        if let Some(key) = name
-            .strip_suffix(".lock")
-            .and_then(|n| n.rsplit_once('-'))
-            .map(|(_, k)| k.to_string())
-        {
-            key_locks.entry(key).or_default().push(lock.path());
+    // (its artifact is not committed yet) and while a build of the key may run; the
+    // plan holds the locks of the keys it lists until they are removed.
+    for dir in &plan.checkpoints {
+        if !dry_run {
+            store.remove_checkpoints(dir)?;
         }
+        report("checkpoints of a finished or abandoned train", dir);
     }
-    let checkpoints = store.root().join("cache").join("checkpoints");
-    if let Ok(entries) = std::fs::read_dir(&checkpoints) {
-        for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-            let key = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let needed = alive.iter().any(|(stage, k)| {
-                k == &key && !store.object_dir(stage, k).join("manifest.json").exists()
-            });
-            if needed {
-                continue;
-            }
-            let mut held = Vec::new();
-            let mut busy = false;
-            for path in key_locks.get(&key).into_iter().flatten() {
-                if dry_run {
-                    // Looking only: no lock file is opened for writing.
-                    busy |= KeyLock::is_held(path)?;
-                    continue;
-                }
-                match KeyLock::try_acquire(path)? {
-                    Some(lock) => held.push(lock),
-                    None => busy = true,
-                }
-            }
-            if busy {
-                continue;
-            }
-            if !dry_run {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
-            }
-            report("checkpoints of a finished or abandoned train", &dir);
-        }
-    }
+    drop(plan);
     for stale in &live.stale {
         report("registration of a run that is gone", stale);
     }
@@ -404,8 +361,8 @@ pub fn gc(store_dir: &Path, keep_runs: usize, dry_run: bool) -> Result<()> {
         report("dangling link", link);
     }
     let mut temp_files = stale_temp_files(&store.runs_dir());
-    temp_files.extend(stale_temp_files(&store.root().join("cache").join("stat")));
-    if let Ok(runs) = std::fs::read_dir(store.root().join("latest")) {
+    temp_files.extend(stale_temp_files(&store.layout().cache("stat")));
+    if let Ok(runs) = std::fs::read_dir(store.layout().latest()) {
         for run in runs.filter_map(|e| e.ok()) {
             temp_files.extend(stale_temp_files(&run.path()));
         }

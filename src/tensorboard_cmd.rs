@@ -27,7 +27,8 @@ fn link(target: &Path, link: &Path) -> Result<()> {
 /// `dml tensorboard [--name RUN …] DIR`: the newest record of every run name (or of the
 /// names given), each point in `DIR/<point name>/`.
 pub fn tensorboard(store_dir: &Path, names: &[String], dir: &Path) -> Result<()> {
-    let store = ArtifactStore::open(store_dir)?;
+    // Only reads the store: a mistyped --store is an error, never a new empty store.
+    let store = ArtifactStore::open_existing(store_dir)?;
     // Newest record first, one per run name.
     let mut seen = BTreeSet::new();
     let mut records: Vec<(PathBuf, RunRecord)> = Vec::new();

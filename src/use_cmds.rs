@@ -200,7 +200,7 @@ fn point_matches(sel: &str, p: &outcome::Point) -> bool {
 /// embed stage used; every error says what to do, and nothing expensive has run yet.
 fn resolve(store: &ArtifactStore, args: &ModelArgs) -> Result<UseModel> {
     let (record_path, record) = match &args.run {
-        Some(run) => outcome::load_record(store, run, Some("train"))?,
+        Some(run) => crate::records::load_record(store, run, Some("train"))?,
         None => {
             let Some(path) = RunRecord::list(store)?.pop() else {
                 bail!(

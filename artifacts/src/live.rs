@@ -73,7 +73,7 @@ pub struct LiveRuns {
 
 impl ArtifactStore {
     fn fence(&self, exclusive: bool, on_wait: impl FnOnce()) -> Result<GcFence, StoreError> {
-        let path = self.root().join("locks").join("gc.lock");
+        let path = self.layout().gc_lock();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -114,7 +114,7 @@ impl ArtifactStore {
         &self,
         on_wait: impl FnOnce(),
     ) -> Result<Option<GcFence>, StoreError> {
-        let path = self.root().join("locks").join("gc.lock");
+        let path = self.layout().gc_lock();
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -133,7 +133,7 @@ impl ArtifactStore {
         &self,
         keys: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<LiveRun, StoreError> {
-        let dir = self.runs_dir().join("live");
+        let dir = self.layout().live_runs();
         fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
         let tag: u32 = rand::thread_rng().gen();
         let path = dir.join(format!("{}-{tag:08x}.json", std::process::id()));
@@ -162,7 +162,7 @@ impl ArtifactStore {
     /// Whether the run that registered as `tag` ([`LiveRun::tag`]) is still running: its
     /// registration exists and is locked.
     pub fn is_live(&self, tag: &str) -> bool {
-        let path = self.runs_dir().join("live").join(format!("{tag}.json"));
+        let path = self.layout().live_runs().join(format!("{tag}.json"));
         match File::open(&path) {
             Ok(file) => match FileExt::try_lock_shared(&file) {
                 Ok(true) => {
@@ -181,7 +181,7 @@ impl ArtifactStore {
     /// Call while holding [`ArtifactStore::fence_out_runs`].
     pub fn live_runs(&self, dry_run: bool) -> Result<LiveRuns, StoreError> {
         let mut out = LiveRuns::default();
-        for path in read_dir_sorted(&self.runs_dir().join("live"))? {
+        for path in read_dir_sorted(&self.layout().live_runs())? {
             if !file_name(&path).ends_with(".json") {
                 continue;
             }

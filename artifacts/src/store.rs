@@ -1,4 +1,5 @@
 //! The store: lookup with verification, staging directories, atomic commit, listing.
+use crate::layout::{Layout, CREATED};
 use crate::{DigestCheck, FileEntry, KeyLock, Manifest, StoreError};
 use rand::Rng;
 use rayon::prelude::*;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    layout: Layout,
     read_only: bool,
 }
 
@@ -41,7 +43,7 @@ impl ArtifactStore {
     /// Opens (creating if needed) a store at `root`, checking that it can be written.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for sub in ["objects", "tmp", "runs", "locks", "cache"] {
+        for sub in CREATED {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|cause| StoreError::NotWritable {
                 path: root.clone(),
@@ -49,9 +51,8 @@ impl ArtifactStore {
             })?;
         }
         // Creating directories may succeed on an existing read-only tree; probe a write.
-        let probe = root
-            .join("tmp")
-            .join(format!(".probe-{}", std::process::id()));
+        let layout = Layout::new(&root);
+        let probe = layout.tmp().join(format!(".probe-{}", std::process::id()));
         fs::write(&probe, b"").map_err(|cause| StoreError::NotWritable {
             path: root.clone(),
             cause,
@@ -59,6 +60,7 @@ impl ArtifactStore {
         let _ = fs::remove_file(&probe);
         Ok(ArtifactStore {
             root,
+            layout,
             read_only: false,
         })
     }
@@ -75,6 +77,7 @@ impl ArtifactStore {
             });
         }
         Ok(ArtifactStore {
+            layout: Layout::new(&root),
             root,
             read_only: true,
         })
@@ -90,7 +93,7 @@ impl ArtifactStore {
             Some("no such directory")
         } else if !root.is_dir() {
             Some("it is not a directory")
-        } else if !root.join("objects").is_dir() && !root.join("runs").is_dir() {
+        } else if !Layout::new(&root).objects().is_dir() && !Layout::new(&root).runs().is_dir() {
             Some("it has neither objects/ nor runs/")
         } else {
             None
@@ -121,20 +124,25 @@ impl ArtifactStore {
         &self.root
     }
 
+    /// Where everything lives in this store.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// Where a finished artifact lives.
     pub fn object_dir(&self, stage: &str, key: &str) -> PathBuf {
-        self.root.join("objects").join(stage).join(key)
+        self.layout.object(stage, key)
     }
 
     /// The run records directory.
     pub fn runs_dir(&self) -> PathBuf {
-        self.root.join("runs")
+        self.layout.runs()
     }
 
     /// A cache directory that is not an artifact (created if needed; in a read-only
     /// store, created only if possible: writes into it may then fail).
     pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("cache").join(name);
+        let dir = self.layout.cache(name);
         match fs::create_dir_all(&dir) {
             Ok(()) => Ok(dir),
             Err(_) if self.read_only => Ok(dir),
@@ -211,17 +219,14 @@ impl ArtifactStore {
     }
 
     pub(crate) fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
-        self.root.join("locks").join(format!("{stage}-{key}.lock"))
+        self.layout.key_lock(stage, key)
     }
 
     /// Starts writing an artifact in a fresh temporary directory of this store.
     pub fn begin(&self, stage: &str, key: &str) -> Result<Staging, StoreError> {
         self.refuse_if_read_only()?;
         let tag: u64 = rand::thread_rng().gen();
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{stage}-{key}-{tag:016x}"));
+        let dir = self.layout.staging(stage, key, tag);
         fs::create_dir_all(&dir).map_err(StoreError::io("create", &dir))?;
         Ok(Staging {
             dir,
@@ -251,10 +256,9 @@ impl ArtifactStore {
         if !dir.exists() {
             return Ok(None);
         }
-        let tmp = self.root.join("tmp");
+        let tmp = self.layout.tmp();
         fs::create_dir_all(&tmp).map_err(StoreError::io("create", &tmp))?;
-        let tag: u64 = rand::thread_rng().gen();
-        let trash = tmp.join(format!("{TRASH_PREFIX}{stage}-{key}-{tag:016x}"));
+        let trash = self.layout.trash(stage, key, rand::thread_rng().gen());
         fs::rename(&dir, &trash).map_err(StoreError::io("move out of objects/", &dir))?;
         Ok(Some(trash))
     }
@@ -262,7 +266,7 @@ impl ArtifactStore {
     /// True for what [`ArtifactStore::remove_object`] moved out of `objects/` and had not
     /// finished deleting (as listed by [`ArtifactStore::stale_tmp`]).
     pub fn is_trash(path: &Path) -> bool {
-        file_name(path).starts_with(TRASH_PREFIX)
+        Layout::is_trash(&file_name(path))
     }
 
     /// Moves an artifact that failed verification out of `objects/` into
@@ -274,17 +278,18 @@ impl ArtifactStore {
         if !dir.exists() {
             return Ok(None);
         }
-        let aside = self.root.join("quarantine");
+        let aside = self.layout.quarantine();
         fs::create_dir_all(&aside).map_err(StoreError::io("create", &aside))?;
-        let tag: u64 = rand::thread_rng().gen();
-        let target = aside.join(format!("{stage}-{key}-{tag:016x}"));
+        let target = self
+            .layout
+            .quarantined(stage, key, rand::thread_rng().gen());
         fs::rename(&dir, &target).map_err(StoreError::io("move aside", &dir))?;
         Ok(Some(target))
     }
 
     /// Artifacts moved aside by [`ArtifactStore::quarantine`]; removed unless `dry_run`.
     pub fn collect_quarantine(&self, dry_run: bool) -> Result<Vec<PathBuf>, StoreError> {
-        let found = read_dir_sorted(&self.root.join("quarantine"))?;
+        let found = read_dir_sorted(&self.layout.quarantine())?;
         if !dry_run {
             for dir in &found {
                 remove_path(dir)?;
@@ -296,7 +301,7 @@ impl ArtifactStore {
     /// Lists every artifact in the store, sorted by stage then key.
     pub fn list(&self) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut out = Vec::new();
-        let objects = self.root.join("objects");
+        let objects = self.layout.objects();
         for stage in read_dir_sorted(&objects)? {
             if !stage.is_dir() {
                 continue;
@@ -321,7 +326,7 @@ impl ArtifactStore {
     /// it creates and writes nothing (no lock file either), so it works on a read-only store.
     pub fn stale_tmp(&self, dry_run: bool) -> Result<Vec<PathBuf>, StoreError> {
         let mut stale = Vec::new();
-        for dir in read_dir_sorted(&self.root.join("tmp"))? {
+        for dir in read_dir_sorted(&self.layout.tmp())? {
             if Self::is_trash(&dir) {
                 // Out of objects/ already: nothing reads it, no lock guards it.
                 if !dry_run {
@@ -331,9 +336,7 @@ impl ArtifactStore {
                 continue;
             }
             let name = file_name(&dir);
-            let mut parts = name.rsplitn(3, '-');
-            let (_tag, key, stage) = (parts.next(), parts.next(), parts.next());
-            let (Some(stage), Some(key)) = (stage, key) else {
+            let Some((stage, key)) = Layout::parse_staging(&name) else {
                 if !dry_run {
                     remove_path(&dir)?;
                 }
@@ -356,10 +359,6 @@ impl ArtifactStore {
         Ok(stale)
     }
 }
-
-/// How [`ArtifactStore::remove_object`] names an artifact it moved into `tmp/` (no stage
-/// name has a `.`, so no staging directory starts so).
-const TRASH_PREFIX: &str = "trash.";
 
 /// Removes a file or a directory tree; one already gone is not an error.
 pub(crate) fn remove_path(path: &Path) -> Result<(), StoreError> {

@@ -10,16 +10,19 @@ mod error;
 mod explain;
 mod graph;
 mod key;
+mod node;
 mod record;
 mod remote;
 mod scheduler;
+pub mod slurm;
 mod stage;
 
 pub use error::{error_chain, PipelineError};
-pub use explain::{changes, flatten_settings, show, Change, Plan, PlannedNode, Reason, Status};
+pub use explain::{Plan, PlannedNode, Status};
 pub use graph::{Graph, NodeId};
 pub use key::{canonical_json, manifest_key, stage_key, SCHEMA_SALT};
-pub use record::{file_safe, NodeStatus, RecordNode, RunRecord, RunStatus};
+pub use node::{flatten_settings, settings_diff, show, Change, NodeIdentity, Reason};
+pub use record::{file_safe, node_dir_name, NodeStatus, RecordNode, RunRecord, RunStatus};
 pub use remote::{FetchOutcome, RemoteCache, RemoteError, SharedRemote, UploadOutcome};
 pub use scheduler::{
     build_one, execute, CheckFn, Event, ExecOptions, ExecSummary, NodeCheck, Outcome,

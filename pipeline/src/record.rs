@@ -1,39 +1,32 @@
 //! Run records: which keys a run resolved, why each ran, and how long it took.
-use crate::{PipelineError, Plan};
+use crate::{NodeIdentity, PipelineError, Reason};
 use dml_artifacts::ArtifactStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One node of a run record.
+impl std::ops::Deref for RecordNode {
+    type Target = NodeIdentity;
+    fn deref(&self) -> &NodeIdentity {
+        &self.identity
+    }
+}
+
+/// One node of a run record: its identity (whose fields the JSON keeps at the top level
+/// of the node, read through `Deref`) and what happened to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordNode {
-    /// Node id.
-    pub id: String,
-    /// Stage name.
-    pub stage: String,
-    /// Key.
-    pub key: String,
-    /// Stage code version.
-    pub version: u32,
-    /// Canonical settings.
-    pub settings: Value,
-    /// Role → input key.
-    pub inputs: BTreeMap<String, String>,
-    /// Role → input node id, as the user sees it.
-    #[serde(default)]
-    pub input_ids: BTreeMap<String, String>,
-    /// Dataset fingerprint.
-    #[serde(default)]
-    pub fingerprint: Option<String>,
+    /// What the key was computed from.
+    #[serde(flatten)]
+    pub identity: NodeIdentity,
     /// What happened to it in this run.
     pub status: NodeStatus,
     /// The reason, as shown by `explain`.
     pub reason: String,
     /// The reason, typed (absent in records written before it existed).
     #[serde(default)]
-    pub why: Option<crate::Reason>,
+    pub why: Option<Reason>,
     /// Wall seconds spent building (0 when cached).
     pub seconds: f64,
     /// The Slurm job that builds it, when run with `--executor slurm`.
@@ -157,43 +150,6 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Builds a record from a plan; statuses are filled by the caller after execution.
-    pub fn from_plan(name: &str, started: String, config: Value, plan: &Plan) -> Self {
-        RunRecord {
-            name: name.to_string(),
-            started,
-            seconds: 0.0,
-            outcome: RunStatus::Running.as_str().into(),
-            status: Some(RunStatus::Running),
-            live: None,
-            until: None,
-            config,
-            nodes: plan
-                .nodes
-                .iter()
-                .map(|n| RecordNode {
-                    id: n.id.clone(),
-                    stage: n.stage.clone(),
-                    key: n.key.clone(),
-                    version: n.version,
-                    settings: n.settings.clone(),
-                    inputs: n.inputs.clone(),
-                    input_ids: n.input_ids.clone(),
-                    fingerprint: n.fingerprint.clone(),
-                    status: match n.status {
-                        crate::Status::Cached => NodeStatus::Cached,
-                        crate::Status::Run | crate::Status::Remote => NodeStatus::NotRun,
-                    },
-                    reason: n.explanation(),
-                    why: Some(n.reason.clone()),
-                    seconds: 0.0,
-                    job_id: None,
-                })
-                .collect(),
-            provenance: BTreeMap::new(),
-        }
-    }
-
     /// Writes the record under `runs/` and returns its path.
     pub fn save(&self, store: &ArtifactStore) -> Result<PathBuf, PipelineError> {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
@@ -241,11 +197,17 @@ impl RunRecord {
             && self.nodes.iter().all(|n| n.status.reached())
     }
 
-    /// Whether the run had the artifact of a node of `stage` (or of the node with that id).
-    pub fn reached(&self, stage_or_id: &str) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| (n.stage == stage_or_id || n.id == stage_or_id) && n.status.reached())
+    /// Whether the run had the artifact of `node`: a stage, a node id, its folder name
+    /// (see [`node_dir_name`]), or (when no node is of that stage) a prefix of an id.
+    pub fn reaches(&self, node: &str) -> bool {
+        let of_stage = self.nodes.iter().any(|n| n.stage == node);
+        self.nodes.iter().any(|n| {
+            n.status.reached()
+                && (n.stage == node
+                    || n.id == node
+                    || node_dir_name(&n.id) == node
+                    || (!of_stage && n.id.starts_with(node)))
+        })
     }
 
     /// Rewrites a saved record in place (atomically: a reader sees the old or the new one).
@@ -310,6 +272,21 @@ pub fn file_safe(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A node id as a folder name: `train[train.loss=npairs]` → `train@train.loss=npairs`,
+/// `train:untrained` → `train@untrained`.
+pub fn node_dir_name(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .filter(|c| *c != ']')
+        .map(|c| match c {
+            '[' | ':' => '@',
+            '/' | '\\' | ' ' | '"' => '_',
+            c => c,
+        })
+        .collect();
+    s
 }
 
 fn record_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {

@@ -5,7 +5,7 @@
 //! The remote can only ever save work: an unreachable remote, a refused
 //! credential or a timeout becomes a warning and a local build, and an object
 //! whose content does not match its manifest is refused and built locally.
-use crate::{Outcome, Plan, PlannedNode, Status};
+use crate::{Plan, PlannedNode, Status};
 use dml_artifacts::{ArtifactStore, StoreError};
 use indicatif::MultiProgress;
 use std::collections::HashSet;
@@ -177,7 +177,7 @@ impl Plan {
 }
 
 /// Before building `node`: fetches it if the plan found it on the remote.
-/// `Some(outcome)` when it came from the remote; `None` to build it locally
+/// `Some(seconds)` when it came from the remote; `None` to build it locally
 /// (the remote's refusal or failure is reported through `warn`).
 pub(crate) fn try_fetch(
     remote: Option<&SharedRemote>,
@@ -185,14 +185,14 @@ pub(crate) fn try_fetch(
     store: &ArtifactStore,
     progress: &MultiProgress,
     warn: &dyn Fn(&str),
-) -> Option<Outcome> {
+) -> Option<f64> {
     let remote = remote?;
     if node.status != Status::Remote {
         return None;
     }
     let started = std::time::Instant::now();
     match remote.fetch(&node.stage, &node.key, store, progress) {
-        Ok(FetchOutcome::Fetched { .. }) => Some(Outcome::Fetched(started.elapsed().as_secs_f64())),
+        Ok(FetchOutcome::Fetched { .. }) => Some(started.elapsed().as_secs_f64()),
         Ok(FetchOutcome::Absent) => {
             warn("listed on the remote cache but gone when fetched; building locally");
             None

@@ -309,13 +309,9 @@ fn build_node(
         });
     }
     let warn = |msg: &str| progress.suspend(|| on_event(Event::RemoteWarning(node, msg)));
-    if let Some(fetched) =
-        crate::remote::try_fetch(opts.remote.as_ref(), node, store, progress, &warn)
-    {
-        if let Outcome::Fetched(s) = fetched {
-            progress.suspend(|| on_event(Event::Fetched(node, s)));
-        }
-        return Ok(fetched);
+    if let Some(s) = crate::remote::try_fetch(opts.remote.as_ref(), node, store, progress, &warn) {
+        progress.suspend(|| on_event(Event::Fetched(node, s)));
+        return Ok(Outcome::Fetched(s));
     }
     let mut inputs = BTreeMap::new();
     for (role, d) in &node.input_nodes {

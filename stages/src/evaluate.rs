@@ -24,19 +24,6 @@ pub enum Protocol {
     InshopMerged,
 }
 
-impl Protocol {
-    /// Parses the CLI spelling (`leave-one-out`, `query-gallery`, `inshop-merged`).
-    pub fn parse(s: &str) -> Result<Protocol> {
-        Ok(match s.replace('-', "_").as_str() {
-            "auto" => Protocol::Auto,
-            "leave_one_out" => Protocol::LeaveOneOut,
-            "query_gallery" => Protocol::QueryGallery,
-            "inshop_merged" => Protocol::InshopMerged,
-            _ => bail!("unknown protocol `{s}`: use leave-one-out, query-gallery or inshop-merged"),
-        })
-    }
-}
-
 /// What Recall@K does with a query whose class has no other item in the gallery.
 /// MAP@R and R-precision always leave such queries out (they are undefined there).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -48,19 +35,6 @@ pub enum NoPositives {
     Exclude,
     /// Counted as a miss in Recall@K (some papers' convention).
     CountAsMiss,
-}
-
-impl NoPositives {
-    /// Parses the CLI spelling (`exclude`, `count-as-miss`).
-    pub fn parse(s: &str) -> Result<NoPositives> {
-        Ok(match s.replace('-', "_").as_str() {
-            "exclude" => NoPositives::Exclude,
-            "count_as_miss" => NoPositives::CountAsMiss,
-            _ => bail!(
-                "unknown rule `{s}` for queries without positives: use exclude or count-as-miss"
-            ),
-        })
-    }
 }
 
 /// An embeddings table in memory.

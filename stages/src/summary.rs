@@ -281,7 +281,7 @@ fn cached(node: &PlannedNode) -> &'static str {
 
 /// The step an interrupted build of `key` resumes at (0 if none).
 fn resumed_step(store: &ArtifactStore, key: &str) -> u64 {
-    let dir = store.root().join("cache").join("checkpoints").join(key);
+    let dir = store.layout().checkpoint(key);
     if !dir.is_dir() {
         return 0;
     }
@@ -392,7 +392,7 @@ struct TrainHistory {
 impl TrainHistory {
     fn read(store: &ArtifactStore) -> TrainHistory {
         let mut seen = Vec::new();
-        let dir = store.root().join("objects").join("train");
+        let dir = store.layout().objects().join("train");
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(m) = Manifest::read(&entry.path().join("manifest.json")) else {
                 continue;

@@ -202,7 +202,7 @@ impl Stage for TrainStage {
     }
     fn resume_note(&self, env: &dml_pipeline::PlanEnv<'_>, key: &str) -> Option<String> {
         // Read only: planning never creates the checkpoint directory.
-        let dir = env.store.root().join("cache").join("checkpoints").join(key);
+        let dir = env.store.layout().checkpoint(key);
         if !dir.is_dir() {
             return None;
         }

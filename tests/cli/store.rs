@@ -782,6 +782,7 @@ fn commands_that_read_a_store_refuse_a_path_without_one_and_create_nothing() {
         &["report", "tiny"],
         &["gc", "--dry-run"],
         &["gc"],
+        &["tensorboard", "tb"],
     ] {
         let e = fails(&typo, args);
         assert!(
