@@ -293,6 +293,9 @@ pub struct RecallCurve {
     pub points: Vec<(usize, f64)>,
     /// The untrained baseline: drawn dashed, in the colour of its run.
     pub untrained: bool,
+    /// An untrained baseline that several runs share (the same network, so the same
+    /// curve): drawn once, dashed grey, instead of once per run on top of each other.
+    pub shared: bool,
 }
 
 /// Recall@K against K (log scale) for one or more runs and their untrained
@@ -304,7 +307,9 @@ pub fn recall_curves(path: &Path, title: &str, curves: &[RecallCurve]) -> PlotRe
     let labels: Vec<String> = curves
         .iter()
         .map(|c| {
-            if c.untrained {
+            if c.shared {
+                "untrained (the same network for several runs)".to_string()
+            } else if c.untrained {
                 format!("{} (untrained)", c.label)
             } else {
                 c.label.clone()
@@ -356,7 +361,11 @@ pub fn recall_curves(path: &Path, title: &str, curves: &[RecallCurve]) -> PlotRe
         if !c.untrained {
             trained += 1;
         }
-        let rgb = color(i);
+        let rgb = if c.shared {
+            RGBColor(110, 110, 110)
+        } else {
+            color(i)
+        };
         let pts: Vec<(f64, f64)> = c
             .points
             .iter()
@@ -512,11 +521,13 @@ mod tests {
                     label: "run".into(),
                     points: vec![(1, 0.4), (2, 0.55), (4, 0.7), (8, 0.8)],
                     untrained: false,
+                    shared: false,
                 },
                 RecallCurve {
                     label: "run".into(),
                     points: vec![(1, 0.2), (2, 0.3), (4, 0.4), (8, 0.5)],
                     untrained: true,
+                    shared: false,
                 },
             ],
         )
@@ -556,17 +567,41 @@ mod tests {
                         label: label.clone(),
                         points: vec![(1, r), (2, r + 0.05), (4, r + 0.08), (8, r + 0.1)],
                         untrained: false,
+                        shared: false,
                     },
                     RecallCurve {
                         label,
                         points: vec![(1, 0.2), (2, 0.3), (4, 0.4), (8, 0.5)],
                         untrained: true,
+                        shared: false,
                     },
                 ]
             })
             .collect();
         recall_curves(&e, "recall", &curves).unwrap();
         assert!(image::open(&e).unwrap().height() >= 80 + 22 * 24);
+        // A baseline shared by the runs of a sweep is drawn once, in grey.
+        let grey = |path: &Path| {
+            image::open(path)
+                .unwrap()
+                .to_rgb8()
+                .pixels()
+                .filter(|p| p.0 == [110, 110, 110])
+                .count()
+        };
+        let mut shared: Vec<RecallCurve> = curves.iter().take(3).cloned().collect();
+        shared[1].shared = true;
+        let g = tmp.path().join("recall_shared.png");
+        recall_curves(&g, "recall", &shared).unwrap();
+        let drawn_grey = grey(&g);
+        shared[1].shared = false;
+        recall_curves(&g, "recall", &shared).unwrap();
+        // (Anti-aliased text and grid lines have a few pixels of that grey too.)
+        assert!(
+            drawn_grey > 3 * grey(&g) + 100,
+            "the shared baseline is grey: {drawn_grey} grey pixels, {} without it",
+            grey(&g)
+        );
         let f = tmp.path().join("r1_high.png");
         bars(
             &f,

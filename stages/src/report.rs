@@ -238,19 +238,30 @@ pub fn write_report(
             label: run.name.clone(),
             points: recall.clone(),
             untrained: false,
+            shared: false,
         });
         let mut untrained_metrics = None;
         let baseline = if run.baseline {
             let br = read_metrics(&inputs.dir(&format!("baseline_retrieve/{i}"))?)?;
             let bc = read_metrics(&inputs.dir(&format!("baseline_cluster/{i}"))?)?;
-            curves.push(plots::RecallCurve {
-                label: run.name.clone(),
-                points: recall
-                    .iter()
-                    .filter_map(|&(k, _)| Some((k, br.recall_at(k)?)))
-                    .collect(),
-                untrained: true,
-            });
+            let points: Vec<(usize, f64)> = recall
+                .iter()
+                .filter_map(|&(k, _)| Some((k, br.recall_at(k)?)))
+                .collect();
+            // Sweep points that start from the same untrained network share its curve:
+            // drawn once, not once per run on top of each other.
+            match curves
+                .iter_mut()
+                .find(|c| c.untrained && c.points == points)
+            {
+                Some(same) => same.shared = true,
+                None => curves.push(plots::RecallCurve {
+                    label: run.name.clone(),
+                    points,
+                    untrained: true,
+                    shared: false,
+                }),
+            }
             let b = (or_nan(br.recall_at(1)), or_nan(bc.nmi));
             untrained_metrics = Some((br, bc));
             Some(b)
