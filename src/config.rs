@@ -532,6 +532,7 @@ pub(crate) fn known_keys() -> Result<Value> {
         ("model", "pretrained", Value::String(String::new())),
         ("model", "input_scaling", Value::String(String::new())),
         ("optimizer", "beta_learning_rate", Value::Float(0.0)),
+        ("optimizer", "clip_grad_norm", Value::Float(0.0)),
     ] {
         if let Some(t) = known
             .get_mut("train")
@@ -541,7 +542,39 @@ pub(crate) fn known_keys() -> Result<Value> {
             t.insert(key.into(), value);
         }
     }
+    for (path, _) in HIDDEN_DEFAULTS {
+        let (table, key) = path.rsplit_once('.').expect("a table and a key");
+        let t = table
+            .split('.')
+            .try_fold(&mut known, |cur, part| cur.get_mut(part))
+            .and_then(Value::as_table_mut);
+        if let Some(t) = t {
+            t.entry(key).or_insert_with(|| hidden_default(path));
+        }
+    }
     Ok(known)
+}
+
+/// Settings left out of the serialised defaults while they hold their default (so that
+/// the stage keys of existing runs stay the same), with that default in TOML.
+pub(crate) const HIDDEN_DEFAULTS: [(&str, &str); 8] = [
+    ("train.model.freeze_bn", "false"),
+    ("train.optimizer.head_lr_multiplier", "1.0"),
+    ("train.optimizer.decay_every", "0"),
+    ("train.optimizer.decay_gamma", "0.1"),
+    ("train.optimizer.warmup_steps", "0"),
+    ("train.freeze_backbone_steps", "0"),
+    ("plan.sampler", "\"pk\""),
+    ("plan.batch_size", "0"),
+];
+
+/// The default of a [`HIDDEN_DEFAULTS`] setting as a TOML value.
+pub(crate) fn hidden_default(path: &str) -> Value {
+    let text = HIDDEN_DEFAULTS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map_or("\"\"", |(_, v)| *v);
+    parse_literal(text)
 }
 
 /// Tables whose fields depend on a tag (`train.loss.name`): serde checks them.
@@ -712,6 +745,19 @@ fn typed(v: &Value) -> Result<ResolvedConfig> {
                 p.push_str(field);
             }
         }
+        // A miner, memory or multiplier given to a loss without one: which losses take it.
+        let loss = v
+            .get("train")
+            .and_then(|t| t.get("loss"))
+            .and_then(|l| l.get("name"))
+            .and_then(Value::as_str);
+        let field = path.as_deref().and_then(|p| p.strip_prefix("train.loss."));
+        let message = match (loss, field) {
+            (Some(loss), Some(field)) if message.starts_with("unknown field") => {
+                dml_stages::train_config::misplaced_loss_setting(loss, field).unwrap_or(message)
+            }
+            _ => message,
+        };
         TypeError { path, message }
     })?;
     Ok(c.resolve())

@@ -48,6 +48,20 @@ fn everything_on() -> ExperimentConfig {
     c.image.train_crop = serde_json::from_str("\"random_resized\"").expect("a train_crop word");
     c.image.flip = false;
     c.train.deterministic = true;
+    // The recipes' settings, each off by default.
+    c.train.freeze_backbone_steps = 1;
+    c.train.model.freeze_bn = true;
+    let o = &mut c.train.optimizer;
+    o.head_lr_multiplier = 2.0;
+    o.decay_every = 1;
+    o.decay_gamma = 0.5;
+    o.warmup_steps = 1;
+    o.clip_grad_norm = Some(1.0);
+    // Uniform batches need a loss that accepts them.
+    c.plan.sampler = serde_json::from_str("\"random\"").expect("a sampler word");
+    c.plan.batch_size = 8;
+    c.train.loss =
+        dml_stages::train_config::Loss::with_defaults("multi_similarity").expect("a loss name");
     c
 }
 
@@ -83,6 +97,12 @@ pub fn table() -> Result<String> {
     for (path, _) in all {
         let default = match lookup(&defaults, &path) {
             Some(v) => v.to_string(),
+            None if crate::config::HIDDEN_DEFAULTS
+                .iter()
+                .any(|(p, _)| *p == path) =>
+            {
+                crate::config::hidden_default(&path).to_string()
+            }
             None if path == "train.model.normalize" => "unset: the loss's recommendation".into(),
             None => "unset".into(),
         };

@@ -19,6 +19,10 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
     if p.steps == 0 {
         bail!("plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000");
     }
+    // Warm-up, a frozen backbone and a delayed memory must end before training does.
+    crate::train::train_config(&c.train)
+        .validate_steps(u64::from(p.steps))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if p.k < 2 {
         bail!(
             "plan.k = {}: a ranking loss needs at least two images of a class in a batch (positives); set --set plan.k=2 or more",
@@ -253,6 +257,23 @@ fn splits(rows: &[IndexRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_up_as_long_as_training_is_refused_with_the_setting_named() {
+        let mut c = ExperimentConfig::default();
+        assert!(check_settings(&c).is_ok());
+        c.train.optimizer.warmup_steps = u64::from(c.plan.steps);
+        let e = check_settings(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("train.optimizer.warmup_steps") && e.contains("plan.steps"),
+            "{e}"
+        );
+        c.train.optimizer.warmup_steps = u64::from(c.plan.steps) - 1;
+        assert!(check_settings(&c).is_ok());
+        c.train.freeze_backbone_steps = u64::from(c.plan.steps) + 5;
+        let e = check_settings(&c).unwrap_err().to_string();
+        assert!(e.contains("train.freeze_backbone_steps"), "{e}");
+    }
 
     fn row(split: &str, class_id: u32) -> IndexRow {
         IndexRow {

@@ -1227,3 +1227,142 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// The losses that take each setting only some losses have, for the message when a
+/// `[train.loss]` table gives it to a loss that has no such setting.
+const LOSS_SETTINGS_OF_SOME: [(&str, &str, &str); 5] = [
+    (
+        "miner",
+        "multi_similarity, circle",
+        "a pair miner selects pairs of a batch; the other losses take no miner: remove train.loss.miner or set train.loss.name = \"multi_similarity\" or \"circle\"",
+    ),
+    (
+        "miner_epsilon",
+        "multi_similarity, circle",
+        "it is the ε of the pair miner, which only the pair losses take: remove train.loss.miner_epsilon or set train.loss.name = \"multi_similarity\" or \"circle\"",
+    ),
+    (
+        "memory",
+        "multi_similarity, circle",
+        "the cross-batch memory (XBM) keeps embeddings of earlier batches as extra pairs; a proxy loss already compares every row with every class's proxy, and the seed's losses need P×K batches: remove train.loss.memory or set train.loss.name = \"multi_similarity\" or \"circle\"",
+    ),
+    (
+        "memory_start_step",
+        "multi_similarity, circle",
+        "it delays the cross-batch memory, which only the pair losses take: remove train.loss.memory_start_step or set train.loss.name = \"multi_similarity\" or \"circle\"",
+    ),
+    (
+        "lr_multiplier",
+        "proxy_anchor, proxy_nca, arcface, soft_triple",
+        "it scales the learning rate of the loss's own parameters (proxies, class weights, centres), which this loss does not have: remove train.loss.lr_multiplier (train.optimizer.head_lr_multiplier scales the head's)",
+    ),
+];
+
+/// Why `field` is not a setting of the loss named `loss` when it is one of another loss
+/// (a miner or a cross-batch memory on a loss that cannot use them, a learning-rate
+/// multiplier on a loss without parameters): which losses take it and what to change.
+/// `None` for a field no loss has, or one `loss` has.
+pub fn misplaced_loss_setting(loss: &str, field: &str) -> Option<String> {
+    let (_, takers, why) = LOSS_SETTINGS_OF_SOME
+        .iter()
+        .find(|(name, _, _)| *name == field)?;
+    if takers.split(", ").any(|t| t == loss) {
+        return None;
+    }
+    Some(format!(
+        "train.loss.{field} is a setting of {takers} only, not of {loss}: {why}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps_error(cfg: &TrainConfig, steps: u64) -> String {
+        cfg.validate_steps(steps).unwrap_err().0
+    }
+
+    #[test]
+    fn warm_up_freezing_and_memory_start_must_end_before_training_does() {
+        let mut cfg = TrainConfig::default();
+        assert!(cfg.validate_steps(1).is_ok());
+        cfg.optimizer.warmup_steps = 10;
+        assert!(cfg.validate_steps(11).is_ok());
+        let e = steps_error(&cfg, 10);
+        assert!(
+            e.contains("train.optimizer.warmup_steps = 10") && e.contains("plan.steps = 10"),
+            "{e}"
+        );
+        cfg.optimizer.warmup_steps = 0;
+        cfg.freeze_backbone_steps = 20;
+        assert!(steps_error(&cfg, 5).contains("train.freeze_backbone_steps = 20"));
+        assert!(cfg.validate_steps(21).is_ok());
+        cfg.freeze_backbone_steps = 0;
+        cfg.loss = serde_json::from_value(serde_json::json!({
+            "name": "multi_similarity", "memory": 100, "memory_start_step": 50
+        }))
+        .unwrap();
+        assert!(steps_error(&cfg, 50).contains("train.loss.memory_start_step = 50"));
+        assert!(cfg.validate_steps(51).is_ok());
+    }
+
+    #[test]
+    fn learning_rate_multipliers_must_be_positive() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let loss = Loss::ProxyAnchor {
+                margin: 0.1,
+                alpha: 32.0,
+                lr_multiplier: bad,
+            };
+            let e = loss.validate().unwrap_err().0;
+            assert!(e.contains("train.loss.lr_multiplier"), "{e}");
+            let opt = OptimConfig {
+                head_lr_multiplier: bad,
+                ..OptimConfig::default()
+            };
+            let e = opt.validate().unwrap_err().0;
+            assert!(e.contains("train.optimizer.head_lr_multiplier"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_miner_or_memory_on_a_loss_without_them_names_the_losses_that_take_them() {
+        for field in ["miner", "miner_epsilon", "memory", "memory_start_step"] {
+            for loss in ["proxy_anchor", "hard_triplet", "arcface"] {
+                let m = misplaced_loss_setting(loss, field).unwrap();
+                assert!(
+                    m.contains(&format!("train.loss.{field}"))
+                        && m.contains("multi_similarity, circle")
+                        && m.contains(loss),
+                    "{m}"
+                );
+            }
+            assert_eq!(misplaced_loss_setting("circle", field), None);
+            // Every loss named as taking it does take it.
+            for loss in ["multi_similarity", "circle"] {
+                let v = match field {
+                    "miner" => serde_json::json!("multi_similarity"),
+                    _ => serde_json::json!(1),
+                };
+                let parsed: std::result::Result<Loss, _> =
+                    serde_json::from_value(serde_json::json!({ "name": loss, field: v }));
+                assert!(parsed.is_ok(), "{loss} takes {field}");
+            }
+        }
+        let m = misplaced_loss_setting("multi_similarity", "lr_multiplier").unwrap();
+        assert!(
+            m.contains("proxy_anchor, proxy_nca, arcface, soft_triple"),
+            "{m}"
+        );
+        for loss in ["proxy_anchor", "proxy_nca", "arcface", "soft_triple"] {
+            assert_eq!(misplaced_loss_setting(loss, "lr_multiplier"), None);
+            let parsed: std::result::Result<Loss, _> =
+                serde_json::from_value(serde_json::json!({ "name": loss, "lr_multiplier": 2.0 }));
+            assert!(parsed.is_ok(), "{loss} takes lr_multiplier");
+        }
+        assert_eq!(
+            misplaced_loss_setting("proxy_anchor", "no_such_field"),
+            None
+        );
+    }
+}

@@ -627,6 +627,46 @@ fn the_issues_bad_inputs_fail_at_start_up_with_the_setting_named_and_never_panic
         (&["--jobs", "0"], "--jobs"),
         (&["--until", "nosuchstage"], "is not a stage"),
         (&["--preset", "cub"], "cub/margin"),
+        // The modern recipes' settings (TINY_TRAIN trains 8 steps).
+        (
+            &[
+                "--set",
+                "train.loss.name=proxy_anchor",
+                "--set",
+                "train.loss.miner=multi_similarity",
+            ],
+            "train.loss.miner is a setting of multi_similarity, circle only",
+        ),
+        (
+            &[
+                "--set",
+                "train.loss.name=proxy_anchor",
+                "--set",
+                "train.loss.memory=1000",
+            ],
+            "train.loss.memory is a setting of multi_similarity, circle only",
+        ),
+        (
+            &[
+                "--set",
+                "train.loss.name=proxy_anchor",
+                "--set",
+                "train.loss.lr_multiplier=0",
+            ],
+            "train.loss.lr_multiplier",
+        ),
+        (
+            &["--set", "train.optimizer.head_lr_multiplier=-1"],
+            "train.optimizer.head_lr_multiplier",
+        ),
+        (
+            &["--set", "train.optimizer.warmup_steps=8"],
+            "train.optimizer.warmup_steps = 8 is not shorter than training",
+        ),
+        (
+            &["--set", "train.freeze_backbone_steps=9"],
+            "train.freeze_backbone_steps",
+        ),
     ];
     for (args, needle) in cases {
         for dry in [true, false] {

@@ -236,6 +236,9 @@ fn fixture(kind: &str, root: &Path) {
     }
 }
 
+/// The modern baselines each dataset has a preset of.
+const MODERN_LOSSES: [&str; 2] = ["proxy_anchor", "multi_similarity"];
+
 // ---------------------------------------------------------------------------
 // Helpers.
 
@@ -339,7 +342,11 @@ fn the_presets_are_listed_and_each_shows_as_toml() {
         }
         expected.push(format!("{}/margin", s.kind));
         expected.push(format!("{}/seed-table", s.kind));
+        for modern in MODERN_LOSSES {
+            expected.push(format!("{}/{modern}", s.kind));
+        }
     }
+    expected.push("synthetic/modern".to_string());
     assert_eq!(
         names.iter().collect::<BTreeSet<_>>(),
         expected.iter().collect::<BTreeSet<_>>()
@@ -498,7 +505,12 @@ fn every_row_preset_resolves_on_its_datasets_fixture() {
         let root = tmp.path().join(seed.kind);
         fixture(seed.kind, &root);
         let root_set = format!("dataset.root={}", root.display());
-        for loss in SEED_LOSSES.iter().map(|l| l.name).chain(["margin"]) {
+        for loss in SEED_LOSSES
+            .iter()
+            .map(|l| l.name)
+            .chain(["margin"])
+            .chain(MODERN_LOSSES)
+        {
             let name = format!("{}/{loss}", seed.kind);
             let k = stage_keys(&store, &name, &root_set);
             for stage in [
@@ -655,5 +667,93 @@ fn a_row_per_dataset_runs_end_to_end_on_its_fixture() {
         if kind == "cub" {
             assert!(metrics.get("recall@8").is_some(), "CUB's Ks: {metrics}");
         }
+    }
+}
+
+/// The modern presets carry their papers' recipes: ResNet-50 at 512-d, the optimiser,
+/// rate, multiplier, warm-up, batch and image sizes; each names its published number.
+#[test]
+fn the_modern_presets_hold_their_papers_recipes() {
+    for kind in ["cub", "sop", "inshop"] {
+        let name = format!("{kind}/proxy_anchor");
+        let v = show(&name);
+        assert_eq!(str_at(&v, "train.model.backbone"), "resnet50", "{name}");
+        assert_eq!(int(&v, "train.model.embedding_dim"), 512, "{name}");
+        assert_eq!(str_at(&v, "train.optimizer.algorithm.name"), "adamw");
+        assert_eq!(float(&v, "train.loss.lr_multiplier"), 100.0);
+        assert_eq!(float(&v, "train.loss.alpha"), 32.0);
+        assert_eq!(float(&v, "train.loss.margin"), 0.1);
+        assert_eq!(float(&v, "train.optimizer.weight_decay"), 1e-4);
+        assert_eq!(str_at(&v, "plan.sampler"), "random");
+        assert_eq!(str_at(&v, "image.train_crop"), "random_resized");
+        assert_eq!(int(&v, "image.crop"), 224);
+        let (batch, lr, freeze, decay, gamma, images) = match kind {
+            "cub" => (120, 1e-4, 240, 240, 0.5, 5_864),
+            "sop" => (180, 6e-4, 330, 6_600, 0.25, 59_551),
+            _ => (180, 6e-4, 143, 2_860, 0.25, 25_882),
+        };
+        let epoch = images / batch;
+        assert_eq!(int(&v, "plan.batch_size"), batch, "{name}");
+        assert_eq!(int(&v, "plan.steps"), 60 * epoch, "{name}: 60 epochs");
+        assert_eq!(float(&v, "train.optimizer.learning_rate"), lr, "{name}");
+        assert_eq!(int(&v, "train.freeze_backbone_steps"), freeze, "{name}");
+        assert_eq!(int(&v, "train.optimizer.decay_every"), decay, "{name}");
+        assert_eq!(float(&v, "train.optimizer.decay_gamma"), gamma, "{name}");
+        assert_eq!(
+            v["train"]["model"]
+                .get("freeze_bn")
+                .and_then(Value::as_bool),
+            (kind == "cub").then_some(true),
+            "{name}: --bn-freeze 1 on CUB only"
+        );
+        let name = format!("{kind}/multi_similarity");
+        let v = show(&name);
+        assert_eq!(str_at(&v, "train.model.backbone"), "resnet50", "{name}");
+        assert_eq!(int(&v, "train.model.embedding_dim"), 512, "{name}");
+        assert_eq!(str_at(&v, "train.optimizer.algorithm.name"), "adam");
+        assert_eq!(float(&v, "train.optimizer.learning_rate"), 3e-5);
+        assert_eq!(float(&v, "train.optimizer.weight_decay"), 5e-4);
+        assert_eq!(int(&v, "train.optimizer.decay_every"), 1200);
+        assert_eq!(int(&v, "plan.steps"), 3000);
+        assert_eq!((int(&v, "plan.p"), int(&v, "plan.k")), (16, 5), "{name}");
+        assert_eq!(str_at(&v, "train.loss.miner"), "multi_similarity");
+        assert_eq!(
+            (
+                float(&v, "train.loss.alpha"),
+                float(&v, "train.loss.beta"),
+                float(&v, "train.loss.base")
+            ),
+            (2.0, 40.0, 0.5)
+        );
+        assert_eq!(int(&v, "image.crop"), 227);
+    }
+    let listed = listed();
+    for (name, r1) in [
+        ("cub/proxy_anchor", "69.7"),
+        ("sop/proxy_anchor", "80.3"),
+        ("inshop/proxy_anchor", "92.0"),
+        ("cub/multi_similarity", "65.7"),
+        ("sop/multi_similarity", "78.2"),
+        ("inshop/multi_similarity", "89.7"),
+    ] {
+        let (_, desc) = listed.iter().find(|(n, _)| n == name).unwrap();
+        let text = String::from_utf8(
+            dml()
+                .args(["presets", "--show", name])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(
+            text.contains(&format!("Published Recall@1: {r1}"))
+                || text.contains(&format!("(paper, Table 1, ResNet-50, 512-d): {r1}"))
+                || text.contains(&format!("ResNet-50, 512-d): {r1}")),
+            "{name} names its published number: {text}"
+        );
+        assert!(
+            desc.contains(&format!("R@1 {r1}")) && desc.contains("512-d"),
+            "{name}: {desc}"
+        );
     }
 }

@@ -35,19 +35,27 @@ fn cpu_training_is_byte_identical_across_fresh_stores() {
     assert!(path.trim().ends_with("latest/tiny/embed"), "{path}");
 }
 
-#[test]
-fn an_interrupted_train_stage_resumes_to_the_same_weights() {
+/// Trains TINY_TRAIN with `sets` straight through, and in a second store aborted
+/// (as by kill -9) after step 4 and rerun: the rerun resumes from the step-4 checkpoint
+/// and writes byte-identical weights. Returns the straight run's `model.safetensors`.
+fn resumes_to_the_same_weights(sets: &[&str]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), TINY_TRAIN);
     let cfg = cfg.to_str().unwrap();
+    let mut args = vec![cfg, "--until", "train"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
     let straight = tmp.path().join("straight");
-    ok(&straight, &["run", cfg, "--until", "train"]);
+    let mut run_args = vec!["run"];
+    run_args.extend(&args);
+    ok(&straight, &run_args);
     let resumed = tmp.path().join("resumed");
     let killed = dml()
         .env("DML_FAULT_ABORT_AFTER_STEP", "4")
         .arg("--store")
         .arg(&resumed)
-        .args(["run", cfg, "--until", "train"])
+        .args(&run_args)
         .output()
         .unwrap();
     assert!(!killed.status.success());
@@ -55,7 +63,7 @@ fn an_interrupted_train_stage_resumes_to_the_same_weights() {
         !resumed.join("objects/train").exists()
             || resumed.join("objects/train").read_dir().unwrap().count() == 0
     );
-    let out = run_json(&resumed, &[cfg, "--until", "train"]);
+    let out = run_json(&resumed, &args);
     assert_eq!(status_of(&out, "train"), "ran");
     let (ms, mr) = (
         latest_manifest(&straight, "tiny", "train"),
@@ -67,6 +75,37 @@ fn an_interrupted_train_stage_resumes_to_the_same_weights() {
         file_hash(&mr, "model.safetensors")
     );
     assert_eq!(file_hash(&ms, "train_log.parquet").len(), 64);
+    std::fs::read(straight.join("latest/tiny/train/model.safetensors")).unwrap()
+}
+
+#[test]
+fn an_interrupted_train_stage_resumes_to_the_same_weights() {
+    resumes_to_the_same_weights(&[]);
+}
+
+/// The Proxy-Anchor recipe's state survives a kill -9 too: the proxies (trained at 100×
+/// the rate), AdamW's per-tensor moments and step counts, the head's multiplier, the
+/// warm-up, the frozen backbone's first steps and uniform batches.
+#[test]
+fn an_interrupted_proxy_anchor_train_resumes_to_the_same_weights_and_proxies() {
+    let weights = resumes_to_the_same_weights(&[
+        "train.loss.name=proxy_anchor",
+        "train.loss.lr_multiplier=100",
+        "train.optimizer.algorithm.name=adamw",
+        "train.optimizer.weight_decay=0.0001",
+        "train.optimizer.head_lr_multiplier=2",
+        "train.optimizer.warmup_steps=2",
+        "train.optimizer.schedule=step",
+        "train.optimizer.decay_every=3",
+        "train.optimizer.decay_gamma=0.5",
+        "train.freeze_backbone_steps=3",
+        "plan.sampler=random",
+    ]);
+    let holds = |name: &[u8]| weights.windows(name.len()).any(|w| w == name);
+    assert!(
+        holds(b"loss.proxies"),
+        "the proxies are saved with the weights"
+    );
 }
 
 #[test]
