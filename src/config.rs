@@ -495,6 +495,11 @@ pub(crate) fn known_keys() -> Result<Value> {
         ("model", "pretrained", Value::String(String::new())),
         ("model", "input_scaling", Value::String(String::new())),
         ("optimizer", "beta_learning_rate", Value::Float(0.0)),
+        // Left out of the serialised defaults (and so of existing keys) at their default.
+        ("model", "pool", Value::String(String::new())),
+        ("optimizer", "warmup_steps", Value::Integer(0)),
+        ("optimizer", "timm_weight_decay", Value::Boolean(false)),
+        ("optimizer", "layer_decay", Value::Float(1.0)),
     ] {
         if let Some(t) = known
             .get_mut("train")
