@@ -1175,10 +1175,10 @@ pub struct OptimConfig {
     /// of ≥ 2 dimensions).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timm_weight_decay: bool,
-    /// Layer-wise learning-rate decay of a ViT backbone (timm's `param_groups_layer_decay`,
-    /// BEiT's): with L = depth + 1, block i trains at `layer_decay`^(L − 1 − i) × the rate,
-    /// the patch embedding and position/class tokens at `layer_decay`^L, the final norm, the
-    /// head and the loss at the full rate (1: off).
+    /// Layer-wise learning-rate decay of a ViT backbone, as timm's `param_groups_layer_decay`
+    /// groups it: with depth D, block i trains at `layer_decay`^(D − 1 − i) × the rate, the
+    /// patch embedding and position/class tokens at `layer_decay`^D, the final norm, the head
+    /// and the loss (with the last block) at the full rate (1: off).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub layer_decay: f64,
 }

@@ -13,10 +13,11 @@
 //! single parameter group) unless `timm_weight_decay` selects timm's rule: no decay on 1-D
 //! tensors (norms, biases) nor on a ViT's `pos_embed` and `cls_token`.
 //!
-//! Layer-wise learning-rate decay (`layer_decay`, ViT backbones): the rate of
-//! `backbone.blocks.{i}.*` is scaled by `layer_decay`^(L − 1 − i) and that of the stem
-//! (`backbone.{cls_token,pos_embed,patch_embed.*}`) by `layer_decay`^L, L = depth + 1, as
-//! timm's `param_groups_layer_decay`; the final norms, the head and the loss keep the full rate.
+//! Layer-wise learning-rate decay (`layer_decay`, ViT backbones), as timm's
+//! `param_groups_layer_decay` groups a ViT of depth D: the stem
+//! (`backbone.{cls_token,pos_embed,patch_embed.*}`) is group 0, `backbone.blocks.{i}.*` group
+//! i + 1, everything else (the final norms, the head, the loss) group D, the last block's; group
+//! g trains at `layer_decay`^(D − g) × the rate.
 
 use std::collections::HashMap;
 
@@ -319,13 +320,13 @@ fn block_index(name: &str) -> Option<u64> {
 }
 
 /// timm's `param_groups_layer_decay` scale of `name` in a ViT of `depth` blocks: groups
-/// 0 (the stem), 1..=depth (the blocks) and depth + 1 (everything else) train at
-/// `decay`^(depth + 1 − group).
+/// 0 (the stem) and 1..=depth (the blocks); everything else shares the last block's group
+/// `depth` (timm's `^norm` matcher lands there); group g trains at `decay`^(depth − g).
 fn layer_scale(name: &str, depth: u64, decay: f64) -> f64 {
     if decay == 1.0 {
         return 1.0;
     }
-    let top = depth + 1;
+    let top = depth;
     let group = match name.strip_prefix("backbone.") {
         Some("cls_token" | "pos_embed") => 0,
         Some(n) if n.starts_with("patch_embed.") => 0,
@@ -483,14 +484,16 @@ mod tests {
         };
         let opt = Optimizer::new(&vs, &cfg).unwrap();
         let by_name = |n: &str| opt.params.iter().find(|p| p.name == n).unwrap();
-        // Two blocks: groups stem 0, blocks 1..=2, rest 3; scale 0.5^(3 − group).
+        // Two blocks: groups stem 0, blocks 1..=2, the rest with the last block (2); scale
+        // 0.5^(2 − group), as timm 1.0.22 groups vit_small_patch16_224 (stem 0, blocks.11 and
+        // norm 12).
         for (n, decay, scale) in [
-            ("backbone.pos_embed", false, 0.125),
-            ("backbone.cls_token", false, 0.125),
-            ("backbone.patch_embed.proj.weight", true, 0.125),
-            ("backbone.blocks.0.attn.qkv.weight", true, 0.25),
-            ("backbone.blocks.0.norm1.weight", false, 0.25),
-            ("backbone.blocks.1.mlp.fc1.bias", false, 0.5),
+            ("backbone.pos_embed", false, 0.25),
+            ("backbone.cls_token", false, 0.25),
+            ("backbone.patch_embed.proj.weight", true, 0.25),
+            ("backbone.blocks.0.attn.qkv.weight", true, 0.5),
+            ("backbone.blocks.0.norm1.weight", false, 0.5),
+            ("backbone.blocks.1.mlp.fc1.bias", false, 1.0),
             ("backbone.norm.weight", false, 1.0),
             ("head.fc.weight", true, 1.0),
         ] {
@@ -501,7 +504,7 @@ mod tests {
         let mut opt = opt;
         opt.step(0.1);
         let w = &vars[3];
-        assert!((w.double_value(&[0, 0]) - (1.0 - 0.1 * 0.25 * 0.5)).abs() < TOL);
+        assert!((w.double_value(&[0, 0]) - (1.0 - 0.1 * 0.5 * 0.5)).abs() < TOL);
         assert_eq!(vars[0].double_value(&[0, 0, 0]), 1.0);
         // Off by default: AdamW decays everything at the full rate.
         let opt = Optimizer::new(
