@@ -9,7 +9,7 @@ bf16 is torch.autocast(device_type, dtype=torch.bfloat16) around the forward pas
 dml's train.precision = "bf16". On CUDA the model and inputs are channels-last and
 cuDNN autotuning is on (dml's CUDA settings); steps are timed with synchronisation.
 Models: small_cnn, resnet18, resnet50 (torchvision), inception_v1 (torchvision's
-googlenet without auxiliary heads).
+googlenet without auxiliary heads), vit_s16 (timm's vit_small_patch16_224, fused attention).
 
 Same work as dml's benchmark (`torch/benches/train_step/compare.rs`): backbone (the 4-block
 small CNN or torchvision's resnet18) + fc1024 head (linear 1024 without bias, BN,
@@ -61,6 +61,10 @@ def backbone(name):
         m.dropout = nn.Identity()
         m.fc = nn.Identity()
         return m, 1024
+    if name == "vit_s16":
+        import timm
+
+        return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True), 384
     raise SystemExit(f"unknown model {name}")
 
 
@@ -76,7 +80,7 @@ def batch_hard(emb, labels, margin=1.0):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50", "inception_v1"])
+    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50", "inception_v1", "vit_s16"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Python packages the tests compare against, installed once into the torch venv
 # (the same interpreter whose libtorch `dml` links): torchvision for the backbone
-# parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
+# parity test, timm for the ViT parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
 # notebook-facing tests, Pillow for benches, moto's S3 server (and boto3) for the remote-cache
 # tests, TensorBoard (its EventAccumulator reads back the event files the train and report
 # stages write), onnx and onnxruntime (`dml export --format onnx` and its check).
@@ -14,6 +14,10 @@ py="$(command -v python3)"
 # dependencies (torch, numpy; the losses and miners need neither scikit-learn nor tqdm).
 "$py" -c "import pytorch_metric_learning as p; assert p.__version__ == '2.9.0'" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "pytorch-metric-learning==2.9.0" >&2
+# timm for the Vision Transformers' parity test and scripts/export_timm.py, without its
+# dependencies (torch, torchvision, safetensors; huggingface_hub and pyyaml only serve downloads).
+"$py" -c "import timm; assert timm.__version__ == '1.0.22'" 2>/dev/null \
+  || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.22" >&2
 need=()
 "$py" -c "import safetensors" 2>/dev/null || need+=("safetensors")
 "$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")

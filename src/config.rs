@@ -557,8 +557,11 @@ pub(crate) fn known_keys() -> Result<Value> {
 
 /// Settings left out of the serialised defaults while they hold their default (so that
 /// the stage keys of existing runs stay the same), with that default in TOML.
-pub(crate) const HIDDEN_DEFAULTS: [(&str, &str); 8] = [
+pub(crate) const HIDDEN_DEFAULTS: [(&str, &str); 11] = [
     ("train.model.freeze_bn", "false"),
+    ("train.model.pool", "\"token\""),
+    ("train.optimizer.timm_weight_decay", "false"),
+    ("train.optimizer.layer_decay", "1.0"),
     ("train.optimizer.head_lr_multiplier", "1.0"),
     ("train.optimizer.decay_every", "0"),
     ("train.optimizer.decay_gamma", "0.1"),

@@ -65,6 +65,17 @@ fn everything_on() -> ExperimentConfig {
     c
 }
 
+/// The transformer settings on (they cannot be on with the CNN settings above: a ViT has
+/// no batch norms to freeze).
+fn transformer_on() -> ExperimentConfig {
+    let mut c = ExperimentConfig::default();
+    c.train.model.backbone = dml_stages::train_config::Backbone::VitS16;
+    c.train.model.pool = dml_stages::train_config::Pool::Mean;
+    c.train.optimizer.timm_weight_decay = true;
+    c.train.optimizer.layer_decay = 0.75;
+    c
+}
+
 fn leaves(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Table(t) => {
@@ -90,7 +101,10 @@ pub fn table() -> Result<String> {
     let known = crate::config::known_keys()?;
     let defaults = Value::try_from(ExperimentConfig::default()).context("the defaults as TOML")?;
     let always = key_paths(ExperimentConfig::default())?;
-    let sometimes = key_paths(everything_on())?;
+    let mut sometimes = key_paths(everything_on())?;
+    for (path, stages) in key_paths(transformer_on())? {
+        sometimes.entry(path).or_default().extend(stages);
+    }
     let mut rows = Vec::new();
     let mut all = Vec::new();
     leaves("", &known, &mut all);

@@ -1,7 +1,8 @@
-//! Built-in presets: the synthetic default, a small synthetic sweep, and the
-//! seed's three tables (one preset per row, plus one sweep per table), and the modern
-//! baselines: Proxy-Anchor and Multi-Similarity on each dataset with their papers'
-//! recipes, and a synthetic sweep of the modern losses.
+//! Built-in presets: the synthetic default, a small synthetic sweep, the seed's three
+//! tables (one preset per row, plus one sweep per table), the modern baselines
+//! (Proxy-Anchor and Multi-Similarity on each dataset with their papers' recipes, and a
+//! synthetic sweep of the modern losses), and OML's ViT-S/16 DINO triplet recipes
+//! (`<dataset>/oml-vit-s16`, see [`OML_VIT`]).
 //!
 //! Each preset is a TOML document, exactly what a user would write in a config
 //! file, so `dml presets --show NAME` prints a starting point. The table rows
@@ -809,6 +810,174 @@ name = "adamw"
 "train.loss.name" = ["multi_similarity", "circle", "proxy_anchor", "proxy_nca", "arcface", "soft_triple"]
 "#;
 
+/// A dataset of OML's ViT-S/16 DINO recipes (open-metric-learning's
+/// `pipelines/features_extraction/extractor_*/train_*.yaml`) and its published R@1.
+#[derive(Debug, Clone, Copy)]
+pub struct OmlRow {
+    /// `dataset.kind` (and the preset's prefix).
+    pub kind: &'static str,
+    /// Human name.
+    pub title: &'static str,
+    /// An example `dataset.root`.
+    pub example_root: &'static str,
+    /// P and K (OML's `n_labels`, `n_instances`).
+    pub p: u32,
+    /// Images per class.
+    pub k: u32,
+    /// dml's step count (OML trains until stopped and keeps the best checkpoint).
+    pub steps: u32,
+    /// `train.loss.margin`: a number, or `"soft"` (OML's `margin: null`).
+    pub margin: &'static str,
+    /// L2-normalised embeddings (OML's `normalise_features`).
+    pub normalize: bool,
+    /// AdamW (In-shop) instead of Adam.
+    pub adamw: bool,
+    /// OML's miner, when dml's batch-hard triplet is not it.
+    pub miner_note: &'static str,
+    /// OML's published Recall@1 (%).
+    pub published_r1: f64,
+}
+
+/// OML's four ViT-S/16 DINO recipes, in the order of its README's table.
+pub const OML_VIT: [OmlRow; 4] = [
+    OmlRow {
+        kind: "cub",
+        title: "CUB-200-2011",
+        example_root: "/data/CUB_200_2011",
+        p: 8,
+        k: 4,
+        steps: 10_000,
+        margin: "\"soft\"",
+        normalize: false,
+        adamw: false,
+        miner_note: "OML mines with a memory bank of 50 batches (`triplets_with_memory`); dml mines the batch's hardest triplets",
+        published_r1: 83.7,
+    },
+    OmlRow {
+        kind: "cars196",
+        title: "Cars196",
+        example_root: "/data/CARS196",
+        p: 20,
+        k: 10,
+        steps: 6_000,
+        margin: "\"soft\"",
+        normalize: false,
+        adamw: false,
+        miner_note: "OML averages over all triplets of the batch (`all_triplets`); dml mines the batch's hardest triplets",
+        published_r1: 90.7,
+    },
+    OmlRow {
+        kind: "sop",
+        title: "Stanford Online Products",
+        example_root: "/data/Stanford_Online_Products",
+        p: 32,
+        k: 6,
+        steps: 20_000,
+        margin: "0.15",
+        normalize: true,
+        adamw: false,
+        miner_note: "OML draws the P classes from 3 super-categories per batch (`category_balance`); dml draws them from all",
+        published_r1: 86.6,
+    },
+    OmlRow {
+        kind: "inshop",
+        title: "DeepFashion In-shop",
+        example_root: "/data/InShop",
+        p: 30,
+        k: 4,
+        steps: 15_000,
+        margin: "\"soft\"",
+        normalize: false,
+        adamw: true,
+        miner_note: "OML draws the P classes from 5 categories per batch (`category_balance`); dml draws them from all",
+        published_r1: 92.1,
+    },
+];
+
+/// The TOML of one OML ViT-S/16 recipe.
+fn oml_vit_toml(o: &OmlRow) -> String {
+    format!(
+        r#"# {title}: OML's ViT-S/16 DINO triplet recipe (open-metric-learning,
+# pipelines/features_extraction/extractor_{oml}/train_{oml}.yaml), R@1 {r1:.1} published by OML.
+# Where dml differs: {miner}; OML keeps the checkpoint with the best test R@1 of a run
+# it stops by hand, dml trains plan.steps (a number chosen here, not OML's) and keeps the
+# last; OML's augmentations (albumentations / "hypvit": random-resized crops, flips, colour
+# jitter{bbox}) are approximated by dml's random_resized crop and flips; OML trains in
+# {precision} on a GPU.
+# Set the dataset root: --set dataset.root={root}
+# DINO weights (README "Vision Transformers"):
+#   python scripts/export_timm.py --model vit_small_patch16_224.dino --out vit_s16_dino.safetensors
+#   --set train.model.pretrained=vit_s16_dino.safetensors
+name = "{kind_dash}-oml-vit-s16"
+
+[dataset]
+kind = "{kind}"
+# root = "{root}"
+
+[image]
+resize = 256
+crop = 224
+train_crop = "random_resized"
+
+[plan]
+p = {p}
+k = {k}
+steps = {steps}
+
+[train]
+device = "auto"
+
+[train.model]
+backbone = "vit_s16"
+head = "direct"
+embedding_dim = 384
+normalize = {normalize}
+
+[train.loss]
+name = "hard_triplet"
+margin = {margin}
+
+[train.optimizer]
+learning_rate = 1e-5
+schedule = "constant"
+
+[train.optimizer.algorithm]
+name = "{algorithm}"
+{retrieve}"#,
+        title = o.title,
+        oml = match o.kind {
+            "cars196" => "cars",
+            k => k,
+        },
+        r1 = o.published_r1,
+        miner = o.miner_note,
+        bbox = if matches!(o.kind, "cub" | "cars196") {
+            "; on bounding-box crops, which dml does not use"
+        } else {
+            ""
+        },
+        precision = if matches!(o.kind, "sop" | "inshop") {
+            "fp16"
+        } else {
+            "f32"
+        },
+        root = o.example_root,
+        kind = o.kind,
+        kind_dash = o.kind,
+        p = o.p,
+        k = o.k,
+        steps = o.steps,
+        normalize = o.normalize,
+        margin = o.margin,
+        algorithm = if o.adamw { "adamw" } else { "adam" },
+        retrieve = if o.kind == "inshop" {
+            "\n[retrieve]\nprotocol = \"auto\"  # query → gallery, as OML evaluates\n"
+        } else {
+            ""
+        },
+    )
+}
+
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
@@ -887,6 +1056,20 @@ static ALL: LazyLock<Vec<Preset>> = LazyLock::new(|| {
                 d.title, m.published_r1, m.published
             )),
             toml: m.toml,
+        });
+    }
+    for o in &OML_VIT {
+        all.push(Preset {
+            name: leak(format!("{}/oml-vit-s16", o.kind)),
+            description: leak(format!(
+                "{}, ViT-S/16 DINO, batch-hard triplet (margin {}), P{}×K{} — OML: R@1 {:.1}",
+                o.title,
+                o.margin.trim_matches('"'),
+                o.p,
+                o.k,
+                o.published_r1
+            )),
+            toml: leak(oml_vit_toml(o)),
         });
     }
     all

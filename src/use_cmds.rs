@@ -1063,6 +1063,10 @@ fn export_json(model: &UseModel, formats: &Formats) -> Result<Value> {
             dml_stages::train_config::IMAGENET_MEAN,
             dml_stages::train_config::IMAGENET_STD,
         ),
+        dml_stages::train_config::InputScaling::ClipMeanStd => (
+            dml_stages::train_config::CLIP_MEAN,
+            dml_stages::train_config::CLIP_STD,
+        ),
     };
     let mut files = serde_json::Map::new();
     if formats.torchscript {

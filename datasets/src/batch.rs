@@ -49,7 +49,14 @@ pub enum InputScaling {
     ImagenetMeanStd,
     /// ResNet, caffe / TF-slim `vgg_preprocessing` style: `x − (123.68, 116.78, 103.94)` (RGB order).
     ImagenetMean,
+    /// OpenAI CLIP: `(x / 255 − mean) / std` with CLIP's mean and std.
+    ClipMeanStd,
 }
+
+/// OpenAI CLIP's channel means in [0, 1].
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's channel standard deviations in [0, 1].
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// ImageNet channel means in [0, 1] (torchvision).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -67,6 +74,7 @@ impl InputScaling {
             InputScaling::Unit => x / 255.0,
             InputScaling::ImagenetMeanStd => (x / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
             InputScaling::ImagenetMean => x - IMAGENET_MEAN_255[c],
+            InputScaling::ClipMeanStd => (x / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c],
         }
     }
 

@@ -216,8 +216,18 @@ fn summarise_one(
     }
     if train.is_some() && model.pretrained.is_none() && model.backbone != Backbone::SmallCnn {
         warnings.push(format!(
-            "train.model.backbone = {} starts from random weights: published numbers for it (the presets' included) assume ImageNet weights; export them with scripts/export_torchvision.py and set train.model.pretrained, or expect far lower recall",
-            model.backbone.name()
+            "train.model.backbone = {} starts from random weights: published numbers for it (the presets' included) assume {}; export them with {} and set train.model.pretrained, or expect far lower recall",
+            model.backbone.name(),
+            if model.backbone.timm_name().is_some() {
+                "pretrained weights (DINO, AugReg or CLIP)"
+            } else {
+                "ImageNet weights"
+            },
+            if model.backbone.timm_name().is_some() {
+                "scripts/export_timm.py"
+            } else {
+                "scripts/export_torchvision.py"
+            }
         ));
     }
     if train.is_some_and(|t| t.status != Status::Cached)

@@ -44,16 +44,46 @@ pub enum Backbone {
     Densenet169,
     /// torchvision `googlenet` (Inception V1) without auxiliary heads (1024 features).
     InceptionV1,
+    /// timm `vit_small_patch16_224` (ViT-S/16: 12 pre-norm blocks, width 384, 6 heads;
+    /// 384 features), loading timm's tensor names (DINO, AugReg weights).
+    VitS16,
+    /// timm `vit_base_patch16_224` (ViT-B/16: 12 blocks, width 768, 12 heads; 768 features).
+    VitB16,
+    /// timm `vit_base_patch16_clip_224` (CLIP's ViT-B/16 image tower: a LayerNorm before the
+    /// blocks, no patch-embedding bias, LayerNorm ε 1e-5; 768 features). timm runs OpenAI's
+    /// weights with exact GELU (not CLIP's QuickGELU), and so does dml.
+    VitB16Clip,
+}
+
+/// The shape of a Vision Transformer backbone (timm's `VisionTransformer` arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VitShape {
+    /// Token width.
+    pub width: i64,
+    /// Transformer blocks.
+    pub depth: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// Patch side in pixels.
+    pub patch: i64,
+    /// The image side the position embeddings are for (their grid is `image / patch`).
+    pub image: i64,
+    /// CLIP's variant: `norm_pre` before the blocks, no patch bias, LayerNorm ε 1e-5 (else
+    /// ε 1e-6).
+    pub clip: bool,
 }
 
 impl Backbone {
     /// Every backbone, in a fixed order.
-    pub const ALL: [Backbone; 5] = [
+    pub const ALL: [Backbone; 8] = [
         Backbone::SmallCnn,
         Backbone::Resnet18,
         Backbone::Resnet50,
         Backbone::Densenet169,
         Backbone::InceptionV1,
+        Backbone::VitS16,
+        Backbone::VitB16,
+        Backbone::VitB16Clip,
     ];
 
     /// The snake_case name used in settings.
@@ -64,6 +94,9 @@ impl Backbone {
             Backbone::Resnet50 => "resnet50",
             Backbone::Densenet169 => "densenet169",
             Backbone::InceptionV1 => "inception_v1",
+            Backbone::VitS16 => "vit_s16",
+            Backbone::VitB16 => "vit_b16",
+            Backbone::VitB16Clip => "vit_b16_clip",
         }
     }
 
@@ -75,7 +108,41 @@ impl Backbone {
             Backbone::Resnet50 => Some("resnet50"),
             Backbone::Densenet169 => Some("densenet169"),
             Backbone::InceptionV1 => Some("googlenet"),
+            Backbone::VitS16 | Backbone::VitB16 | Backbone::VitB16Clip => None,
         }
+    }
+
+    /// The timm architecture whose `state_dict` this backbone loads (`None` for the CNNs).
+    pub fn timm_name(self) -> Option<&'static str> {
+        match self {
+            Backbone::VitS16 => Some("vit_small_patch16_224"),
+            Backbone::VitB16 => Some("vit_base_patch16_224"),
+            Backbone::VitB16Clip => Some("vit_base_patch16_clip_224"),
+            _ => None,
+        }
+    }
+
+    /// Whether pretrained weights exist for it (torchvision's or timm's layout).
+    pub fn has_pretrained_weights(self) -> bool {
+        self.torchvision_name().is_some() || self.timm_name().is_some()
+    }
+
+    /// The Vision Transformer's shape (`None` for the CNNs).
+    pub fn vit(self) -> Option<VitShape> {
+        let (width, heads, clip) = match self {
+            Backbone::VitS16 => (384, 6, false),
+            Backbone::VitB16 => (768, 12, false),
+            Backbone::VitB16Clip => (768, 12, true),
+            _ => return None,
+        };
+        Some(VitShape {
+            width,
+            depth: 12,
+            heads,
+            patch: 16,
+            image: 224,
+            clip,
+        })
     }
 
     /// Width of the pooled feature vector.
@@ -86,6 +153,8 @@ impl Backbone {
             Backbone::Resnet50 => 2048,
             Backbone::Densenet169 => DENSENET169_FEATURES,
             Backbone::InceptionV1 => 1024,
+            Backbone::VitS16 => 384,
+            Backbone::VitB16 | Backbone::VitB16Clip => 768,
         }
     }
 
@@ -106,7 +175,14 @@ pub enum InputScaling {
     UnitRange,
     /// (x/255 − mean)/std with torchvision's ImageNet mean and std, per channel (RGB).
     ImagenetMeanStd,
+    /// (x/255 − mean)/std with OpenAI CLIP's mean and std (what its image tower was trained on).
+    ClipMeanStd,
 }
+
+/// OpenAI CLIP's channel means (RGB, 0..1 scale), as timm's `OPENAI_CLIP_MEAN`.
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP's channel standard deviations (RGB, 0..1 scale), as timm's `OPENAI_CLIP_STD`.
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// torchvision's ImageNet channel means (RGB, 0..1 scale).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -120,6 +196,7 @@ impl InputScaling {
             InputScaling::SignedUnit => "signed_unit",
             InputScaling::UnitRange => "unit_range",
             InputScaling::ImagenetMeanStd => "imagenet_mean_std",
+            InputScaling::ClipMeanStd => "clip_mean_std",
         }
     }
 
@@ -134,6 +211,9 @@ impl InputScaling {
                     -IMAGENET_MEAN[c] / IMAGENET_STD[c],
                 )
             }),
+            InputScaling::ClipMeanStd => {
+                std::array::from_fn(|c| (1.0 / (255.0 * CLIP_STD[c]), -CLIP_MEAN[c] / CLIP_STD[c]))
+            }
         }
     }
 }
@@ -145,6 +225,7 @@ impl InputScaling {
             InputScaling::SignedUnit => dml_datasets::InputScaling::Inception,
             InputScaling::UnitRange => dml_datasets::InputScaling::Unit,
             InputScaling::ImagenetMeanStd => dml_datasets::InputScaling::ImagenetMeanStd,
+            InputScaling::ClipMeanStd => dml_datasets::InputScaling::ClipMeanStd,
         }
     }
 }
@@ -153,12 +234,18 @@ impl InputScaling {
 /// ResNet and DenseNet torchvision's ImageNet mean/std, because the weights are torchvision's
 /// (the seed's ResNet subtracted the mean only and its DenseNet used x/255, both for its TF
 /// checkpoints; `ModelConfig::input_scaling` can select those); the small CNN (x/255 − 0.5)·2.
+/// ViT-S/16 and ViT-B/16: the ImageNet mean/std the DINO weights expect (timm's AugReg weights
+/// expect mean = std = 0.5, i.e. `signed_unit`: set `input_scaling` for them); CLIP's ViT-B/16
+/// its own mean/std.
 pub fn input_scaling(backbone: Backbone) -> InputScaling {
     match backbone {
         Backbone::SmallCnn | Backbone::InceptionV1 => InputScaling::SignedUnit,
-        Backbone::Resnet18 | Backbone::Resnet50 | Backbone::Densenet169 => {
-            InputScaling::ImagenetMeanStd
-        }
+        Backbone::Resnet18
+        | Backbone::Resnet50
+        | Backbone::Densenet169
+        | Backbone::VitS16
+        | Backbone::VitB16 => InputScaling::ImagenetMeanStd,
+        Backbone::VitB16Clip => InputScaling::ClipMeanStd,
     }
 }
 
@@ -213,6 +300,26 @@ pub struct ModelConfig {
     /// recipe's `bn_freeze`). The head's batch norm is not affected.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub freeze_bn: bool,
+    /// How a Vision Transformer's tokens become the feature vector: the class token (timm's
+    /// `global_pool = "token"`, the default) or the mean of the patch tokens after the final
+    /// norm (`"mean"`: timm's `global_pool = "avg", fc_norm = False`). ViT backbones only.
+    #[serde(default, skip_serializing_if = "is_default_pool")]
+    pub pool: Pool,
+}
+
+/// A Vision Transformer's pooling of its output tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    /// The class token.
+    #[default]
+    Token,
+    /// The mean of the patch tokens.
+    Mean,
+}
+
+fn is_default_pool(p: &Pool) -> bool {
+    *p == Pool::Token
 }
 
 impl ModelConfig {
@@ -246,6 +353,7 @@ impl Default for ModelConfig {
             pretrained: None,
             input_scaling: None,
             freeze_bn: false,
+            pool: Pool::Token,
         }
     }
 }
@@ -263,6 +371,18 @@ impl ModelConfig {
             return Err(ConfigError(format!(
                 "embedding_dim must be > 0, got {}",
                 self.embedding_dim
+            )));
+        }
+        if self.pool != Pool::Token && self.backbone.vit().is_none() {
+            return Err(ConfigError(format!(
+                "train.model.pool = \"mean\" is for the ViT backbones, not {}",
+                self.backbone.name()
+            )));
+        }
+        if self.freeze_bn && self.backbone.vit().is_some() {
+            return Err(ConfigError(format!(
+                "train.model.freeze_bn: {} has no batch norms to freeze",
+                self.backbone.name()
             )));
         }
         Ok(())
@@ -1049,6 +1169,18 @@ pub struct OptimConfig {
     /// (`torch.nn.utils.clip_grad_norm_`; unset: no clipping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
+    /// timm's weight-decay rule (`param_groups_weight_decay`): no decay on 1-D tensors (norms,
+    /// biases) nor on a ViT's `pos_embed` and `cls_token`, for every algorithm (false: AdamW
+    /// decays every tensor, as PyTorch's single parameter group; Adam and SGD decay tensors
+    /// of ≥ 2 dimensions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timm_weight_decay: bool,
+    /// Layer-wise learning-rate decay of a ViT backbone, as timm's `param_groups_layer_decay`
+    /// groups it: with depth D, block i trains at `layer_decay`^(D − 1 − i) × the rate, the
+    /// patch embedding and position/class tokens at `layer_decay`^D, the final norm, the head
+    /// and the loss (with the last block) at the full rate (1: off).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub layer_decay: f64,
 }
 
 fn base_lr() -> f64 {
@@ -1068,6 +1200,8 @@ impl Default for OptimConfig {
             decay_gamma: epsilon_0_1(),
             warmup_steps: 0,
             clip_grad_norm: None,
+            timm_weight_decay: false,
+            layer_decay: 1.0,
         }
     }
 }
@@ -1111,6 +1245,12 @@ impl OptimConfig {
             return Err(ConfigError(format!(
                 "train.optimizer.decay_gamma = {} must lie in (0, 1]",
                 self.decay_gamma
+            )));
+        }
+        if !(self.layer_decay.is_finite() && self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return Err(ConfigError(format!(
+                "train.optimizer.layer_decay = {} must lie in (0, 1] (1: off)",
+                self.layer_decay
             )));
         }
         if !self.clip_grad_norm.is_none_or(positive) {
@@ -1203,7 +1343,15 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.loss.validate()?;
-        self.optimizer.validate()
+        self.optimizer.validate()?;
+        if self.optimizer.layer_decay != 1.0 && self.model.backbone.vit().is_none() {
+            return Err(ConfigError(format!(
+                "train.optimizer.layer_decay = {} is for the ViT backbones (their blocks are the layers), not {}; remove it",
+                self.optimizer.layer_decay,
+                self.model.backbone.name()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the settings that depend on the number of training steps.

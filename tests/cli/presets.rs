@@ -227,8 +227,24 @@ fn inshop_fixture(root: &Path) {
     std::fs::write(root.join("list_eval_partition.txt"), text).unwrap();
 }
 
+/// Cars196: `cars_annos.txt` (`relpath class`), classes 1–98 train, 99–196 test.
+fn cars_fixture(root: &Path) {
+    let mut annos = String::new();
+    let mut id = 0;
+    for class in [1u32, 2, 3, 99, 100, 101] {
+        for _ in 0..PER_CLASS {
+            id += 1;
+            let rel = format!("car_ims/{id:06}.jpg");
+            jpeg(&root.join(&rel), id);
+            annos.push_str(&format!("{rel} {class}\n"));
+        }
+    }
+    std::fs::write(root.join("cars_annos.txt"), annos).unwrap();
+}
+
 fn fixture(kind: &str, root: &Path) {
     match kind {
+        "cars196" => cars_fixture(root),
         "cub" => cub_fixture(root),
         "sop" => sop_fixture(root),
         "inshop" => inshop_fixture(root),
@@ -347,6 +363,9 @@ fn the_presets_are_listed_and_each_shows_as_toml() {
         }
     }
     expected.push("synthetic/modern".to_string());
+    for kind in OML_KINDS {
+        expected.push(format!("{kind}/oml-vit-s16"));
+    }
     assert_eq!(
         names.iter().collect::<BTreeSet<_>>(),
         expected.iter().collect::<BTreeSet<_>>()
@@ -755,5 +774,69 @@ fn the_modern_presets_hold_their_papers_recipes() {
             desc.contains(&format!("R@1 {r1}")) && desc.contains("512-d"),
             "{name}: {desc}"
         );
+    }
+}
+
+/// OML's ViT-S/16 DINO recipes: (dataset kind, P, K, margin, normalise, optimiser, R@1), from
+/// open-metric-learning's `pipelines/features_extraction/extractor_*/train_*.yaml` and README.
+const OML_KINDS: [&str; 4] = ["cub", "cars196", "sop", "inshop"];
+#[allow(clippy::type_complexity)]
+const OML: [(&str, i64, i64, &str, bool, &str, &str); 4] = [
+    ("cub", 8, 4, "soft", false, "adam", "83.7"),
+    ("cars196", 20, 10, "soft", false, "adam", "90.7"),
+    ("sop", 32, 6, "0.15", true, "adam", "86.6"),
+    ("inshop", 30, 4, "soft", false, "adamw", "92.1"),
+];
+
+#[test]
+fn the_oml_vit_presets_carry_omls_settings_and_resolve_on_fixtures() {
+    let listed = listed();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    for (kind, p, k, margin, normalize, algorithm, r1) in OML {
+        let name = format!("{kind}/oml-vit-s16");
+        let (_, desc) = listed.iter().find(|(n, _)| *n == name).unwrap();
+        assert!(desc.contains(&format!("OML: R@1 {r1}")), "{name}: {desc}");
+        let v = show(&name);
+        assert_eq!(str_at(&v, "train.model.backbone"), "vit_s16", "{name}");
+        assert_eq!(int(&v, "plan.p"), p, "{name}");
+        assert_eq!(int(&v, "plan.k"), k, "{name}");
+        assert_eq!(int(&v, "image.crop"), 224, "{name}");
+        match get(&v, "train.loss.margin") {
+            Value::String(m) => assert_eq!(m, margin, "{name}"),
+            m => assert_eq!(m.as_float().unwrap().to_string(), margin, "{name}"),
+        }
+        assert_eq!(str_at(&v, "train.loss.name"), "hard_triplet", "{name}");
+        assert_eq!(
+            get(&v, "train.model.normalize").as_bool(),
+            Some(normalize),
+            "{name}"
+        );
+        assert_eq!(float(&v, "train.optimizer.learning_rate"), 1e-5, "{name}");
+        assert_eq!(
+            str_at(&v, "train.optimizer.algorithm.name"),
+            algorithm,
+            "{name}"
+        );
+        let text = String::from_utf8(
+            dml()
+                .args(["presets", "--show", &name])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(text.contains("Where dml differs"), "{text}");
+        assert!(text.contains("export_timm.py --model vit_small_patch16_224.dino"));
+
+        let root = tmp.path().join(kind);
+        fixture(kind, &root);
+        let keys = stage_keys(&store, &name, &format!("dataset.root={}", root.display()));
+        for stage in ["index", "plan", "decode", "train", "embed", "retrieve"] {
+            assert!(
+                keys.iter().any(|(s, _)| s == stage),
+                "{name}: {stage} in {keys:?}"
+            );
+        }
     }
 }

@@ -108,6 +108,128 @@ fn an_interrupted_proxy_anchor_train_resumes_to_the_same_weights_and_proxies() {
     );
 }
 
+/// ViT-S/16 at 32 px (a 2 × 2 patch grid, the 14 × 14 position embeddings resampled),
+/// AdamW with timm's weight-decay rule, layer-wise decay and a warm-up.
+const TINY_VIT: &str = r#"
+name = "tiny"
+[dataset]
+kind = "synthetic"
+[synthetic]
+classes = 12
+images_per_class = 4
+image_size = 32
+[image]
+resize = 32
+crop = 32
+[plan]
+p = 4
+k = 2
+steps = 6
+[train]
+device = "cpu"
+checkpoint_every = 3
+[train.model]
+backbone = "vit_s16"
+head = "direct"
+embedding_dim = 16
+[train.loss]
+name = "hard_triplet"
+[train.optimizer]
+learning_rate = 1e-4
+weight_decay = 0.05
+timm_weight_decay = true
+layer_decay = 0.75
+warmup_steps = 2
+[train.optimizer.algorithm]
+name = "adamw"
+[embed]
+batch_size = 16
+"#;
+
+#[test]
+fn a_vit_trains_end_to_end_and_resumes_byte_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_VIT);
+    let cfg = cfg.to_str().unwrap();
+    let straight = tmp.path().join("straight");
+    ok(&straight, &["run", cfg]);
+    let model = std::fs::read_to_string(straight.join("latest/tiny/train/model.json")).unwrap();
+    assert!(model.contains("\"vit_s16\""), "{model}");
+    assert!(model.contains("\"layer_decay\""), "{model}");
+    let report = std::fs::read_to_string(straight.join("latest/tiny/report/report.md")).unwrap();
+    assert!(report.contains("| tiny | hard_triplet |"), "{report}");
+    let resumed = tmp.path().join("resumed");
+    let killed = dml()
+        .env("DML_FAULT_ABORT_AFTER_STEP", "3")
+        .arg("--store")
+        .arg(&resumed)
+        .args(["run", cfg, "--until", "train"])
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let out = run_json(&resumed, &[cfg]);
+    assert_eq!(status_of(&out, "train"), "ran");
+    let mr = latest_manifest(&resumed, "tiny", "train");
+    assert_eq!(mr["notes"]["resumed_from_step"], 3, "{}", mr["notes"]);
+    for (node, file) in [
+        ("train", "model.safetensors"),
+        ("embed", "embeddings.arrow"),
+        ("retrieve", "metrics.json"),
+    ] {
+        assert_eq!(
+            file_hash(&latest_manifest(&straight, "tiny", node), file),
+            file_hash(&latest_manifest(&resumed, "tiny", node), file),
+            "{node}/{file}"
+        );
+    }
+}
+
+/// A safetensors file holding only `tensors` (name, shape) of f32 zeros.
+fn safetensors_of(path: &std::path::Path, tensors: &[(&str, &[usize])]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().product::<usize>();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(vec![0u8; offset]);
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn a_wrong_vit_weights_file_is_refused_before_training_with_the_tensor_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY_VIT);
+    let cfg = cfg.to_str().unwrap();
+    // ViT-B/16 widths where ViT-S/16 is configured.
+    let weights = tmp.path().join("vit_b16.safetensors");
+    safetensors_of(
+        &weights,
+        &[
+            ("blocks.0.attn.proj.bias", &[768]),
+            ("cls_token", &[1, 1, 768]),
+        ],
+    );
+    let set = format!("train.model.pretrained=\"{}\"", weights.display());
+    let store = tmp.path().join("store");
+    let err = fails(&store, &["run", cfg, "--set", &set]);
+    assert!(
+        err.contains("`blocks.0.attn.proj.bias`") && err.contains("[384]") && err.contains("[768]"),
+        "{err}"
+    );
+    assert!(
+        !store.join("latest/tiny/train").exists(),
+        "nothing was trained"
+    );
+}
+
 #[test]
 fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
     let tmp = tempfile::tempdir().unwrap();

@@ -103,6 +103,7 @@ fn parity(backbone: Backbone, size: i64) {
         pretrained: Some(weights),
         input_scaling: None,
         freeze_bn: false,
+        pool: Default::default(),
     };
     let net = build_model(&vs, &cfg).expect("load the exported weights");
     let tensors = Tensor::read_safetensors(&reference).expect("read the reference");

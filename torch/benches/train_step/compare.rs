@@ -65,6 +65,7 @@ impl TrainBench {
                 pretrained: None,
                 input_scaling: None,
                 freeze_bn: false,
+                pool: Default::default(),
             },
             loss: Loss::HardTriplet {
                 margin: Margin::Value(1.0),
@@ -138,6 +139,9 @@ pub struct CompareOptions {
     pub script: PathBuf,
     /// The precisions to time (f32 and, where the CPU has it, bf16).
     pub precisions: Vec<Precision>,
+    /// (backbone, image size) to time: [`REFERENCE_CASES`] unless `--backbone` picks one
+    /// (`vit_s16` is compared with timm's `vit_small_patch16_224` in PyTorch eager).
+    pub cases: Vec<(Backbone, i64)>,
 }
 
 impl Default for CompareOptions {
@@ -157,6 +161,7 @@ impl Default for CompareOptions {
             } else {
                 vec![Precision::F32]
             },
+            cases: REFERENCE_CASES.iter().map(|&(b, s, _)| (b, s)).collect(),
         }
     }
 }
@@ -225,7 +230,11 @@ fn run_pytorch(
 pub fn compare_with_pytorch(opts: &CompareOptions) -> Result<Vec<ComparisonRow>> {
     tch::set_num_threads(opts.threads);
     let mut rows = Vec::new();
-    for &(backbone, image_size, reference_f32) in &REFERENCE_CASES {
+    for &(backbone, image_size) in &opts.cases {
+        let reference_f32 = REFERENCE_CASES
+            .iter()
+            .find(|&&(b, s, _)| b == backbone && s == image_size)
+            .map(|&(_, _, r)| r);
         for &precision in &opts.precisions {
             let bench = TrainBench {
                 backbone,
@@ -241,7 +250,7 @@ pub fn compare_with_pytorch(opts: &CompareOptions) -> Result<Vec<ComparisonRow>>
                 None => None,
             };
             let reference_pytorch = match (precision, backbone) {
-                (Precision::F32, _) => Some(reference_f32),
+                (Precision::F32, _) => reference_f32,
                 (Precision::Bf16, Backbone::Resnet18) => Some(REFERENCE_PYTORCH_RESNET18_BF16),
                 (Precision::Bf16, _) => None,
             };

@@ -1,6 +1,7 @@
 //! CPU training-step throughput of dml next to PyTorch-Python on the same libtorch and thread count.
 //!
-//! `cargo bench -p dml-torch --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--precision f32|bf16|both] [--no-pytorch]`
+//! `cargo bench -p dml-torch --bench train_step -- [--steps N] [--warmup N] [--threads N] [--batch N] [--precision f32|bf16|both] [--no-pytorch] [--backbone NAME --size PX]`
+//! (`--backbone vit_s16 --size 224` times ViT-S/16 next to timm's in PyTorch eager)
 //! (bf16 is CPU autocast; `both`, the default where the CPU has AVX512-BF16, prints the speed-up over f32)
 //! (registered in `torch/Cargo.toml` with `harness = false`). The comparison, which runs
 //! `scripts/bench_train_pytorch.py`, lives beside this file, not in the library.
@@ -9,7 +10,7 @@ use anyhow::{bail, Context, Result};
 mod compare;
 
 use compare::{compare_with_pytorch, format_table, CompareOptions};
-use dml_torch::train::Precision;
+use dml_torch::train::{Backbone, Precision};
 
 fn parse_args() -> Result<CompareOptions> {
     let mut opts = CompareOptions::default();
@@ -22,6 +23,21 @@ fn parse_args() -> Result<CompareOptions> {
             "--threads" => opts.threads = value("--threads")?.parse()?,
             "--batch" => opts.batch = value("--batch")?.parse()?,
             "--no-pytorch" => opts.python = None,
+            "--backbone" => {
+                let name = value("--backbone")?;
+                let backbone = Backbone::ALL
+                    .into_iter()
+                    .find(|b| b.name() == name)
+                    .with_context(|| format!("--backbone {name}: not a backbone"))?;
+                let size = opts.cases.first().map_or(64, |c| c.1);
+                opts.cases = vec![(backbone, size)];
+            }
+            "--size" => {
+                let size = value("--size")?.parse()?;
+                for case in &mut opts.cases {
+                    case.1 = size;
+                }
+            }
             "--precision" => {
                 opts.precisions = match value("--precision")?.as_str() {
                     "f32" => vec![Precision::F32],

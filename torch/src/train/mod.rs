@@ -13,7 +13,7 @@ pub mod optim;
 pub mod torch_state;
 pub mod trainer;
 
-pub use backbones::{input_scaling, Backbone, InputScaling};
+pub use backbones::{input_scaling, Backbone, InputScaling, Pool};
 pub use checkpoint::all_finite;
 pub use dml_stages::train_config::ConfigError;
 pub use error::{Result, TrainError};

@@ -5,7 +5,9 @@ use std::path::Path;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::backbones::{check_images, load_backbone_weights, BuildBackbone, LoadReport};
+use super::backbones::{
+    check_images, load_backbone_weights, load_timm_weights, BuildBackbone, LoadReport,
+};
 use super::error::{Result, TrainError};
 pub use dml_stages::train_config::{Head, ModelConfig};
 
@@ -80,7 +82,7 @@ impl EmbeddingNet {
     /// [`build_model`] for pretrained weights).
     pub fn new(p: &nn::Path, config: &ModelConfig) -> Result<Self> {
         config.validate()?;
-        let backbone = config.backbone.build(&(p / "backbone"));
+        let backbone = config.backbone.build(&(p / "backbone"), config.pool);
         let head = HeadModule::new(
             &(p / "head"),
             config.head,
@@ -149,14 +151,18 @@ impl ModuleT for EmbeddingNet {
 pub fn build_model(vs: &nn::VarStore, config: &ModelConfig) -> Result<EmbeddingNet> {
     let net = EmbeddingNet::new(&vs.root(), config)?;
     if let Some(path) = &config.pretrained {
-        if config.backbone.torchvision_name().is_none() {
+        if !config.backbone.has_pretrained_weights() {
             return Err(TrainError::Config(format!(
-                "backbone {} has no torchvision weights to load from {}",
+                "backbone {} has no torchvision or timm weights to load from {}",
                 config.backbone.name(),
                 path.display()
             )));
         }
-        let report: LoadReport = load_backbone_weights(vs, "backbone.", path)?;
+        let report: LoadReport = if config.backbone.timm_name().is_some() {
+            load_timm_weights(vs, "backbone.", path, config.backbone.name())?
+        } else {
+            load_backbone_weights(vs, "backbone.", path)?
+        };
         tracing::info!(
             loaded = report.loaded,
             ignored = report.ignored.len(),
@@ -259,6 +265,8 @@ mod tests {
             (Backbone::Resnet50, 64),
             (Backbone::Densenet169, 64),
             (Backbone::InceptionV1, 64),
+            (Backbone::VitS16, 32),
+            (Backbone::VitB16Clip, 32),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = ModelConfig {
@@ -297,6 +305,10 @@ mod tests {
                 285,
             ),
             (Backbone::SmallCnn, "backbone.features.3.bn.weight", 20),
+            // timm's state_dict minus the classifier (`head.*`).
+            (Backbone::VitS16, "backbone.blocks.11.attn.qkv.bias", 150),
+            (Backbone::VitB16, "backbone.patch_embed.proj.bias", 150),
+            (Backbone::VitB16Clip, "backbone.norm_pre.bias", 151),
         ];
         for (backbone, name, count) in expect {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -360,7 +372,7 @@ mod tests {
         let err = build_model(&nn::VarStore::new(Device::Cpu), &cfg)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no torchvision weights"), "{err}");
+        assert!(err.contains("no torchvision or timm weights"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,15 @@
 //! it to the loss, so it trained without decay; here `weight_decay` defaults to 0 and, when
 //! set, adds `weight_decay·θ` to the gradient of every weight matrix/kernel (tensors with ≥ 2
 //! dimensions: conv and linear weights, not biases, batch-norm parameters or the margin loss's
-//! β), which is TF's `l2_regularizer(scale)` gradient.
+//! β), which is TF's `l2_regularizer(scale)` gradient. AdamW decays every tensor (PyTorch's
+//! single parameter group) unless `timm_weight_decay` selects timm's rule: no decay on 1-D
+//! tensors (norms, biases) nor on a ViT's `pos_embed` and `cls_token`.
+//!
+//! Layer-wise learning-rate decay (`layer_decay`, ViT backbones), as timm's
+//! `param_groups_layer_decay` groups a ViT of depth D: the stem
+//! (`backbone.{cls_token,pos_embed,patch_embed.*}`) is group 0, `backbone.blocks.{i}.*` group
+//! i + 1, everything else (the final norms, the head, the loss) group D, the last block's; group
+//! g trains at `layer_decay`^(D − g) × the rate.
 
 use std::collections::HashMap;
 
@@ -71,6 +79,11 @@ impl Optimizer {
             Algorithm::Adam { .. } | Algorithm::Adamw { .. } => 2,
             Algorithm::Sgd { .. } => 1,
         };
+        let depth = vars
+            .iter()
+            .filter_map(|(n, _)| block_index(n))
+            .max()
+            .map_or(0, |i| i + 1);
         let params = vars
             .into_iter()
             .map(|(name, tensor)| {
@@ -79,8 +92,17 @@ impl Optimizer {
                     (true, None) => loss_lr_multiplier,
                     _ if name.starts_with("head.") => config.head_lr_multiplier,
                     _ => 1.0,
+                } * layer_scale(&name, depth, config.layer_decay);
+                let decay = if config.timm_weight_decay {
+                    !(tensor.dim() <= 1
+                        || name == "backbone.pos_embed"
+                        || name == "backbone.cls_token")
+                } else {
+                    match config.algorithm {
+                        Algorithm::Adamw { .. } => true,
+                        _ => tensor.dim() >= 2 && !name.starts_with("loss."),
+                    }
                 };
-                let decay = tensor.dim() >= 2 && !name.starts_with("loss.");
                 let slots = (0..slots).map(|_| tensor.zeros_like().detach()).collect();
                 Param {
                     name,
@@ -169,7 +191,7 @@ impl Optimizer {
                     // torch.optim.AdamW (single tensor, no amsgrad), step by step.
                     let lr = lr * p.lr_scale;
                     let t = p.steps as i32;
-                    if wd != 0.0 {
+                    if wd != 0.0 && p.decay {
                         let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
                     }
                     let (m, v) = p.slots.split_at_mut(1);
@@ -288,6 +310,32 @@ impl Optimizer {
     }
 }
 
+/// The block of a ViT variable (`backbone.blocks.{i}.…`).
+fn block_index(name: &str) -> Option<u64> {
+    name.strip_prefix("backbone.blocks.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// timm's `param_groups_layer_decay` scale of `name` in a ViT of `depth` blocks: groups
+/// 0 (the stem) and 1..=depth (the blocks); everything else shares the last block's group
+/// `depth` (timm's `^norm` matcher lands there); group g trains at `decay`^(depth − g).
+fn layer_scale(name: &str, depth: u64, decay: f64) -> f64 {
+    if decay == 1.0 {
+        return 1.0;
+    }
+    let top = depth;
+    let group = match name.strip_prefix("backbone.") {
+        Some("cls_token" | "pos_embed") => 0,
+        Some(n) if n.starts_with("patch_embed.") => 0,
+        Some(_) => block_index(name).map_or(top, |i| i + 1),
+        None => top,
+    };
+    decay.powi((top - group) as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +440,83 @@ mod tests {
         opt.step(0.1);
         assert!((w.double_value(&[0, 0]) - 0.95).abs() < TOL);
         assert_eq!(b.double_value(&[0]), 1.0);
+    }
+
+    #[test]
+    fn timm_rule_and_layer_decay() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let ones = |shape: &[i64]| Tensor::ones(shape, (Kind::Double, Device::Cpu));
+        let names = [
+            ("backbone.pos_embed", vec![1, 5, 2]),
+            ("backbone.cls_token", vec![1, 1, 2]),
+            ("backbone.patch_embed.proj.weight", vec![2, 3, 1, 1]),
+            ("backbone.blocks.0.attn.qkv.weight", vec![6, 2]),
+            ("backbone.blocks.0.norm1.weight", vec![2]),
+            ("backbone.blocks.1.mlp.fc1.bias", vec![8]),
+            ("backbone.norm.weight", vec![2]),
+            ("head.fc.weight", vec![3, 2]),
+        ];
+        let vars: Vec<Tensor> = names
+            .iter()
+            .map(|(n, s)| {
+                let mut p = root.clone();
+                let parts: Vec<&str> = n.split('.').collect();
+                for part in &parts[..parts.len() - 1] {
+                    p = p / *part;
+                }
+                p.var_copy(parts[parts.len() - 1], &ones(s))
+            })
+            .collect();
+        let sums: Vec<Tensor> = vars.iter().map(|v| v.sum(Kind::Double)).collect();
+        let loss = Tensor::stack(&sums, 0).sum(Kind::Double) * 0.0;
+        loss.backward();
+        let cfg = OptimConfig {
+            algorithm: Algorithm::Adamw {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+            },
+            weight_decay: 0.5,
+            timm_weight_decay: true,
+            layer_decay: 0.5,
+            ..OptimConfig::default()
+        };
+        let opt = Optimizer::new(&vs, &cfg).unwrap();
+        let by_name = |n: &str| opt.params.iter().find(|p| p.name == n).unwrap();
+        // Two blocks: groups stem 0, blocks 1..=2, the rest with the last block (2); scale
+        // 0.5^(2 − group), as timm 1.0.22 groups vit_small_patch16_224 (stem 0, blocks.11 and
+        // norm 12).
+        for (n, decay, scale) in [
+            ("backbone.pos_embed", false, 0.25),
+            ("backbone.cls_token", false, 0.25),
+            ("backbone.patch_embed.proj.weight", true, 0.25),
+            ("backbone.blocks.0.attn.qkv.weight", true, 0.5),
+            ("backbone.blocks.0.norm1.weight", false, 0.5),
+            ("backbone.blocks.1.mlp.fc1.bias", false, 1.0),
+            ("backbone.norm.weight", false, 1.0),
+            ("head.fc.weight", true, 1.0),
+        ] {
+            let p = by_name(n);
+            assert_eq!((p.decay, p.lr_scale), (decay, scale), "{n}");
+        }
+        // With zero gradients, an AdamW step only decays: θ·(1 − lr·scale·wd) where decayed.
+        let mut opt = opt;
+        opt.step(0.1);
+        let w = &vars[3];
+        assert!((w.double_value(&[0, 0]) - (1.0 - 0.1 * 0.5 * 0.5)).abs() < TOL);
+        assert_eq!(vars[0].double_value(&[0, 0, 0]), 1.0);
+        // Off by default: AdamW decays everything at the full rate.
+        let opt = Optimizer::new(
+            &vs,
+            &OptimConfig {
+                timm_weight_decay: false,
+                layer_decay: 1.0,
+                ..cfg
+            },
+        )
+        .unwrap();
+        assert!(opt.params.iter().all(|p| p.decay && p.lr_scale == 1.0));
     }
 
     #[test]

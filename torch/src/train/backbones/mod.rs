@@ -1,35 +1,42 @@
-//! Convolutional backbones in torchvision's layouts and tensor names (so torchvision `state_dict`s load as they are), each returning globally average-pooled features, and the input scaling each one expects.
+//! Backbones in their reference layouts and tensor names (so torchvision's and timm's `state_dict`s load as they are): the convolutional ones returning globally average-pooled features, the Vision Transformers their class token (or mean patch token); and the input scaling each one expects.
 
 mod densenet;
 mod googlenet;
 mod pretrained;
 mod resnet;
 mod small_cnn;
+mod vit;
 
-pub use pretrained::{load_backbone_weights, LoadReport};
+pub use pretrained::{load_backbone_weights, load_timm_weights, LoadReport};
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 pub use dml_stages::train_config::{
-    input_scaling, Backbone, InputScaling, IMAGENET_MEAN, IMAGENET_STD,
+    input_scaling, Backbone, InputScaling, Pool, IMAGENET_MEAN, IMAGENET_STD,
 };
 
 /// Builds a [`Backbone`]'s network (the settings type is plain data in `dml-stages`).
 pub trait BuildBackbone {
     /// Builds the backbone's variables under `p` and returns the module (NCHW f32 in,
     /// `[N, feature_dim]` out).
-    fn build(self, p: &nn::Path) -> Box<dyn ModuleT>;
+    fn build(self, p: &nn::Path, pool: Pool) -> Box<dyn ModuleT>;
 }
 
 impl BuildBackbone for Backbone {
-    fn build(self, p: &nn::Path) -> Box<dyn ModuleT> {
+    fn build(self, p: &nn::Path, pool: Pool) -> Box<dyn ModuleT> {
+        if let Some(shape) = self.vit() {
+            return Box::new(vit::VisionTransformer::new(p, shape, pool));
+        }
         match self {
             Backbone::SmallCnn => Box::new(small_cnn::SmallCnn::new(p)),
             Backbone::Resnet18 => Box::new(resnet::ResNet::resnet18(p)),
             Backbone::Resnet50 => Box::new(resnet::ResNet::resnet50(p)),
             Backbone::Densenet169 => Box::new(densenet::DenseNet::densenet169(p)),
             Backbone::InceptionV1 => Box::new(googlenet::GoogLeNet::new(p)),
+            Backbone::VitS16 | Backbone::VitB16 | Backbone::VitB16Clip => {
+                unreachable!("a ViT has a shape")
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Loading a torchvision `state_dict` saved as safetensors into the backbone part of a VarStore, with every tensor checked by name and shape.
+//! Loading a torchvision or timm `state_dict` saved as safetensors into the backbone part of a VarStore, with every tensor checked by name and shape (and, for timm's Vision Transformers, no tensor of the file left unused).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -72,4 +72,32 @@ pub fn load_backbone_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Re
         loaded: used.len(),
         ignored: ignored.into_iter().collect(),
     })
+}
+
+/// File tensors a timm Vision Transformer trunk may leave unused: the classifier.
+const TIMM_IGNORABLE: [&str; 2] = ["head.weight", "head.bias"];
+
+/// [`load_backbone_weights`] for a timm Vision Transformer `state_dict`: besides a missing or
+/// mis-shaped tensor, a tensor of the file that the backbone lacks (other than timm's classifier
+/// `head.*`) is an error naming it, since it means weights of another architecture (CLIP's
+/// `norm_pre` in a plain ViT, a register token, a `fc_norm`).
+pub fn load_timm_weights(
+    vs: &nn::VarStore,
+    prefix: &str,
+    path: &Path,
+    backbone: &str,
+) -> Result<LoadReport> {
+    let report = load_backbone_weights(vs, prefix, path)?;
+    if let Some(extra) = report
+        .ignored
+        .iter()
+        .find(|n| !TIMM_IGNORABLE.contains(&n.as_str()))
+    {
+        return Err(TrainError::UnexpectedTensor {
+            path: path.to_path_buf(),
+            name: extra.clone(),
+            backbone: backbone.to_string(),
+        });
+    }
+    Ok(report)
 }

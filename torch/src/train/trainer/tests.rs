@@ -20,6 +20,7 @@ fn tiny_config(loss: Loss, algorithm: Algorithm) -> TrainConfig {
             pretrained: None,
             input_scaling: None,
             freeze_bn: false,
+            pool: Default::default(),
         },
         loss,
         optimizer: OptimConfig {
