@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 /// A store root on disk.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
-    root: PathBuf,
     layout: Layout,
     read_only: bool,
 }
@@ -59,7 +58,6 @@ impl ArtifactStore {
         })?;
         let _ = fs::remove_file(&probe);
         Ok(ArtifactStore {
-            root,
             layout,
             read_only: false,
         })
@@ -77,8 +75,7 @@ impl ArtifactStore {
             });
         }
         Ok(ArtifactStore {
-            layout: Layout::new(&root),
-            root,
+            layout: Layout::new(root),
             read_only: true,
         })
     }
@@ -89,11 +86,12 @@ impl ArtifactStore {
     /// store nor creates one.
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
+        let layout = Layout::new(&root);
         let why = if !root.exists() {
             Some("no such directory")
         } else if !root.is_dir() {
             Some("it is not a directory")
-        } else if !Layout::new(&root).objects().is_dir() && !Layout::new(&root).runs().is_dir() {
+        } else if !layout.objects().is_dir() && !layout.runs().is_dir() {
             Some("it has neither objects/ nor runs/")
         } else {
             None
@@ -112,7 +110,7 @@ impl ArtifactStore {
     fn refuse_if_read_only(&self) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::NotWritable {
-                path: self.root.clone(),
+                path: self.root().to_path_buf(),
                 cause: std::io::Error::other("it was opened read-only"),
             });
         }
@@ -121,7 +119,7 @@ impl ArtifactStore {
 
     /// The store root.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.layout.root()
     }
 
     /// Where everything lives in this store.
