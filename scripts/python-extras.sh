@@ -11,7 +11,8 @@ py="$(command -v python3)"
 "$py" -c "import torchvision" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==0.26.0" >&2
 # pytorch-metric-learning for the modern losses' comparison test, likewise without its
-# dependencies (torch, numpy; the losses and miners need neither scikit-learn nor tqdm).
+# dependencies (torch, numpy); its losses and miners import scipy.stats and tqdm through
+# utils.common_functions, installed below (scikit-learn only serves its AccuracyCalculator).
 "$py" -c "import pytorch_metric_learning as p; assert p.__version__ == '2.9.0'" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "pytorch-metric-learning==2.9.0" >&2
 # timm for the Vision Transformers' parity test and scripts/export_timm.py, without its
@@ -19,6 +20,8 @@ py="$(command -v python3)"
 "$py" -c "import timm; assert timm.__version__ == '1.0.22'" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.22" >&2
 need=()
+"$py" -c "import scipy.stats" 2>/dev/null || need+=("scipy")
+"$py" -c "import tqdm" 2>/dev/null || need+=("tqdm")
 "$py" -c "import safetensors" 2>/dev/null || need+=("safetensors")
 "$py" -c "import pyarrow" 2>/dev/null || need+=("pyarrow")
 "$py" -c "import polars" 2>/dev/null || need+=("polars")
@@ -35,3 +38,6 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing into $(dirname "$py")/..: ${need[*]}" >&2
   "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}" >&2
 fi
+# Fail here, naming the package, rather than in the middle of the tests.
+"$py" -c "from pytorch_metric_learning import losses, miners, regularizers; import timm, torchvision" \
+  || { echo "python-extras: pytorch-metric-learning, timm or torchvision does not import (above)" >&2; exit 1; }
