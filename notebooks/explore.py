@@ -4,7 +4,8 @@
 # Opens the artifacts the last run of a name used, through the store's
 # `latest/<run name>/<stage>` links: the index, the P×K plan, the training log,
 # the embeddings, the retrieval and clustering metrics; plots the loss curve
-# and draws the nearest neighbours of a few queries.
+# and draws the nearest neighbours of a few queries. The run's `report.html`
+# (linked below) shows much of this without Python.
 #
 # Settings (environment variables):
 #
@@ -96,6 +97,28 @@ def save(fig, name):
 print(f"run `{RUN}` in {STORE}" + (f", sweep point {TRAIN_NODE}" if SWEEP_POINT else "") + ":")
 for p in sorted(RUN_DIR.iterdir()):
     print(f"  {p.name:<40} -> {os.readlink(p) if p.is_symlink() else p}")
+
+# %% [markdown]
+# ## The HTML report
+#
+# The report stage's `report.html` shows the same run without Python: the run
+# table, Recall@K and loss curves, per-class Recall@1, retrieval grids beside
+# the untrained network's, and the most-confused class pairs. It is one
+# self-contained file: open it in a browser, or mail it.
+
+# %%
+try:
+    REPORT_HTML = (node_dir("report") / "report.html").resolve()
+except FileNotFoundError:  # the run stopped before its report (`--until`)
+    REPORT_HTML = None
+if REPORT_HTML is not None and REPORT_HTML.is_file():
+    print(f"report: {REPORT_HTML.as_uri()}")
+    if "ipykernel" in sys.modules:
+        from IPython.display import HTML, display
+
+        display(HTML(f'<a href="{REPORT_HTML.as_uri()}" target="_blank">open report.html</a> ({REPORT_HTML})'))
+else:
+    print(f"no report.html under {RUN_DIR}: the run stopped before its report")
 
 # %% [markdown]
 # ## The index: every image, its class and split

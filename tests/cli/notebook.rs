@@ -25,7 +25,8 @@ fn has_modules(modules: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn check(cmd: &mut Command, what: &str) {
+/// Runs `cmd`, which must succeed; returns its standard output.
+fn check(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -33,6 +34,7 @@ fn check(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A PNG that decodes to a real figure.
@@ -144,9 +146,9 @@ fn the_notebook_runs_on_a_synthetic_store_and_draws_the_neighbour_grid() {
         .join("latest/synthetic/retrieve/neighbors.parquet")
         .is_file());
 
-    // The plain script.
+    // The plain script, which links the run's report.html.
     let out = tmp.path().join("script");
-    check(
+    let printed = check(
         explore_env(
             Command::new(python()).arg(repo().join("notebooks/explore.py")),
             &store,
@@ -158,6 +160,11 @@ fn the_notebook_runs_on_a_synthetic_store_and_draws_the_neighbour_grid() {
     );
     assert_png(&out.join("neighbors.png"), 200);
     assert_png(&out.join("loss.png"), 100);
+    let report = std::fs::canonicalize(store.join("latest/synthetic/report/report.html")).unwrap();
+    assert!(
+        printed.contains(&format!("report: file://{}", report.display())),
+        "{printed}"
+    );
 
     // The notebook itself, headless, when nbconvert and a kernel are installed.
     if has_modules("nbconvert, ipykernel") {
@@ -190,6 +197,10 @@ fn the_notebook_runs_on_a_synthetic_store_and_draws_the_neighbour_grid() {
         .unwrap();
         let text = executed.to_string();
         assert!(text.contains("image/png"), "figures shown inline");
+        assert!(
+            text.contains("open report.html"),
+            "the report is linked"
+        );
         assert!(!text.contains("\"output_type\":\"error\""));
     } else {
         eprintln!("nbconvert/ipykernel not installed: executed the script form only");
