@@ -24,7 +24,7 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
         pa.display(),
         pb.display()
     );
-    let differ = settings_diff(&ra.config, &rb.config);
+    let differ = settings_diff(&resolved_settings(&ra.config), &resolved_settings(&rb.config));
     for change in &differ {
         if let Change::Setting { path, old, new } = change {
             println!("  {path}: {} → {}", show(old), show(new));
@@ -54,6 +54,27 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A record's settings with the defaults filled in, as `dml run --show-config` shows them
+/// (its `[sweep]` table as written), so that a setting one run left at its default and the
+/// other set reads `plan.seed: 0 → 1`, as the stages section says, not `(unset) → 1`. A
+/// record whose settings no longer resolve (an older dml's) is compared as written.
+fn resolved_settings(config: &serde_json::Value) -> serde_json::Value {
+    let resolve = || -> Result<serde_json::Value> {
+        let mut base = config.clone();
+        let sweep = base.as_object_mut().and_then(|o| o.remove("sweep"));
+        let loaded = crate::config::resolve(toml::Value::try_from(&base)?)?;
+        let [one] = &loaded.experiments[..] else {
+            bail!("not one experiment");
+        };
+        let mut v = serde_json::to_value(&one.config)?;
+        if let (Some(o), Some(sweep)) = (v.as_object_mut(), sweep) {
+            o.insert("sweep".into(), sweep);
+        }
+        Ok(v)
+    };
+    resolve().unwrap_or_else(|_| config.clone())
 }
 
 /// The points of A and B side by side: matched by sweep values, or the one point of each.
