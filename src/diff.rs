@@ -24,7 +24,10 @@ pub fn diff(store_dir: &Path, a: &str, b: &str) -> Result<()> {
         pa.display(),
         pb.display()
     );
-    let differ = settings_diff(&resolved_settings(&ra.config), &resolved_settings(&rb.config));
+    let differ = settings_diff(
+        &resolved_settings(&ra.config),
+        &resolved_settings(&rb.config),
+    );
     for change in &differ {
         if let Change::Setting { path, old, new } = change {
             println!("  {path}: {} → {}", show(old), show(new));
