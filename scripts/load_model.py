@@ -8,8 +8,9 @@
 
     python load_model.py IMAGE...              # one JSON line per image: path, embedding
 
-Needs torch, torchvision (for ResNet, DenseNet and Inception V1 backbones), safetensors,
-numpy and Pillow; not dml. The preprocessing is dml's embed stage's (model.json's `input`):
+Needs torch, torchvision (for ResNet, DenseNet and Inception V1 backbones) or timm (for the
+ViTs: model.json's `timm_model`, built with random weights and then given the exported
+ones), safetensors, numpy and Pillow; not dml. The preprocessing is dml's embed stage's (model.json's `input`):
 both sides resized to `resize` with Pillow's bilinear filter (dml's resize is
 Pillow-compatible; JPEG decoders may differ by a grey level here and there, PNG is exact),
 the centre `crop`² cut out, `(x / 255 - mean) / std` per channel in float32, NCHW.
@@ -45,9 +46,27 @@ class SmallCnn(torch.nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def backbone(name):
+def timm_backbone(meta):
+    """A timm ViT as dml runs it: no classifier, the pooling of model.json's `model.pool`
+    (`token`: the class token after the final norm; `mean`: the mean of the normed patch
+    tokens, timm's `global_pool="avg", fc_norm=False`), and, at another input size than
+    224, timm's `dynamic_img_size`, which resamples the 14 x 14 position embeddings on each
+    forward pass (bicubic, antialiased) exactly as dml does."""
+    import timm
+
+    kwargs = {"num_classes": 0}
+    if meta["model"].get("pool", "token") == "mean":
+        kwargs.update(global_pool="avg", fc_norm=False)
+    if meta["input"]["crop"] != 224:
+        kwargs["dynamic_img_size"] = True
+    return timm.create_model(meta["timm_model"], pretrained=False, **kwargs)
+
+
+def backbone(name, meta=None):
     if name == "small_cnn":
         return SmallCnn()
+    if meta is not None and meta.get("timm_model"):
+        return timm_backbone(meta)
     import torchvision
 
     if name in ("resnet18", "resnet50"):
@@ -88,11 +107,13 @@ class Embedding(torch.nn.Module):
 
     def __init__(self, meta):
         super().__init__()
-        self.backbone = backbone(meta["backbone"])
-        with torch.no_grad():
-            c = meta["input"]["crop"]
-            self.backbone.eval()
-            feat = self.backbone(torch.zeros(1, 3, max(c, 32), max(c, 32))).shape[1]
+        self.backbone = backbone(meta["backbone"], meta)
+        feat = getattr(self.backbone, "num_features", None)
+        if feat is None:
+            with torch.no_grad():
+                c = meta["input"]["crop"]
+                self.backbone.eval()
+                feat = self.backbone(torch.zeros(1, 3, max(c, 32), max(c, 32))).shape[1]
         self.head = Head(meta["head"], feat, meta["embedding_dim"])
         self.normalize = bool(meta["normalize"])
 

@@ -1089,6 +1089,7 @@ fn export_json(model: &UseModel, formats: &Formats) -> Result<Value> {
         "files": files,
         "backbone": cfg.backbone.name(),
         "torchvision_model": cfg.backbone.torchvision_name(),
+        "timm_model": cfg.backbone.timm_name(),
         "head": cfg.head.name(),
         "embedding_dim": cfg.embedding_dim,
         "normalize": cfg.normalize.unwrap_or(false),

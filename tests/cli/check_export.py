@@ -6,12 +6,15 @@ Runs model.pt (torch.jit.load) and the network load_model.py rebuilds from
 model.safetensors on load_model.preprocess(paths) -- all images in one batch, a batch size
 the trace never saw -- and prints {"rows", "torchscript", "safetensors"} with each form's
 largest absolute difference from dml's embeddings; with a model.onnx, "onnx" too (run by
-onnxruntime).
+onnxruntime); with DML_JIT_LOAD naming the compiled tests/cli/jit_load.cpp, "cpp" too
+(model.pt run by libtorch's torch::jit::load in C++, no Python in the loop).
 """
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,6 +44,15 @@ def main(export_dir, embeddings):
         session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         out["onnx"] = float(np.abs(y - ref).max())
+    jit_load = os.environ.get("DML_JIT_LOAD")
+    if jit_load:
+        with tempfile.TemporaryDirectory() as tmp:
+            xin, yout = os.path.join(tmp, "x.f32"), os.path.join(tmp, "y.f32")
+            x.numpy().astype("<f4").tofile(xin)
+            shape = [str(d) for d in x.shape]
+            subprocess.run([jit_load, os.path.join(export_dir, "model.pt"), xin, *shape, yout], check=True, stdout=subprocess.DEVNULL)
+            y = np.fromfile(yout, dtype="<f4").reshape(ref.shape)
+        out["cpp"] = float(np.abs(y - ref).max())
     print(json.dumps(out))
 
 

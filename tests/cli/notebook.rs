@@ -197,10 +197,7 @@ fn the_notebook_runs_on_a_synthetic_store_and_draws_the_neighbour_grid() {
         .unwrap();
         let text = executed.to_string();
         assert!(text.contains("image/png"), "figures shown inline");
-        assert!(
-            text.contains("open report.html"),
-            "the report is linked"
-        );
+        assert!(text.contains("open report.html"), "the report is linked");
         assert!(!text.contains("\"output_type\":\"error\""));
     } else {
         eprintln!("nbconvert/ipykernel not installed: executed the script form only");

@@ -390,6 +390,163 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// `tests/cli/jit_load.cpp` compiled against the test venv's libtorch (its headers and
+/// libraries ship in PyPI's torch wheel), once per test process: a C++ program that runs
+/// `model.pt` with `torch::jit::load` and nothing else. `None` (with a message) where no
+/// C++ compiler is installed and this is not CI; under CI that is a failure.
+fn jit_load() -> Option<&'static Path> {
+    static BIN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+        if Command::new(&cxx).arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "`{cxx}` is needed to build the torch::jit::load check"
+            );
+            eprintln!("no C++ compiler (`{cxx}`): the torch::jit::load check in C++ is skipped");
+            return None;
+        }
+        let out = Command::new(python())
+            .args([
+                "-c",
+                "import os, torch; print(os.path.dirname(torch.__file__))",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let torch = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/jit_load.cpp");
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("jit_load");
+        let (inc, lib) = (torch.join("include"), torch.join("lib"));
+        let out = Command::new(&cxx)
+            .args(["-std=c++17", "-O1", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .arg(format!("-I{}", inc.display()))
+            .arg(format!(
+                "-I{}",
+                inc.join("torch/csrc/api/include").display()
+            ))
+            .arg(format!("-L{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-ltorch", "-ltorch_cpu", "-lc10"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compiling {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(bin)
+    })
+    .as_deref()
+}
+
+/// Exports the run `tiny` (at `point`) as TorchScript, safetensors + `load_model.py` and
+/// ONNX, embeds the synthetic images with `dml embed`, and checks that each exported form
+/// gives those embeddings within 1e-5: in Python (torch.jit.load, load_model.py,
+/// onnxruntime) and, for model.pt, in C++ (torch::jit::load).
+fn export_and_check(
+    dir: &Path,
+    store: &Path,
+    root: &Path,
+    point: Option<&str>,
+    backbone: &str,
+    crop: u64,
+) {
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
+    let exp = dir.join(format!("export-{backbone}"));
+    let emb = dir.join(format!("emb-{backbone}.parquet"));
+    let out_dir = exp.to_str().unwrap();
+    let (emb_out, images) = (emb.to_str().unwrap(), root.to_str().unwrap());
+    let at: Vec<&str> = point.map(|p| vec!["--point", p]).unwrap_or_default();
+    let export = [
+        &["export", "--run", "tiny", "--out", out_dir][..],
+        &at,
+        &["--format", "torchscript,safetensors,onnx"],
+    ]
+    .concat();
+    ok(store, &export);
+    for f in [
+        "model.pt",
+        "model.safetensors",
+        "model.json",
+        "load_model.py",
+        "model.onnx",
+    ] {
+        assert!(exp.join(f).is_file(), "{f}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("model.json")).unwrap()).unwrap();
+    assert_eq!(meta["backbone"], backbone);
+    assert_eq!(meta["input"]["crop"], crop);
+    assert_eq!(meta["normalize"], true);
+    let embed = [
+        &["embed", "--run", "tiny", "--dir", images, "--out", emb_out][..],
+        &at,
+    ]
+    .concat();
+    ok(store, &embed);
+    let mut cmd = Command::new(python());
+    cmd.arg(&check).arg(&exp).arg(&emb);
+    if let Some(bin) = jit_load() {
+        cmd.env("DML_JIT_LOAD", bin);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["rows"], 48);
+    let mut forms = vec!["torchscript", "safetensors", "onnx"];
+    if jit_load().is_some() {
+        forms.push("cpp");
+    }
+    for form in forms {
+        let d = r[form].as_f64().unwrap();
+        assert!(d <= 1e-5, "{backbone} {form}: max |diff| {d}");
+    }
+}
+
+/// A ViT-S/16 at 32 px (its position embeddings resampled on each forward pass), mean
+/// pooling: `load_model.py` rebuilds it from timm (`dynamic_img_size`), and the
+/// TorchScript and ONNX forms carry the resampling.
+#[test]
+fn a_vit_export_reproduces_the_embeddings_in_python() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let root = trained(
+        tmp.path(),
+        &store,
+        &[
+            "--set",
+            "train.model.backbone=vit_s16",
+            "--set",
+            "train.model.pool=mean",
+            "--set",
+            "image.crop=32",
+            "--set",
+            "plan.steps=3",
+            "--set",
+            "train.model.normalize=true",
+        ],
+    );
+    export_and_check(tmp.path(), &store, &root, None, "vit_s16", 32);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("export-vit_s16/model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["timm_model"], "vit_small_patch16_224");
+    assert_eq!(meta["model"]["pool"], "mean");
+}
+
 #[test]
 fn exports_reproduce_the_embeddings_in_python() {
     let tmp = tempfile::tempdir().unwrap();
@@ -411,73 +568,11 @@ fn exports_reproduce_the_embeddings_in_python() {
         err.contains("sweep of 2 points") && err.contains("--point"),
         "{err}"
     );
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
     for (point, backbone) in [
         ("backbone=small_cnn", "small_cnn"),
         ("tiny[train.model.backbone=resnet18]", "resnet18"),
     ] {
-        let exp = tmp.path().join(format!("export-{backbone}"));
-        ok(
-            &store,
-            &[
-                "export",
-                "--run",
-                "tiny",
-                "--point",
-                point,
-                "--out",
-                exp.to_str().unwrap(),
-                "--format",
-                "torchscript,safetensors,onnx",
-            ],
-        );
-        for f in [
-            "model.pt",
-            "model.safetensors",
-            "model.json",
-            "load_model.py",
-            "model.onnx",
-        ] {
-            assert!(exp.join(f).is_file(), "{f}");
-        }
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(exp.join("model.json")).unwrap())
-                .unwrap();
-        assert_eq!(meta["backbone"], backbone);
-        assert_eq!(meta["input"]["crop"], 28);
-        assert_eq!(meta["normalize"], true);
-        let emb = tmp.path().join(format!("emb-{backbone}.parquet"));
-        ok(
-            &store,
-            &[
-                "embed",
-                "--run",
-                "tiny",
-                "--point",
-                point,
-                "--dir",
-                root.to_str().unwrap(),
-                "--out",
-                emb.to_str().unwrap(),
-            ],
-        );
-        let out = Command::new(python())
-            .arg(&check)
-            .arg(&exp)
-            .arg(&emb)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(r["rows"], 48);
-        for form in ["torchscript", "safetensors", "onnx"] {
-            let d = r[form].as_f64().unwrap();
-            assert!(d <= 1e-5, "{backbone} {form}: max |diff| {d}");
-        }
+        export_and_check(tmp.path(), &store, &root, Some(point), backbone, 28);
     }
 
     // Formats that cannot be written are refused before anything is.

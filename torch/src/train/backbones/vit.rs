@@ -74,10 +74,12 @@ impl Block {
 
     /// Multi-head self-attention over `[B, N, D]` tokens.
     fn attention(&self, xs: &Tensor) -> Tensor {
-        let (b, n, d) = xs.size3().expect("tokens are [B, N, D]");
+        // The batch dimension is left to libtorch (-1) rather than read here, so a model
+        // traced for `dml export` takes any batch size, as timm's does.
+        let (_, n, d) = xs.size3().expect("tokens are [B, N, D]");
         let qkv = xs
             .apply(&self.qkv)
-            .reshape([b, n, 3, self.heads, d / self.heads])
+            .reshape([-1, n, 3, self.heads, d / self.heads])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         Tensor::scaled_dot_product_attention::<Tensor>(
@@ -91,7 +93,7 @@ impl Block {
             false,
         )
         .transpose(1, 2)
-        .reshape([b, n, d])
+        .reshape([-1, n, d])
         .apply(&self.proj)
     }
 
@@ -197,9 +199,10 @@ impl VisionTransformer {
     /// Tokens after the final norm: `[B, 1 + h·w, D]`.
     pub(crate) fn tokens(&self, xs: &Tensor) -> Tensor {
         let patches = xs.apply(&self.patch_embed);
-        let (b, d, h, w) = patches.size4().expect("NCHW patches");
+        let (_, _, h, w) = patches.size4().expect("NCHW patches");
         let patches = patches.flatten(2, 3).transpose(1, 2);
-        let cls = self.cls_token.expand([b, 1, d], false);
+        // `expand_as` keeps the batch size a traced value (not a constant) in `dml export`.
+        let cls = self.cls_token.expand_as(&patches.narrow(1, 0, 1));
         let mut x =
             Tensor::cat(&[cls.to_kind(patches.kind()), patches], 1) + self.pos_embed_for(h, w);
         if let Some(norm_pre) = &self.norm_pre {
