@@ -105,6 +105,54 @@ fn latest(store: &Path, run: &str, node: &str) -> PathBuf {
         .unwrap()
 }
 
+/// The page's worst-classes table against Recall@1 per class computed here, in Python, from
+/// the index and the retrieve stages' `neighbors.parquet` (trained and untrained): every
+/// row's query count, R@1 and untrained R@1, and that the rows are the lowest R@1 of all
+/// classes. Returns the number of rows checked.
+fn check_worst_classes(store: &Path, run: &str, html: &Path) -> usize {
+    const CODE: &str = r#"
+import re, sys, polars as pl
+index, trained, untrained, page = sys.argv[1:]
+ix = pl.read_parquet(index)
+cls = dict(zip(ix["image_id"].to_list(), ix["class_id"].to_list()))
+name = dict(zip(ix["class_id"].to_list(), ix["class_name"].to_list()))
+def per_class(path):
+    first = pl.read_parquet(path).filter(pl.col("rank") == 1)
+    acc = {}
+    for q, n in zip(first["query_image_id"].to_list(), first["neighbor_image_id"].to_list()):
+        a = acc.setdefault(name[cls[q]], [0, 0])
+        a[0] += 1
+        a[1] += cls[n] == cls[q]
+    return {c: (n, h / n) for c, (n, h) in acc.items()}
+t, u = per_class(trained), per_class(untrained)
+h = open(page).read()
+h = h[h.index("classes with the lowest Recall@1"):]
+rows = re.findall(r'<tr><td class="l">([^<]*)</td><td>(\d+)</td><td>([^<]*) %</td><td>([^<]*) %</td>', h)
+assert rows, "no worst-class rows"
+for c, n, r1, r1u in rows:
+    assert int(n) == t[c][0], (c, n, t[c])
+    assert abs(float(r1) - 100 * t[c][1]) < 0.051, (c, r1, t[c])
+    assert abs(float(r1u) - 100 * u[c][1]) < 0.051, (c, r1u, u[c])
+shown = {c for c, *_ in rows}
+rest = [v[1] for c, v in t.items() if c not in shown]
+assert not rest or max(t[c][1] for c in shown) <= min(rest), "not the lowest"
+print(len(rows))
+"#;
+    let node = |n: &str| latest(store, run, n);
+    py(
+        CODE,
+        &[
+            &node("index").join("index.parquet"),
+            &node("retrieve").join("neighbors.parquet"),
+            &node("retrieve@untrained").join("neighbors.parquet"),
+            html,
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 #[test]
 fn report_html_is_self_contained_and_the_combined_report_covers_both_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -131,6 +179,8 @@ fn report_html_is_self_contained_and_the_combined_report_covers_both_runs() {
     // The two plots, and thumbnails: queries, neighbours, worst classes.
     assert!(images > 20, "{images} images");
     assert!(html.contains("class=\"cell ok\"") || html.contains("class=\"cell bad\""));
+    // The per-class figures, trained and untrained, are those of the neighbour tables.
+    assert!(check_worst_classes(&store, "a", &page) > 0);
     assert!(
         std::fs::metadata(&page).unwrap().len() < 2 << 20,
         "a tiny run's page stays small"
