@@ -7,7 +7,7 @@ use crate::run_shared;
 use anyhow::{bail, Context, Result};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{
-    execute, Event, ExecOptions, NodeStatus, Outcome, Plan, RunRecord, RunStatus, Status,
+    execute, Event, ExecOptions, ExecSummary, NodeStatus, Plan, RunRecord, RunStatus, Status,
     UploadOutcome,
 };
 use dml_stages::config::{ExecutorKind, ExecutorSettings};
@@ -395,7 +395,62 @@ fn execute_here(
         remote: crate::remote_cmds::shared(&planned.remote),
     };
     let running = interrupt::Running::install(store, &record_path, record.clone(), live.path());
-    let print = |e: Event<'_>| match e {
+    let (summary, result) = execute(&planned.graph, plan, store, &opts, &|e| {
+        print_event(&running, e)
+    });
+    record.apply(&summary);
+    record.seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) => record.finish(RunStatus::Ok, "ok"),
+        Err(e) => record.finish(RunStatus::Failed, dml_pipeline::error_chain(e)),
+    }
+    let written = running.finish_with(|| -> Result<()> {
+        record.rewrite(&record_path)?;
+        // Only a run that ended ok moves `latest/<name>/` (a failed or interrupted one never
+        // replaces the links of the last good run).
+        if record.run_status() == RunStatus::Ok {
+            crate::links::update(store, &record)?;
+        }
+        Ok(())
+    });
+    match written {
+        Some(w) => w?,
+        // Interrupted at the very end: the handler is exiting.
+        None => loop {
+            std::thread::park();
+        },
+    }
+    drop(live);
+    if let Some(r) = &planned.remote {
+        crate::remote_cmds::after_run(r, &record_path);
+    }
+    if req.json {
+        print_json(store, &record, &record_path)?;
+    }
+    if let Err(e) = result {
+        // A stage that failed may succeed on a rerun (a full disk, a kill); a setting
+        // that does not fit the data will not, so only the former says "rerun".
+        return Err(match e {
+            dml_pipeline::PipelineError::StageFailed { .. } => {
+                anyhow::Error::new(e).context(format!(
+                "artifacts finished before the failure are kept in {}; a rerun continues from them",
+                store.root().display()
+            ))
+            }
+            other => other.into(),
+        });
+    }
+    if !req.json {
+        run_shared::print_reports(store, plan);
+    }
+    print_summary(plan, &summary, &record, &record_path);
+    Ok(())
+}
+
+/// One line on stderr per scheduler event, and the live record kept up to date (so that
+/// an interrupt writes what had finished).
+fn print_event(running: &interrupt::Running, e: Event<'_>) {
+    match e {
         Event::Cached(n) => eprintln!("  cached  {:<32} {}", n.id, &n.key[..12]),
         Event::Started(n) => {
             running.started(&n.id, &n.stage, &n.key);
@@ -444,88 +499,31 @@ fn execute_here(
             eprintln!("  pushed  {:<32} already on the remote cache", n.id)
         }
         Event::RemoteWarning(n, msg) => eprintln!("  warning {:<32} {msg}", n.id),
-    };
-    let (summary, result) = execute(&planned.graph, plan, store, &opts, &print);
-    for (node, outcome) in record.nodes.iter_mut().zip(&summary.outcomes) {
-        let (status, seconds) = match outcome {
-            Outcome::Cached => (NodeStatus::Cached, 0.0),
-            Outcome::Ran(s) => (NodeStatus::Ran, *s),
-            Outcome::BuiltElsewhere => {
-                let why = dml_pipeline::Reason::BuiltElsewhere;
-                node.reason = why.to_string();
-                node.why = Some(why);
-                (NodeStatus::Cached, 0.0)
-            }
-            Outcome::Fetched(s) => (NodeStatus::Fetched, *s),
-            Outcome::Failed(_) => (NodeStatus::Failed, 0.0),
-            Outcome::NotRun => (NodeStatus::NotRun, 0.0),
-        };
-        node.status = status;
-        node.seconds = seconds;
     }
-    record.seconds = started.elapsed().as_secs_f64();
-    match &result {
-        Ok(()) => record.finish(RunStatus::Ok, "ok"),
-        Err(e) => record.finish(RunStatus::Failed, dml_pipeline::error_chain(e)),
-    }
-    let written = running.finish_with(|| -> Result<()> {
-        record.rewrite(&record_path)?;
-        // Only a run that ended ok moves `latest/<name>/` (a failed or interrupted one never
-        // replaces the links of the last good run).
-        if record.run_status() == RunStatus::Ok {
-            crate::links::update(store, &record)?;
-        }
-        Ok(())
-    });
-    match written {
-        Some(w) => w?,
-        // Interrupted at the very end: the handler is exiting.
-        None => loop {
-            std::thread::park();
-        },
-    }
-    drop(live);
-    if let Some(r) = &planned.remote {
-        crate::remote_cmds::after_run(r, &record_path);
-    }
-    if req.json {
-        let nodes: Vec<serde_json::Value> = record
-            .nodes
-            .iter()
-            .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
-            .collect();
-        // The outcome of each point: artifact directories and headline metrics.
-        let points = crate::outcome::points(store, &record);
-        out::println(&serde_json::to_string_pretty(&serde_json::json!({
-            "record": record_path,
-            "status": record.run_status(),
-            "outcome": record.outcome,
-            "nodes": nodes,
-            "points": points,
-        }))?);
-    }
-    if let Err(e) = result {
-        // A stage that failed may succeed on a rerun (a full disk, a kill); a setting
-        // that does not fit the data will not, so only the former says "rerun".
-        return Err(match e {
-            dml_pipeline::PipelineError::StageFailed { .. } => {
-                anyhow::Error::new(e).context(format!(
-                "artifacts finished before the failure are kept in {}; a rerun continues from them",
-                store.root().display()
-            ))
-            }
-            other => other.into(),
-        });
-    }
-    if !req.json {
-        run_shared::print_reports(store, plan);
-    }
-    let ran = summary.ran();
-    let fetched = summary
-        .outcomes
+}
+
+/// `dml run --json`'s output: the record's path and status, each node, and each point's
+/// artifact paths and headline metrics.
+fn print_json(store: &ArtifactStore, record: &RunRecord, record_path: &Path) -> Result<()> {
+    let nodes: Vec<serde_json::Value> = record
+        .nodes
         .iter()
-        .filter(|o| matches!(o, Outcome::Fetched(_)))
-        .count();
+        .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
+        .collect();
+    let points = crate::outcome::points(store, record);
+    out::println(&serde_json::to_string_pretty(&serde_json::json!({
+        "record": record_path,
+        "status": record.run_status(),
+        "outcome": record.outcome,
+        "nodes": nodes,
+        "points": points,
+    }))?);
+    Ok(())
+}
+
+/// The last line of a run: how many stages ran, were fetched or cached, and the record.
+fn print_summary(plan: &Plan, summary: &ExecSummary, record: &RunRecord, record_path: &Path) {
+    let (ran, fetched) = (summary.ran(), summary.fetched());
     let fetched_text = if fetched > 0 {
         format!(" {fetched} fetched,")
     } else {
@@ -538,7 +536,6 @@ fn execute_here(
         record.seconds,
         record_path.display()
     );
-    Ok(())
 }
 
 fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {

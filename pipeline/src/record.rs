@@ -1,4 +1,5 @@
 //! Run records: which keys a run resolved, why each ran, and how long it took.
+use crate::scheduler::{ExecSummary, Outcome};
 use crate::{NodeIdentity, PipelineError, Reason};
 use dml_artifacts::ArtifactStore;
 use serde::{Deserialize, Serialize};
@@ -150,6 +151,29 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Fills in what the executor did to each node (its summary is in plan order, as the
+    /// record's nodes are): the status, the seconds, and for a node another process built
+    /// meanwhile, that reason.
+    pub fn apply(&mut self, summary: &ExecSummary) {
+        for (node, outcome) in self.nodes.iter_mut().zip(&summary.outcomes) {
+            let (status, seconds) = match outcome {
+                Outcome::Cached => (NodeStatus::Cached, 0.0),
+                Outcome::Ran(s) => (NodeStatus::Ran, *s),
+                Outcome::BuiltElsewhere => {
+                    let why = Reason::BuiltElsewhere;
+                    node.reason = why.to_string();
+                    node.why = Some(why);
+                    (NodeStatus::Cached, 0.0)
+                }
+                Outcome::Fetched(s) => (NodeStatus::Fetched, *s),
+                Outcome::Failed(_) => (NodeStatus::Failed, 0.0),
+                Outcome::NotRun => (NodeStatus::NotRun, 0.0),
+            };
+            node.status = status;
+            node.seconds = seconds;
+        }
+    }
+
     /// Writes the record under `runs/` and returns its path.
     pub fn save(&self, store: &ArtifactStore) -> Result<PathBuf, PipelineError> {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
@@ -299,6 +323,67 @@ fn record_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_executors_outcomes_become_statuses_seconds_and_reasons() {
+        let node = |id: &str| RecordNode {
+            identity: NodeIdentity {
+                id: id.into(),
+                stage: id.into(),
+                key: "k".repeat(64),
+                version: 1,
+                settings: serde_json::json!({}),
+                inputs: BTreeMap::new(),
+                input_ids: BTreeMap::new(),
+                fingerprint: None,
+            },
+            status: NodeStatus::NotRun,
+            reason: Reason::NoArtifact.to_string(),
+            why: Some(Reason::NoArtifact),
+            seconds: 0.0,
+            job_id: None,
+        };
+        let ids = ["a", "b", "c", "d", "e", "f"];
+        let mut record = RunRecord {
+            name: "r".into(),
+            started: String::new(),
+            seconds: 0.0,
+            outcome: "running".into(),
+            status: Some(RunStatus::Running),
+            live: None,
+            until: None,
+            config: serde_json::json!({}),
+            nodes: ids.iter().map(|id| node(id)).collect(),
+            provenance: BTreeMap::new(),
+        };
+        record.apply(&ExecSummary {
+            outcomes: vec![
+                Outcome::Cached,
+                Outcome::Ran(2.5),
+                Outcome::BuiltElsewhere,
+                Outcome::Fetched(0.5),
+                Outcome::Failed("boom".into()),
+                Outcome::NotRun,
+            ],
+        });
+        let got: Vec<(NodeStatus, f64)> =
+            record.nodes.iter().map(|n| (n.status, n.seconds)).collect();
+        assert_eq!(
+            got,
+            [
+                (NodeStatus::Cached, 0.0),
+                (NodeStatus::Ran, 2.5),
+                (NodeStatus::Cached, 0.0),
+                (NodeStatus::Fetched, 0.5),
+                (NodeStatus::Failed, 0.0),
+                (NodeStatus::NotRun, 0.0),
+            ]
+        );
+        // Only the node another process built changes its reason.
+        assert_eq!(record.nodes[2].why, Some(Reason::BuiltElsewhere));
+        assert_eq!(record.nodes[2].reason, Reason::BuiltElsewhere.to_string());
+        assert_eq!(record.nodes[1].why, Some(Reason::NoArtifact));
+    }
 
     #[test]
     fn records_saved_in_the_same_millisecond_are_all_kept() {

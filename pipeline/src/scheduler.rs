@@ -112,6 +112,14 @@ impl ExecSummary {
             .filter(|o| matches!(o, Outcome::Ran(_)))
             .count()
     }
+
+    /// How many nodes came from the remote cache.
+    pub fn fetched(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Fetched(_)))
+            .count()
+    }
 }
 
 struct State {
