@@ -595,9 +595,10 @@ fn test_gallery(model: &UseModel) -> Result<Gallery> {
     };
     let path = dir.join("embeddings.arrow");
     let table = dml_stages::evaluate::Table::read(&path, "embedding", "class_id", Some("split"))?;
+    let gallery = tables::Split::Gallery.as_str();
     let keep: Vec<usize> = match &table.splits {
-        Some(s) if s.iter().any(|x| x == "gallery") => {
-            (0..s.len()).filter(|&i| s[i] == "gallery").collect()
+        Some(s) if s.iter().any(|x| x == gallery) => {
+            (0..s.len()).filter(|&i| s[i] == gallery).collect()
         }
         _ => (0..table.labels.len()).collect(),
     };

@@ -17,7 +17,7 @@ pub struct EmbedJob {
     /// `image.crop`.
     pub crop: u32,
     /// The index splits embedded.
-    pub splits: Vec<String>,
+    pub splits: Vec<Split>,
     /// The device kind (part of the key).
     pub device: DeviceKind,
     /// `train.device` as written (`auto` picks the scheduler's device slot).
@@ -35,7 +35,7 @@ struct EmbedKey<'a> {
 #[derive(Serialize)]
 struct EmbedTable<'a> {
     batch_size: u32,
-    splits: &'a [String],
+    splits: &'a [Split],
     device: &'static str,
 }
 
@@ -66,7 +66,7 @@ impl EmbedStage {
             job: EmbedJob {
                 settings: settings.clone(),
                 crop: image.crop,
-                splits: splits.iter().map(|s| s.as_str().to_string()).collect(),
+                splits,
                 device: device::resolve_kind(device)?,
                 device_spec: device.to_string(),
             },

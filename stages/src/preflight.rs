@@ -152,7 +152,7 @@ fn check_sizes(c: &ExperimentConfig) -> Result<()> {
 /// The experiments' checks against their index: test images to evaluate, and
 /// Recall@K cut-offs the gallery can serve.
 pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
-    let count = |split: Split| rows.iter().filter(|r| r.split == split.as_str()).count();
+    let count = |split: Split| rows.iter().filter(|r| r.split == split).count();
     let (queries, available) = match c.retrieve.protocol {
         Protocol::QueryGallery => {
             let (q, g) = (count(Split::Query), count(Split::Gallery));
@@ -216,7 +216,7 @@ fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> 
     }
     let train: BTreeSet<u32> = rows
         .iter()
-        .filter(|r| r.split == Split::Train.as_str())
+        .filter(|r| r.split == Split::Train)
         .map(|r| r.class_id)
         .collect();
     if train.is_empty() {
@@ -275,13 +275,13 @@ mod tests {
         assert!(e.contains("train.freeze_backbone_steps"), "{e}");
     }
 
-    fn row(split: &str, class_id: u32) -> IndexRow {
+    fn row(split: Split, class_id: u32) -> IndexRow {
         IndexRow {
             image_id: 0,
             path: String::new(),
             class_id,
             class_name: String::new(),
-            split: split.into(),
+            split,
             width: 1,
             height: 1,
             bytes: 1,
@@ -294,7 +294,7 @@ mod tests {
     fn ks_beyond_the_gallery_name_the_fitting_ones() {
         let mut c = ExperimentConfig::default();
         c.dataset.kind = DatasetKindName::Sop;
-        let rows: Vec<IndexRow> = (0..60).map(|i| row("test", i / 3)).collect();
+        let rows: Vec<IndexRow> = (0..60).map(|i| row(Split::Test, i / 3)).collect();
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
             .to_string();
@@ -303,7 +303,7 @@ mod tests {
         assert!(err.contains("--set retrieve.ks=1,10"), "{err}");
         c.retrieve.ks = vec![1, 10];
         let mut rows = rows;
-        rows.extend((0..200).map(|i| row("train", 100 + i / 4)));
+        rows.extend((0..200).map(|i| row(Split::Train, 100 + i / 4)));
         check_index(&c.clone().resolve(), &rows).unwrap();
     }
 
@@ -311,8 +311,8 @@ mod tests {
     fn more_classes_per_batch_than_training_classes_is_an_error_before_planning() {
         let mut c = ExperimentConfig::default();
         c.retrieve.ks = vec![1];
-        let mut rows: Vec<IndexRow> = (0..40).map(|i| row("test", i / 4)).collect();
-        rows.extend((0..60).map(|i| row("train", 100 + i / 4)));
+        let mut rows: Vec<IndexRow> = (0..40).map(|i| row(Split::Test, i / 4)).collect();
+        rows.extend((0..60).map(|i| row(Split::Train, 100 + i / 4)));
         c.plan.p = 16;
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn no_test_images_is_an_error() {
         let c = ExperimentConfig::default();
-        let rows = vec![row("train", 0), row("train", 1)];
+        let rows = vec![row(Split::Train, 0), row(Split::Train, 1)];
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
             .to_string();

@@ -3,7 +3,7 @@
 //! class-disjoint holdout, `keep = "best"` returning that step's weights (also across a
 //! resume), and what the table does to keys.
 use crate::common::*;
-use dml_artifacts::tables::{self, Embeddings, TrainLogRow};
+use dml_artifacts::tables::{self, Embeddings, Split, TrainLogRow};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -171,7 +171,7 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     let index = tables::read_index(&store.join("latest/val/index/index.parquet")).unwrap();
     let held_images: Vec<u32> = index
         .iter()
-        .filter(|r| r.split == "train" && held.contains(&r.class_id))
+        .filter(|r| r.split == Split::Train && held.contains(&r.class_id))
         .map(|r| r.image_id)
         .collect();
     assert_eq!(held_images.len(), 18);
@@ -180,7 +180,7 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     // metrics of those embeddings.
     let emb = Embeddings::read(&train.join("validation.arrow")).unwrap();
     assert_eq!(emb.image_id, held_images);
-    assert!(emb.split.iter().all(|s| s == "holdout"));
+    assert!(emb.split.iter().all(|&s| s == Split::Holdout));
     let (r1, map) = brute_force(&emb);
     let last = val.last().unwrap();
     close(last.1, r1, "holdout R@1 at the last step");
@@ -274,7 +274,7 @@ fn keep_best_makes_the_best_steps_weights_the_artifact() {
     let kept = Embeddings::read(&train.join("validation.arrow")).unwrap();
     assert_eq!(kept.image_id, embedded.image_id);
     assert_eq!(kept.split, embedded.split);
-    assert!(kept.split.iter().all(|s| s == "test"));
+    assert!(kept.split.iter().all(|&s| s == Split::Test));
     let diff = kept
         .values
         .iter()

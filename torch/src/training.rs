@@ -178,7 +178,7 @@ fn training_classes(job: &TrainJob, index: &[tables::IndexRow]) -> Result<Vec<i6
     };
     let classes: BTreeSet<u32> = index
         .iter()
-        .filter(|r| r.split == Split::Train.as_str() && !held.contains(&r.class_id))
+        .filter(|r| r.split == Split::Train && !held.contains(&r.class_id))
         .map(|r| r.class_id)
         .collect();
     Ok(classes.into_iter().map(i64::from).collect())
@@ -561,7 +561,7 @@ fn substitute_skipped(
 ) -> Result<Arc<Vec<Batch>>, BoxError> {
     let mut by_class: HashMap<u32, Vec<usize>> = HashMap::new();
     for r in index {
-        if !cache.is_missing(r.image_id as usize) && r.split == Split::Train.as_str() {
+        if !cache.is_missing(r.image_id as usize) && r.split == Split::Train {
             by_class
                 .entry(r.class_id)
                 .or_default()
