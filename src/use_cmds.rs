@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{tables, ArtifactStore};
 use dml_pipeline::{RecordNode, RunRecord};
 use dml_stages::device::DeviceKind;
+use dml_stages::jobs::WorkerJob;
 use dml_stages::report_html::{esc, STYLE};
 use dml_stages::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob, Gallery};
 use dml_stages::worker::{run_request, WorkerRequest};
@@ -501,8 +502,7 @@ fn embed_in_worker(model: &UseModel, images: &[Image], out: &Path) -> Result<Emb
         out: out.to_path_buf(),
     };
     let request = WorkerRequest {
-        stage: shared::EMBED_FILES.into(),
-        job: serde_json::to_value(&job)?,
+        job: WorkerJob::EmbedFiles(job),
         node: "embed".into(),
         key: model.train_key.clone(),
         out_dir: out
@@ -984,8 +984,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> Result<()> {
         safetensors: formats.safetensors,
     };
     let request = WorkerRequest {
-        stage: shared::EXPORT.into(),
-        job: serde_json::to_value(&job)?,
+        job: WorkerJob::Export(job),
         node: "export".into(),
         key: model.train_key.clone(),
         out_dir: args.out.clone(),

@@ -7,7 +7,7 @@ use dml_artifacts::tables::{self, Embeddings};
 use dml_datasets as ds;
 use dml_pipeline::BoxError;
 use dml_stages::device::DeviceKind;
-use dml_stages::embed::EmbedJob;
+use dml_stages::jobs::EmbedJob;
 use dml_stages::roles;
 use dml_stages::train::read_model_json;
 use serde_json::json;
