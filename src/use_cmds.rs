@@ -10,6 +10,7 @@ use dml_pipeline::{RecordNode, RunRecord};
 use dml_stages::device::DeviceKind;
 use dml_stages::jobs::WorkerJob;
 use dml_stages::report_html::{esc, STYLE};
+use dml_stages::roles::ReportRole;
 use dml_stages::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob, Gallery};
 use dml_stages::worker::{run_request, WorkerRequest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -256,7 +257,7 @@ fn resolve(store: &ArtifactStore, args: &ModelArgs) -> Result<UseModel> {
             }
         }
     };
-    let Some((_, train_key)) = point.roles.get("train").cloned() else {
+    let Some(train_key) = point.roles.get(&ReportRole::Train).cloned() else {
         bail!("point `{}` has no train stage in its record", point.name);
     };
     let train_node = find(&record, "train", &train_key);

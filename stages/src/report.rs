@@ -11,6 +11,7 @@ use crate::evaluate::MetricsFile;
 use crate::plots;
 use crate::report_html::{self, Cells, Page, RunRetrievals, RunSection};
 use crate::retrievals::{Catalogue, Gallery, Neighbours};
+use crate::roles::ReportRole;
 use crate::tensorboard;
 use crate::thumbs::{ImageSource, Thumbnails};
 use anyhow::anyhow;
@@ -180,18 +181,18 @@ impl Stage for ReportStage {
     }
 }
 
-/// Where a report finds its inputs: role (`retrieve/0`, `cluster/0`, `train/0`,
-/// `baseline_retrieve/0`, `baseline_cluster/0`, `index/0`, `decode/0`) → artifact
-/// directory, and the train artifacts' manifest notes.
+/// Where a report finds its inputs: the artifact directory of each [`ReportRole`] of each
+/// run of its table (the DAG's inputs `retrieve/0`, `cluster/0`, …), and the train
+/// artifacts' manifest notes.
 pub trait ReportInputs {
-    /// The artifact directory of a role.
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError>;
+    /// The artifact directory of a role of run `run`.
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError>;
     /// The manifest notes of a role's artifact (empty when it has none).
-    fn notes(&self, role: &str) -> Value;
+    fn notes(&self, role: ReportRole, run: usize) -> Value;
     /// The directory of a role the report can do without (the index and the images), or
     /// why it is not there.
-    fn optional_dir(&self, role: &str) -> Result<PathBuf, String> {
-        self.dir(role).map_err(|e| e.to_string())
+    fn optional_dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, String> {
+        self.dir(role, run).map_err(|e| e.to_string())
     }
     /// Where the images are when there is no decode cache: the dataset's root (the synth
     /// artifact's `images/` for the synthetic set), if known.
@@ -203,12 +204,12 @@ pub trait ReportInputs {
 struct StageInputs<'a, 'b>(&'a RunContext<'b>);
 
 impl ReportInputs for StageInputs<'_, '_> {
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
-        Ok(self.0.input(role)?.to_path_buf())
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
+        Ok(self.0.input(&role.of(run))?.to_path_buf())
     }
-    fn notes(&self, role: &str) -> Value {
+    fn notes(&self, role: ReportRole, run: usize) -> Value {
         self.0
-            .input_manifest(role)
+            .input_manifest(&role.of(run))
             .map(|m| m.notes.clone())
             .unwrap_or_default()
     }
@@ -229,10 +230,10 @@ pub fn write_report(
     let mut curves = Vec::new();
     let mut finals = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let r = read_metrics(&inputs.dir(&format!("retrieve/{i}"))?)?;
-        let c = read_metrics(&inputs.dir(&format!("cluster/{i}"))?)?;
-        let train_dir = inputs.dir(&format!("train/{i}"))?;
-        let train_notes = inputs.notes(&format!("train/{i}"));
+        let r = read_metrics(&inputs.dir(ReportRole::Retrieve, i)?)?;
+        let c = read_metrics(&inputs.dir(ReportRole::Cluster, i)?)?;
+        let train_dir = inputs.dir(ReportRole::Train, i)?;
+        let train_notes = inputs.notes(ReportRole::Train, i);
         let recall = r.recall.clone();
         curves.push(plots::RecallCurve {
             label: run.name.clone(),
@@ -242,8 +243,8 @@ pub fn write_report(
         });
         let mut untrained_metrics = None;
         let baseline = if run.baseline {
-            let br = read_metrics(&inputs.dir(&format!("baseline_retrieve/{i}"))?)?;
-            let bc = read_metrics(&inputs.dir(&format!("baseline_cluster/{i}"))?)?;
+            let br = read_metrics(&inputs.dir(ReportRole::BaselineRetrieve, i)?)?;
+            let bc = read_metrics(&inputs.dir(ReportRole::BaselineCluster, i)?)?;
             let points: Vec<(usize, f64)> = recall
                 .iter()
                 .filter_map(|&(k, _)| Some((k, br.recall_at(k)?)))
@@ -356,7 +357,7 @@ fn write_test_events(
     };
     let now = tensorboard::now();
     for (i, (trained, untrained)) in finals.iter().enumerate() {
-        let log = inputs.dir(&format!("train/{i}"))?.join("train_log.parquet");
+        let log = inputs.dir(ReportRole::Train, i)?.join("train_log.parquet");
         let last = if log.is_file() {
             tables::read_train_log(&log)?
                 .last()
@@ -491,21 +492,21 @@ fn analyse_run(
     catalogues: &mut HashMap<PathBuf, Arc<Catalogue>>,
     sources: &mut Vec<(PathBuf, ImageSource)>,
 ) -> Result<Result<(PathBuf, RunRetrievals), String>, BoxError> {
-    let retrieve = inputs.dir(&format!("retrieve/{i}"))?;
+    let retrieve = inputs.dir(ReportRole::Retrieve, i)?;
     let path = retrieve.join("neighbors.parquet");
     if !path.is_file() {
         return Ok(Err(
             "the retrieve stage saved no neighbours (retrieve.neighbors = 0)".into(),
         ));
     }
-    let index = match inputs.optional_dir(&format!("index/{i}")) {
+    let index = match inputs.optional_dir(ReportRole::Index, i) {
         Ok(d) => d,
         Err(why) => return Ok(Err(format!("no index: {why}"))),
     };
     if !catalogues.contains_key(&index) {
         let rows = tables::read_index(&index.join("index.parquet"))?;
         catalogues.insert(index.clone(), Arc::new(Catalogue::new(rows)?));
-        let source = match inputs.optional_dir(&format!("decode/{i}")) {
+        let source = match inputs.optional_dir(ReportRole::Decode, i) {
             Ok(d) => ImageSource::Cache(dml_datasets::DecodeCache::open(&d)?),
             Err(why) => match inputs.image_root(i).filter(|r| r.is_dir()) {
                 Some(root) => ImageSource::Files(root),
@@ -517,7 +518,7 @@ fn analyse_run(
     let trained = Neighbours::read(&path)?;
     let untrained = if run.baseline {
         let p = inputs
-            .dir(&format!("baseline_retrieve/{i}"))?
+            .dir(ReportRole::BaselineRetrieve, i)?
             .join("neighbors.parquet");
         p.is_file().then(|| Neighbours::read(&p)).transpose()?
     } else {
