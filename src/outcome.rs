@@ -3,6 +3,7 @@
 //! for `dml run --json`, `dml runs`, `dml diff` and `dml report`.
 use dml_artifacts::{ArtifactStore, Manifest};
 use dml_pipeline::{RecordNode, RunRecord};
+use dml_stages::evaluate::names::field;
 use dml_stages::evaluate::MetricsFile;
 use dml_stages::report::RunLabel;
 use dml_stages::roles::ReportRole;
@@ -73,8 +74,8 @@ impl Metrics {
             ("train s", self.train_seconds),
         ];
         if self.validation.is_some() {
-            rows.push(("val R@1", val("recall_at_1")));
-            rows.push(("val MAP@R", val("map_at_r")));
+            rows.push(("val R@1", val(&field::recall_at(1))));
+            rows.push(("val MAP@R", val(field::MAP_AT_R)));
         }
         rows
     }
@@ -244,8 +245,8 @@ fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
                 "on": pick("validation_on"),
                 "keep": pick("validation_keep"),
                 "kept_step": pick("kept_step"),
-                "recall_at_1": pick("val_recall_at_1"),
-                "map_at_r": pick("val_map_at_r"),
+                field::recall_at(1): pick("val_recall_at_1"),
+                field::MAP_AT_R: pick("val_map_at_r"),
             }));
         }
     }

@@ -7,7 +7,7 @@
 //! [`crate::report_html`]) and `tensorboard/<i>/` (each run's final test metrics as a
 //! TensorBoard event file, for `dml tensorboard`).
 use crate::config::{ExperimentConfig, ReportSettings};
-use crate::evaluate::MetricsFile;
+use crate::evaluate::{names, MetricsFile};
 use crate::plots;
 use crate::report_html::{self, Cells, Page, RunRetrievals, RunSection};
 use crate::retrievals::{Catalogue, Gallery, Neighbours};
@@ -289,10 +289,10 @@ pub fn write_report(
             "margin": run.margin,
             "p": run.p,
             "k": run.k,
-            "nmi": or_nan(c.nmi),
+            names::field::NMI: or_nan(c.nmi),
             "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
-            "map_at_r": or_nan(r.map_at_r),
-            "r_precision": or_nan(r.r_precision),
+            names::field::MAP_AT_R: or_nan(r.map_at_r),
+            names::field::R_PRECISION: or_nan(r.r_precision),
             "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
             "untrained_recall@1": baseline.map(|b| b.0),
             "untrained_nmi": baseline.map(|b| b.1),
@@ -348,11 +348,12 @@ fn write_test_events(
         let mut v: Vec<(String, f64)> = r
             .recall
             .iter()
-            .map(|(k, x)| (format!("test/recall@{k}"), *x))
+            .map(|&(k, x)| (format!("test/{}", names::recall_at(k)), x))
             .collect();
-        v.extend(r.map_at_r.map(|x| ("test/map@r".to_string(), x)));
-        v.extend(r.r_precision.map(|x| ("test/r_precision".to_string(), x)));
-        v.extend(c.nmi.map(|x| ("test/nmi".to_string(), x)));
+        let test = |name: &str| format!("test/{name}");
+        v.extend(r.map_at_r.map(|x| (test(names::MAP_AT_R), x)));
+        v.extend(r.r_precision.map(|x| (test(names::R_PRECISION), x)));
+        v.extend(c.nmi.map(|x| (test(names::NMI), x)));
         v
     };
     let now = tensorboard::now();
@@ -457,8 +458,8 @@ fn summary(row: &Value) -> Vec<(String, String)> {
     };
     let mut v = vec![
         ("R@1".to_string(), pct(recall(1))),
-        ("MAP@R".into(), pct(row["map_at_r"].as_f64())),
-        ("NMI".into(), num3(row["nmi"].as_f64())),
+        ("MAP@R".into(), pct(row[names::field::MAP_AT_R].as_f64())),
+        ("NMI".into(), num3(row[names::field::NMI].as_f64())),
     ];
     if row["untrained_recall@1"].is_number() {
         v.push((
@@ -593,7 +594,7 @@ fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxErr
         Column::new("margin".into(), s("margin")),
         Column::new("p".into(), u("p")),
         Column::new("k".into(), u("k")),
-        Column::new("nmi".into(), f("nmi")),
+        Column::new(names::column::NMI.into(), f(names::field::NMI)),
     ];
     for k in &ks {
         let v: Vec<f64> = rows
@@ -608,10 +609,16 @@ fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxErr
                     .unwrap_or(f64::NAN)
             })
             .collect();
-        cols.push(Column::new(format!("r@{k}").into(), v));
+        cols.push(Column::new(names::column::recall_at(*k as usize).into(), v));
     }
-    cols.push(Column::new("map@r".into(), f("map_at_r")));
-    cols.push(Column::new("r_precision".into(), f("r_precision")));
+    cols.push(Column::new(
+        names::column::MAP_AT_R.into(),
+        f(names::field::MAP_AT_R),
+    ));
+    cols.push(Column::new(
+        names::column::R_PRECISION.into(),
+        f(names::field::R_PRECISION),
+    ));
     cols.push(Column::new("train_seconds".into(), f("train_seconds")));
     cols.push(Column::new("untrained_r@1".into(), f("untrained_recall@1")));
     cols.push(Column::new("untrained_nmi".into(), f("untrained_nmi")));
@@ -634,10 +641,10 @@ fn aggregate(df: &DataFrame, differing: &[String]) -> Result<DataFrame, BoxError
         .iter()
         .map(|n| n.to_string())
         .filter(|n| {
-            n == "nmi"
-                || n.starts_with("r@")
-                || n == "map@r"
-                || n == "r_precision"
+            n == names::column::NMI
+                || n.starts_with(names::column::RECALL_PREFIX)
+                || n == names::column::MAP_AT_R
+                || n == names::column::R_PRECISION
                 || n == "train_seconds"
         })
         .collect();
@@ -695,14 +702,16 @@ fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
 
 fn bar_rows(groups: &DataFrame) -> Result<Vec<(String, f64, Option<f64>)>, BoxError> {
     let g = frame_to_json(groups)?;
+    let r1 = names::column::recall_at(1);
+    let (mean, std) = (format!("{r1}_mean"), format!("{r1}_std"));
     Ok(g.as_array()
         .into_iter()
         .flatten()
         .map(|r| {
             (
                 r["group"].as_str().unwrap_or("").to_string(),
-                r["r@1_mean"].as_f64().unwrap_or(0.0),
-                r["r@1_std"]
+                r[&mean].as_f64().unwrap_or(0.0),
+                r[&std]
                     .as_f64()
                     .filter(|_| r["runs"].as_f64().unwrap_or(1.0) > 1.0),
             )
@@ -769,11 +778,11 @@ fn run_cells(rows: &[Value], differing: &[String]) -> Cells {
                 "No".into()
             },
             r["margin"].as_str().unwrap_or("").to_string(),
-            format!("{:.3}", r["nmi"].as_f64().unwrap_or(f64::NAN)),
+            format!("{:.3}", r[names::field::NMI].as_f64().unwrap_or(f64::NAN)),
         ]);
         cells.extend(ks.iter().map(|&k| pct(recall(k))));
-        cells.push(pct(r["map_at_r"].as_f64()));
-        cells.push(pct(r["r_precision"].as_f64()));
+        cells.push(pct(r[names::field::MAP_AT_R].as_f64()));
+        cells.push(pct(r[names::field::R_PRECISION].as_f64()));
         cells.push(r["p"].to_string());
         cells.push(r["k"].to_string());
         cells.push(format!(
@@ -833,10 +842,13 @@ fn group_cells(rows: &[Value], groups: &DataFrame) -> Result<Option<Cells>, BoxE
         let mut cells = vec![
             r["group"].as_str().unwrap_or("").to_string(),
             r["runs"].to_string(),
-            pm("nmi", 1.0, 3),
+            pm(names::column::NMI, 1.0, 3),
         ];
-        cells.extend(ks.iter().map(|k| pm(&format!("r@{k}"), 100.0, 2)));
-        cells.push(pm("map@r", 100.0, 2));
+        cells.extend(
+            ks.iter()
+                .map(|&k| pm(&names::column::recall_at(k as usize), 100.0, 2)),
+        );
+        cells.push(pm(names::column::MAP_AT_R, 100.0, 2));
         out.push(cells);
     }
     Ok(Some(Cells { header, rows: out }))
