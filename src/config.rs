@@ -899,6 +899,53 @@ fn line_of_key(text: &str, path: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The message of loading the defaults with `sets`.
+    fn load_error(sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", load(None, None, &sets).unwrap_err())
+    }
+
+    #[test]
+    fn sweeps_of_the_wrong_shape_say_what_a_sweep_is() {
+        assert!(
+            load_error(&["sweep=3"])
+                .contains("[sweep] must be a table of `\"stage.key\" = [values]`"),
+            "{}",
+            load_error(&["sweep=3"])
+        );
+        let e = load_error(&["sweep.plan.seed=3"]);
+        assert!(
+            e.contains(
+                "[sweep] `plan.seed` must be a list of values, e.g. `\"plan.seed\" = [a, b]`"
+            ),
+            "{e}"
+        );
+        let e = load_error(&["sweep.plan.seed=[]"]);
+        assert!(e.contains("[sweep] `plan.seed` has no values"), "{e}");
+        let e = load_error(&["sweep.plan.sed=[1, 2]"]);
+        assert!(e.contains("did you mean `plan.seed`?"), "{e}");
+    }
+
+    #[test]
+    fn sweep_flags_name_what_is_missing() {
+        assert_eq!(
+            sweep_arg("plan.seed=0, 1").unwrap(),
+            "sweep.plan.seed=[0, 1]"
+        );
+        assert_eq!(
+            sweep_arg("plan.seed").unwrap_err().to_string(),
+            "--sweep `plan.seed`: expected `stage.key=value1,value2`, e.g. --sweep train.loss.name=npairs,angular"
+        );
+        assert_eq!(
+            sweep_arg("plan..seed=1").unwrap_err().to_string(),
+            "--sweep `plan..seed=1`: `plan..seed` is not a setting path like `plan.seed`"
+        );
+        assert_eq!(
+            sweep_arg("plan.seed=,").unwrap_err().to_string(),
+            "--sweep `plan.seed=,` gives no values; e.g. --sweep plan.seed=a,b"
+        );
+    }
+
     #[test]
     fn unknown_key_suggests_the_nearest() {
         let err = load(None, None, &["plan.sepd=3".into()])

@@ -1,7 +1,7 @@
 //! `dml eval`: score any embeddings file (Arrow IPC or Parquet) without a pipeline.
 use anyhow::{bail, Result};
 use dml_metrics::Distance;
-use dml_stages::evaluate::{self, NoPositives, Protocol, Table};
+use dml_stages::evaluate::{self, names, NoPositives, Protocol, Table};
 use std::path::PathBuf;
 
 /// `--protocol`.
@@ -141,17 +141,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let protocol = Protocol::from(args.protocol);
     let rule = NoPositives::from(args.queries_without_positives);
     let distance = Distance::from(args.distance);
-    let map_at_r = evaluate::names::MAP_AT_R;
-    let metrics: Vec<&str> = args
-        .metrics
-        .iter()
-        .map(|m| match m {
-            MetricArg::Recall => "recall",
-            MetricArg::MapAtR => map_at_r,
-            MetricArg::Nmi => evaluate::names::NMI,
-        })
-        .collect();
-    let want = |m: &str| metrics.contains(&m);
+    let want = |m: MetricArg| args.metrics.contains(&m);
     let table = Table::read(
         &args.embeddings,
         &args.embedding_column,
@@ -174,38 +164,41 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     })?;
     let sel = evaluate::select(&table, protocol)?;
-    let retrieval = if want("recall") || want(map_at_r) {
+    let wants_retrieval = want(MetricArg::Recall) || want(MetricArg::MapAtR);
+    let retrieval = if wants_retrieval {
         Some(evaluate::retrieval(&sel, table.dim, &args.k, distance)?)
     } else {
         None
     };
-    let clustering = if want(evaluate::names::NMI) {
+    let clustering = if want(MetricArg::Nmi) {
         Some(evaluate::clustering(&sel, table.dim, args.seed, distance)?.0)
     } else {
         None
     };
     let mut out = evaluate::metrics_json(retrieval.as_ref(), clustering.as_ref(), rule);
     if let Some(o) = out.as_object_mut() {
-        if !want("recall") {
-            o.retain(|k, _| !k.starts_with(evaluate::names::RECALL_PREFIX));
+        if !want(MetricArg::Recall) {
+            o.retain(|k, _| !k.starts_with(names::RECALL_PREFIX));
         }
-        if !want(map_at_r) {
-            o.remove(map_at_r);
-            o.remove(evaluate::names::R_PRECISION);
+        if !want(MetricArg::MapAtR) {
+            o.remove(names::MAP_AT_R);
+            o.remove(names::R_PRECISION);
         }
         if retrieval.is_none() {
-            o.insert("queries".into(), sel.q_labels.len().into());
-            o.insert("gallery".into(), sel.g_labels.len().into());
+            o.insert(names::QUERIES.into(), sel.q_labels.len().into());
+            o.insert(names::GALLERY.into(), sel.g_labels.len().into());
         }
     }
     // Metrics that the data cannot define: said, never printed as if they were scores.
     let mut undefined: Vec<String> = Vec::new();
-    let queries = out.get("queries").and_then(|v| v.as_u64()).unwrap_or(0);
-    let without = out
-        .get("queries_without_positives")
+    let queries = out
+        .get(names::QUERIES)
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
-    let wants_retrieval = want("recall") || want(map_at_r);
+    let without = out
+        .get(names::QUERIES_WITHOUT_POSITIVES)
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     if wants_retrieval && queries > 0 && without == queries {
         undefined.push(format!(
             "Recall@K and MAP@R are undefined: none of the {queries} queries has another item of its class in the gallery (is `{}` the class label, and does each class have 2 or more rows?)",
@@ -213,7 +206,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ));
     }
     let classes: std::collections::BTreeSet<u32> = sel.q_labels.iter().copied().collect();
-    if want(evaluate::names::NMI) && classes.len() < 2 {
+    if want(MetricArg::Nmi) && classes.len() < 2 {
         undefined.push(format!(
             "NMI is undefined: the evaluated rows hold {} class(es); its value 1.0 says nothing",
             classes.len()
@@ -231,7 +224,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     for u in &undefined {
         eprintln!("warning: {u}");
     }
-    let asked = usize::from(wants_retrieval) + usize::from(want(evaluate::names::NMI));
+    let asked = usize::from(wants_retrieval) + usize::from(want(MetricArg::Nmi));
     if !undefined.is_empty() && undefined.len() >= asked {
         bail!(
             "no metric asked for is defined on `{}` (see the warnings above)",

@@ -3,20 +3,23 @@
 //! for `dml run --json`, `dml runs`, `dml diff` and `dml report`.
 use dml_artifacts::{ArtifactStore, Manifest};
 use dml_pipeline::{RecordNode, RunRecord};
+use dml_stages::evaluate::names::field;
 use dml_stages::evaluate::MetricsFile;
 use dml_stages::report::RunLabel;
+use dml_stages::roles::ReportRole;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The report-input roles of one point, and the stage each names.
-const ROLES: [(&str, &str); 5] = [
-    ("retrieve", "retrieve"),
-    ("cluster", "cluster"),
-    ("train", "train"),
-    ("baseline_retrieve", "retrieve"),
-    ("baseline_cluster", "cluster"),
+/// The report-input roles a point is read from (the index and decode cache are found
+/// through its retrieve node's embed node).
+const ROLES: [ReportRole; 5] = [
+    ReportRole::Retrieve,
+    ReportRole::Cluster,
+    ReportRole::Train,
+    ReportRole::BaselineRetrieve,
+    ReportRole::BaselineCluster,
 ];
 
 /// One point of a run (the run itself without a sweep).
@@ -34,9 +37,9 @@ pub struct Point {
     /// The report's label (when the run reached its report).
     #[serde(skip)]
     pub label: Option<RunLabel>,
-    /// Report-input role stem (`retrieve`, `baseline_cluster`, …) → (stage, key).
+    /// Report-input role → the key of its artifact (of the role's stage).
     #[serde(skip)]
-    pub roles: BTreeMap<String, (String, String)>,
+    pub roles: BTreeMap<ReportRole, String>,
 }
 
 /// The numbers a run is compared by.
@@ -71,8 +74,8 @@ impl Metrics {
             ("train s", self.train_seconds),
         ];
         if self.validation.is_some() {
-            rows.push(("val R@1", val("recall_at_1")));
-            rows.push(("val MAP@R", val("map_at_r")));
+            rows.push(("val R@1", val(&field::recall_at(1))));
+            rows.push(("val MAP@R", val(field::MAP_AT_R)));
         }
         rows
     }
@@ -121,9 +124,9 @@ pub fn points(store: &ArtifactStore, record: &RunRecord) -> Vec<Point> {
             .unwrap_or_default();
         for (i, label) in labels.into_iter().enumerate() {
             let mut roles = BTreeMap::new();
-            for (role, stage) in ROLES {
-                if let Some(key) = report.inputs.get(&format!("{role}/{i}")) {
-                    roles.insert(role.to_string(), (stage.to_string(), key.clone()));
+            for role in ROLES {
+                if let Some(key) = report.inputs.get(&role.of(i)) {
+                    roles.insert(role, key.clone());
                 }
             }
             let mut p = Point {
@@ -154,20 +157,19 @@ pub fn points(store: &ArtifactStore, record: &RunRecord) -> Vec<Point> {
             let values: Vec<String> = point.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("{}[{}]", record.name, values.join(","))
         };
-        let mut roles =
-            BTreeMap::from([("train".to_string(), ("train".into(), train.key.clone()))]);
+        let mut roles = BTreeMap::from([(ReportRole::Train, train.key.clone())]);
         let embed = record
             .nodes
             .iter()
             .find(|n| n.stage == "embed" && n.inputs.get("train") == Some(&train.key));
         if let Some(embed) = embed {
-            for stage in ["retrieve", "cluster"] {
+            for role in [ReportRole::Retrieve, ReportRole::Cluster] {
                 if let Some(n) = record
                     .nodes
                     .iter()
-                    .find(|n| n.stage == stage && n.inputs.get("embed") == Some(&embed.key))
+                    .find(|n| n.stage == role.stage() && n.inputs.get("embed") == Some(&embed.key))
                 {
-                    roles.insert(stage.to_string(), (stage.to_string(), n.key.clone()));
+                    roles.insert(role, n.key.clone());
                 }
             }
         }
@@ -189,20 +191,25 @@ pub fn points(store: &ArtifactStore, record: &RunRecord) -> Vec<Point> {
 fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
     // Only artifacts this run built, fetched or found: a failed run shows no metrics
     // that a later run's artifacts of the same keys would lend it.
-    let dir = |role: &str| {
+    let dir = |role: ReportRole| {
+        let stage = role.stage();
         p.roles
-            .get(role)
-            .filter(|(stage, key)| node(record, stage, key).is_none_or(|n| n.status.reached()))
-            .and_then(|(stage, key)| object(store, stage, key))
+            .get(&role)
+            .filter(|key| node(record, stage, key).is_none_or(|n| n.status.reached()))
+            .and_then(|key| object(store, stage, key))
     };
-    let (train, retrieve, cluster) = (dir("train"), dir("retrieve"), dir("cluster"));
+    let (train, retrieve, cluster) = (
+        dir(ReportRole::Train),
+        dir(ReportRole::Retrieve),
+        dir(ReportRole::Cluster),
+    );
     let embed_key = p
         .roles
-        .get("retrieve")
-        .and_then(|(_, key)| node(record, "retrieve", key))
+        .get(&ReportRole::Retrieve)
+        .and_then(|key| node(record, "retrieve", key))
         .and_then(|n| n.inputs.get("embed").cloned())
         .or_else(|| {
-            let train_key = &p.roles.get("train")?.1;
+            let train_key = p.roles.get(&ReportRole::Train)?;
             record
                 .nodes
                 .iter()
@@ -238,8 +245,8 @@ fn fill(store: &ArtifactStore, record: &RunRecord, p: &mut Point) {
                 "on": pick("validation_on"),
                 "keep": pick("validation_keep"),
                 "kept_step": pick("kept_step"),
-                "recall_at_1": pick("val_recall_at_1"),
-                "map_at_r": pick("val_map_at_r"),
+                field::recall_at(1): pick("val_recall_at_1"),
+                field::MAP_AT_R: pick("val_map_at_r"),
             }));
         }
     }

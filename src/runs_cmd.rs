@@ -6,6 +6,7 @@ use dml_artifacts::{ArtifactStore, Manifest};
 use dml_pipeline::{file_safe, show, BoxError, RecordNode, RunRecord, RunStatus};
 use dml_stages::config::ReportSettings;
 use dml_stages::report::{run_settings, write_report, ReportInputs, RunLabel};
+use dml_stages::roles::ReportRole;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -117,34 +118,34 @@ pub fn runs(
 /// The combined report's inputs: global role (`retrieve/3`) → an artifact in the store;
 /// for the index and the images, why one is not there.
 struct StoreInputs {
-    dirs: BTreeMap<String, PathBuf>,
-    absent: BTreeMap<String, String>,
+    dirs: BTreeMap<(ReportRole, usize), PathBuf>,
+    absent: BTreeMap<(ReportRole, usize), String>,
     image_roots: BTreeMap<usize, PathBuf>,
 }
 
 impl ReportInputs for StoreInputs {
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
         self.dirs
-            .get(role)
+            .get(&(role, run))
             .cloned()
-            .ok_or_else(|| format!("report input `{role}` is missing").into())
+            .ok_or_else(|| format!("report input `{}` is missing", role.of(run)).into())
     }
-    fn optional_dir(&self, role: &str) -> Result<PathBuf, String> {
-        match self.dirs.get(role) {
+    fn optional_dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, String> {
+        match self.dirs.get(&(role, run)) {
             Some(d) => Ok(d.clone()),
-            None => Err(self
-                .absent
-                .get(role)
-                .cloned()
-                .unwrap_or_else(|| format!("`{role}` is not known to the run record"))),
+            None => {
+                Err(self.absent.get(&(role, run)).cloned().unwrap_or_else(|| {
+                    format!("`{}` is not known to the run record", role.of(run))
+                }))
+            }
         }
     }
     fn image_root(&self, run: usize) -> Option<PathBuf> {
         self.image_roots.get(&run).cloned()
     }
-    fn notes(&self, role: &str) -> Value {
+    fn notes(&self, role: ReportRole, run: usize) -> Value {
         self.dirs
-            .get(role)
+            .get(&(role, run))
             .and_then(|d| Manifest::read(&d.join("manifest.json")).ok())
             .map(|m| m.notes)
             .unwrap_or_default()
@@ -171,8 +172,9 @@ fn image_inputs(
     let embed = record_node(record, "retrieve", retrieve_key)
         .and_then(|r| r.inputs.get("embed"))
         .and_then(|k| record_node(record, "embed", k));
-    for stage in ["index", "decode"] {
-        let role = format!("{stage}/{i}");
+    for role in [ReportRole::Index, ReportRole::Decode] {
+        let stage = role.stage();
+        let role = (role, i);
         match embed.and_then(|e| e.inputs.get(stage)) {
             Some(key) => {
                 let dir = store.object_dir(stage, key);
@@ -245,10 +247,11 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
         }
         for p in points {
             let Some(mut label) = p.label else { continue };
-            for (role, (stage, key)) in &p.roles {
-                if !label.baseline && role.starts_with("baseline_") {
+            for (&role, key) in &p.roles {
+                if !label.baseline && role.is_baseline() {
                     continue;
                 }
+                let stage = role.stage();
                 let dir = store.object_dir(stage, key);
                 if !dir.join("manifest.json").is_file() {
                     bail!(
@@ -258,9 +261,9 @@ pub fn report(store_dir: &Path, names: &[String], out: Option<PathBuf>) -> Resul
                         path.display()
                     );
                 }
-                inputs.dirs.insert(format!("{role}/{}", labels.len()), dir);
+                inputs.dirs.insert((role, labels.len()), dir);
             }
-            if let Some((_, key)) = p.roles.get("retrieve") {
+            if let Some(key) = p.roles.get(&ReportRole::Retrieve) {
                 image_inputs(&store, &record, key, labels.len(), &mut inputs);
             }
             // Records made before the report compared settings: the record's configuration,

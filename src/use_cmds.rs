@@ -8,7 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{tables, ArtifactStore};
 use dml_pipeline::{RecordNode, RunRecord};
 use dml_stages::device::DeviceKind;
+use dml_stages::jobs::WorkerJob;
 use dml_stages::report_html::{esc, STYLE};
+use dml_stages::roles::ReportRole;
 use dml_stages::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob, Gallery};
 use dml_stages::worker::{run_request, WorkerRequest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -255,7 +257,7 @@ fn resolve(store: &ArtifactStore, args: &ModelArgs) -> Result<UseModel> {
             }
         }
     };
-    let Some((_, train_key)) = point.roles.get("train").cloned() else {
+    let Some(train_key) = point.roles.get(&ReportRole::Train).cloned() else {
         bail!("point `{}` has no train stage in its record", point.name);
     };
     let train_node = find(&record, "train", &train_key);
@@ -501,8 +503,7 @@ fn embed_in_worker(model: &UseModel, images: &[Image], out: &Path) -> Result<Emb
         out: out.to_path_buf(),
     };
     let request = WorkerRequest {
-        stage: shared::EMBED_FILES.into(),
-        job: serde_json::to_value(&job)?,
+        job: WorkerJob::EmbedFiles(job),
         node: "embed".into(),
         key: model.train_key.clone(),
         out_dir: out
@@ -595,9 +596,10 @@ fn test_gallery(model: &UseModel) -> Result<Gallery> {
     };
     let path = dir.join("embeddings.arrow");
     let table = dml_stages::evaluate::Table::read(&path, "embedding", "class_id", Some("split"))?;
+    let gallery = tables::Split::Gallery.as_str();
     let keep: Vec<usize> = match &table.splits {
-        Some(s) if s.iter().any(|x| x == "gallery") => {
-            (0..s.len()).filter(|&i| s[i] == "gallery").collect()
+        Some(s) if s.iter().any(|x| x == gallery) => {
+            (0..s.len()).filter(|&i| s[i] == gallery).collect()
         }
         _ => (0..table.labels.len()).collect(),
     };
@@ -983,8 +985,7 @@ pub fn export(store_dir: &Path, args: ExportArgs) -> Result<()> {
         safetensors: formats.safetensors,
     };
     let request = WorkerRequest {
-        stage: shared::EXPORT.into(),
-        job: serde_json::to_value(&job)?,
+        job: WorkerJob::Export(job),
         node: "export".into(),
         key: model.train_key.clone(),
         out_dir: args.out.clone(),

@@ -8,6 +8,7 @@ use arrow::array::{
     UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
+pub use dml_datasets::Split;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -291,6 +292,31 @@ pub fn column_as_strings(
         .collect())
 }
 
+/// A string column of split names (`train`, `test`, `query`, `gallery`, `holdout`) as
+/// [`Split`]s; another value is an error naming the file, the row and the value.
+pub fn column_as_splits(
+    array: &ArrayRef,
+    name: &str,
+    path: &Path,
+) -> Result<Vec<Split>, StoreError> {
+    column_as_strings(array, name, path)?
+        .iter()
+        .enumerate()
+        .map(|(row, v)| {
+            Split::parse(v).ok_or_else(|| {
+                let known: Vec<&str> = Split::ALL.iter().map(|s| s.as_str()).collect();
+                table_err(
+                    path,
+                    format!(
+                        "column `{name}`, row {row}: unknown split `{v}` (expected one of {})",
+                        known.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 /// One row of `index.parquet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexRow {
@@ -302,8 +328,8 @@ pub struct IndexRow {
     pub class_id: u32,
     /// Class name.
     pub class_name: String,
-    /// train / test / query / gallery.
-    pub split: String,
+    /// train / test / query / gallery (a UTF-8 column on disk).
+    pub split: Split,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -374,7 +400,7 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, StoreError> {
         strs("path")?,
         u32s("class_id")?,
         strs("class_name")?,
-        strs("split")?,
+        column_as_splits(column(&b, "split", path)?, "split", path)?,
         u32s("width")?,
         u32s("height")?,
         strs("blake3")?,
@@ -393,7 +419,7 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>, StoreError> {
             path: paths[i].clone(),
             class_id: classes[i],
             class_name: names[i].clone(),
-            split: splits[i].clone(),
+            split: splits[i],
             width: ws[i],
             height: hs[i],
             bytes: bytes.value(i),
@@ -466,8 +492,8 @@ pub struct Embeddings {
     pub image_id: Vec<u32>,
     /// Class ids.
     pub class_id: Vec<u32>,
-    /// Split names.
-    pub split: Vec<String>,
+    /// Splits (a UTF-8 column on disk; `holdout` in the validation embeddings).
+    pub split: Vec<Split>,
     /// Embedding dimension.
     pub dim: usize,
     /// Row-major `len × dim` values.
@@ -507,7 +533,9 @@ impl Embeddings {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from(self.image_id.clone())),
             Arc::new(UInt32Array::from(self.class_id.clone())),
-            Arc::new(StringArray::from_iter_values(self.split.iter())),
+            Arc::new(StringArray::from_iter_values(
+                self.split.iter().map(|s| s.as_str()),
+            )),
             Arc::new(list),
         ];
         RecordBatch::try_new(schema, cols).expect("embedding columns match their schema")
@@ -520,7 +548,7 @@ impl Embeddings {
         Ok(Embeddings {
             image_id: column_as_labels(column(&b, "image_id", path)?, "image_id", path)?,
             class_id: column_as_labels(column(&b, "class_id", path)?, "class_id", path)?,
-            split: column_as_strings(column(&b, "split", path)?, "split", path)?,
+            split: column_as_splits(column(&b, "split", path)?, "split", path)?,
             dim,
             values,
         })
@@ -539,7 +567,7 @@ mod tests {
             path: "a/b.jpg".into(),
             class_id: 3,
             class_name: "a".into(),
-            split: "train".into(),
+            split: Split::Train,
             width: 10,
             height: 20,
             bytes: 30,
@@ -563,7 +591,7 @@ mod tests {
         let e = Embeddings {
             image_id: vec![1, 2],
             class_id: vec![5, 5],
-            split: vec!["test".into(), "test".into()],
+            split: vec![Split::Test, Split::Test],
             dim: 3,
             values: vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.5],
         };
@@ -574,6 +602,62 @@ mod tests {
         let p2 = tmp.path().join("embeddings.parquet");
         write_parquet(&p2, &e.to_batch()).unwrap();
         assert_eq!(Embeddings::read(&p2).unwrap(), e);
+    }
+
+    /// A split column holding a name that is not a split is an error naming the file,
+    /// the row and the value, for the index and the embeddings alike.
+    #[test]
+    fn unknown_splits_are_errors_naming_file_and_value() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = Embeddings {
+            image_id: vec![1, 2],
+            class_id: vec![5, 5],
+            split: vec![Split::Query, Split::Holdout],
+            dim: 1,
+            values: vec![0.0, 1.0],
+        };
+        let batch = e.to_batch();
+        let with_split = |values: &[&str]| {
+            let mut cols = batch.columns().to_vec();
+            cols[2] = Arc::new(StringArray::from_iter_values(values.iter().copied()));
+            RecordBatch::try_new(batch.schema(), cols).unwrap()
+        };
+        // On disk, the same strings as before the column was typed.
+        let p = tmp.path().join("emb.arrow");
+        write_ipc(&p, &with_split(&["query", "holdout"])).unwrap();
+        assert_eq!(Embeddings::read(&p).unwrap(), e);
+        write_ipc(&p, &with_split(&["query", "val"])).unwrap();
+        let err = Embeddings::read(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("emb.arrow")
+                && err.contains("row 1: unknown split `val`")
+                && err.contains("train, test, query, gallery, holdout"),
+            "{err}"
+        );
+
+        let row = |split| IndexRow {
+            image_id: 0,
+            path: "a.jpg".into(),
+            class_id: 0,
+            class_name: "a".into(),
+            split,
+            width: 1,
+            height: 1,
+            bytes: 1,
+            blake3: "ff".into(),
+            dataset_image_id: None,
+        };
+        let batch = index_to_batch(&[row(Split::Train)]);
+        let split_col = batch.schema().index_of("split").unwrap();
+        let mut cols = batch.columns().to_vec();
+        cols[split_col] = Arc::new(StringArray::from_iter_values(["Train"]));
+        let p = tmp.path().join("index.parquet");
+        write_parquet(&p, &RecordBatch::try_new(batch.schema(), cols).unwrap()).unwrap();
+        let err = read_index(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("index.parquet") && err.contains("row 0: unknown split `Train`"),
+            "{err}"
+        );
     }
 
     /// A fixed-size list (the contiguous fast path), sliced so that it starts
@@ -623,7 +707,7 @@ mod tests {
         let e = Embeddings {
             image_id: vec![1, 2],
             class_id: vec![5, 5],
-            split: vec!["test".into(), "test".into()],
+            split: vec![Split::Test, Split::Test],
             dim: 2,
             values: vec![0.0, f32::NAN, 2.0, 3.0],
         };

@@ -8,7 +8,7 @@ use crate::index::IndexStage;
 use crate::plan::PlanStage;
 use crate::report::{ReportStage, RunLabel};
 use crate::retrieve::RetrieveStage;
-use crate::roles;
+use crate::roles::{self, ReportRole};
 use crate::synth::SynthStage;
 use crate::train::TrainStage;
 use crate::validation::ValidationPlan;
@@ -208,12 +208,12 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
             ClusterStage::new(c.cluster.clone(), &c.retrieve),
             &[(roles::EMBED, embed)],
         );
-        report_inputs.push((format!("retrieve/{e}"), retrieve));
-        report_inputs.push((format!("cluster/{e}"), cluster));
-        report_inputs.push((format!("train/{e}"), train));
+        report_inputs.push((ReportRole::Retrieve.of(e), retrieve));
+        report_inputs.push((ReportRole::Cluster.of(e), cluster));
+        report_inputs.push((ReportRole::Train.of(e), train));
         // report.html's thumbnails and class names.
-        report_inputs.push((format!("index/{e}"), index));
-        report_inputs.push((format!("decode/{e}"), decode));
+        report_inputs.push((ReportRole::Index.of(e), index));
+        report_inputs.push((ReportRole::Decode.of(e), decode));
         if c.report.untrained_baseline {
             let l = Some("untrained");
             let train0 = b.add_labelled(
@@ -244,8 +244,8 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
                 ClusterStage::new(c.cluster.clone(), &c.retrieve),
                 &[(roles::EMBED, embed0)],
             );
-            report_inputs.push((format!("baseline_retrieve/{e}"), retrieve0));
-            report_inputs.push((format!("baseline_cluster/{e}"), cluster0));
+            report_inputs.push((ReportRole::BaselineRetrieve.of(e), retrieve0));
+            report_inputs.push((ReportRole::BaselineCluster.of(e), cluster0));
         }
         labels.push(RunLabel::new(&exp.name, &exp.point, c));
     }

@@ -2,27 +2,13 @@
 //! training worker (`dml-torch`).
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings};
 use crate::device::{self, DeviceKind};
+use crate::jobs::{EmbedJob, WorkerJob};
 use crate::roles;
 use crate::worker;
 use dml_datasets::Split;
 use dml_pipeline::{BoxError, RunContext, Stage};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
-
-/// What the worker needs to embed: what [`EmbedStage`] resolved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EmbedJob {
-    /// `[embed]`.
-    pub settings: EmbedSettings,
-    /// `image.crop`.
-    pub crop: u32,
-    /// The index splits embedded.
-    pub splits: Vec<String>,
-    /// The device kind (part of the key).
-    pub device: DeviceKind,
-    /// `train.device` as written (`auto` picks the scheduler's device slot).
-    pub device_spec: String,
-}
 
 /// The embed key's settings. `embed.splits` and `embed.device` are derived (from the
 /// dataset kind and `train.device`), not settings of their own.
@@ -35,7 +21,7 @@ struct EmbedKey<'a> {
 #[derive(Serialize)]
 struct EmbedTable<'a> {
     batch_size: u32,
-    splits: &'a [String],
+    splits: &'a [Split],
     device: &'static str,
 }
 
@@ -66,7 +52,7 @@ impl EmbedStage {
             job: EmbedJob {
                 settings: settings.clone(),
                 crop: image.crop,
-                splits: splits.iter().map(|s| s.as_str().to_string()).collect(),
+                splits,
                 device: device::resolve_kind(device)?,
                 device_spec: device.to_string(),
             },
@@ -97,8 +83,7 @@ impl Stage for EmbedStage {
         self.job.device == DeviceKind::Cuda
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
-        let job = serde_json::to_value(&self.job)?;
         let roles = [roles::TRAIN, roles::DECODE, roles::INDEX];
-        worker::run_in_worker(ctx, "embed", job, &roles, false)
+        worker::run_in_worker(ctx, WorkerJob::Embed(self.job.clone()), &roles, false)
     }
 }

@@ -267,11 +267,10 @@ pub fn clustering(
     Ok((metrics, ids, km.assignments))
 }
 
-/// The metrics as one JSON object: `recall@K`, `map@r`, `r_precision`,
-/// `queries`, `gallery`, `nmi`, … (only those computed). `rule` picks the
-/// Recall@K convention for queries without positives (and is recorded).
-/// How each metric is spelled in `metrics.json` (and so in notebooks): the one place that
-/// says it. In Rust the fields are `recall`, `map_at_r`, `r_precision`, `nmi`.
+/// How each metric is spelled, the one place that says it: in `metrics.json` (and so in
+/// notebooks and `dml eval`) at the top, as fields of the JSON the commands and `report.json`
+/// write in [`field`], as `report.parquet`'s columns in [`column`]. In Rust the fields are
+/// `recall`, `map_at_r`, `r_precision`, `nmi`.
 pub mod names {
     /// Mean average precision at R.
     pub const MAP_AT_R: &str = "map@r";
@@ -281,10 +280,50 @@ pub mod names {
     pub const NMI: &str = "nmi";
     /// The prefix of Recall@K (`recall@1`).
     pub const RECALL_PREFIX: &str = "recall@";
+    /// The number of queries scored.
+    pub const QUERIES: &str = "queries";
+    /// The number of gallery items searched.
+    pub const GALLERY: &str = "gallery";
+    /// The number of queries whose class has no other item in the gallery.
+    pub const QUERIES_WITHOUT_POSITIVES: &str = "queries_without_positives";
 
     /// `recall@K`.
     pub fn recall_at(k: usize) -> String {
         format!("{RECALL_PREFIX}{k}")
+    }
+
+    /// The metrics as fields of the JSON that `dml run --json`, `dml runs --json` and
+    /// `report.json` write: identifiers (`map_at_r`, `recall_at_1`), so that pandas and jq
+    /// reach them as attributes.
+    pub mod field {
+        /// MAP@R.
+        pub const MAP_AT_R: &str = "map_at_r";
+        /// R-precision.
+        pub const R_PRECISION: &str = super::R_PRECISION;
+        /// NMI.
+        pub const NMI: &str = super::NMI;
+
+        /// `recall_at_K`.
+        pub fn recall_at(k: usize) -> String {
+            format!("recall_at_{k}")
+        }
+    }
+
+    /// The metrics as columns of `report.parquet` (and of the report's tables of groups).
+    pub mod column {
+        /// MAP@R.
+        pub const MAP_AT_R: &str = super::MAP_AT_R;
+        /// R-precision.
+        pub const R_PRECISION: &str = super::R_PRECISION;
+        /// NMI.
+        pub const NMI: &str = super::NMI;
+        /// The prefix of Recall@K (`r@1`).
+        pub const RECALL_PREFIX: &str = "r@";
+
+        /// `r@K`.
+        pub fn recall_at(k: usize) -> String {
+            format!("{RECALL_PREFIX}{k}")
+        }
     }
 }
 
@@ -338,6 +377,9 @@ impl MetricsFile {
     }
 }
 
+/// The metrics as one JSON object: `recall@K`, `map@r`, `r_precision`,
+/// `queries`, `gallery`, `nmi`, … (only those computed). `rule` picks the
+/// Recall@K convention for queries without positives (and is recorded).
 pub fn metrics_json(
     r: Option<&RetrievalMetrics>,
     c: Option<&ClusteringMetrics>,
@@ -354,10 +396,10 @@ pub fn metrics_json(
         }
         m.insert(names::MAP_AT_R.into(), r.map_at_r.into());
         m.insert(names::R_PRECISION.into(), r.r_precision.into());
-        m.insert("queries".into(), r.queries.into());
-        m.insert("gallery".into(), r.gallery.into());
+        m.insert(names::QUERIES.into(), r.queries.into());
+        m.insert(names::GALLERY.into(), r.gallery.into());
         m.insert(
-            "queries_without_positives".into(),
+            names::QUERIES_WITHOUT_POSITIVES.into(),
             r.queries_without_positives.into(),
         );
         m.insert("queries_without_positives_rule".into(), json_of(rule));

@@ -211,7 +211,7 @@ impl Stage for IndexStage {
                     path: r.path.clone(),
                     class_id: r.class_id,
                     class_name: r.class_name.clone(),
-                    split: r.split.as_str().to_string(),
+                    split: r.split,
                     width,
                     height,
                     bytes: *bytes,

@@ -9,6 +9,7 @@ pub mod device;
 pub mod embed;
 pub mod evaluate;
 pub mod index;
+pub mod jobs;
 pub mod plan;
 pub mod plots;
 pub mod preflight;

@@ -47,7 +47,7 @@ impl Stage for PlanStage {
         let mut classes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for r in index
             .iter()
-            .filter(|r| r.split == Split::Train.as_str() && !held.contains(&r.class_id))
+            .filter(|r| r.split == Split::Train && !held.contains(&r.class_id))
         {
             classes.entry(r.class_id).or_default().push(r.image_id);
         }

@@ -152,7 +152,7 @@ fn check_sizes(c: &ExperimentConfig) -> Result<()> {
 /// The experiments' checks against their index: test images to evaluate, and
 /// Recall@K cut-offs the gallery can serve.
 pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
-    let count = |split: Split| rows.iter().filter(|r| r.split == split.as_str()).count();
+    let count = |split: Split| rows.iter().filter(|r| r.split == split).count();
     let (queries, available) = match c.retrieve.protocol {
         Protocol::QueryGallery => {
             let (q, g) = (count(Split::Query), count(Split::Gallery));
@@ -216,7 +216,7 @@ fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> 
     }
     let train: BTreeSet<u32> = rows
         .iter()
-        .filter(|r| r.split == Split::Train.as_str())
+        .filter(|r| r.split == Split::Train)
         .map(|r| r.class_id)
         .collect();
     if train.is_empty() {
@@ -275,13 +275,13 @@ mod tests {
         assert!(e.contains("train.freeze_backbone_steps"), "{e}");
     }
 
-    fn row(split: &str, class_id: u32) -> IndexRow {
+    fn row(split: Split, class_id: u32) -> IndexRow {
         IndexRow {
             image_id: 0,
             path: String::new(),
             class_id,
             class_name: String::new(),
-            split: split.into(),
+            split,
             width: 1,
             height: 1,
             bytes: 1,
@@ -294,7 +294,7 @@ mod tests {
     fn ks_beyond_the_gallery_name_the_fitting_ones() {
         let mut c = ExperimentConfig::default();
         c.dataset.kind = DatasetKindName::Sop;
-        let rows: Vec<IndexRow> = (0..60).map(|i| row("test", i / 3)).collect();
+        let rows: Vec<IndexRow> = (0..60).map(|i| row(Split::Test, i / 3)).collect();
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
             .to_string();
@@ -303,7 +303,7 @@ mod tests {
         assert!(err.contains("--set retrieve.ks=1,10"), "{err}");
         c.retrieve.ks = vec![1, 10];
         let mut rows = rows;
-        rows.extend((0..200).map(|i| row("train", 100 + i / 4)));
+        rows.extend((0..200).map(|i| row(Split::Train, 100 + i / 4)));
         check_index(&c.clone().resolve(), &rows).unwrap();
     }
 
@@ -311,8 +311,8 @@ mod tests {
     fn more_classes_per_batch_than_training_classes_is_an_error_before_planning() {
         let mut c = ExperimentConfig::default();
         c.retrieve.ks = vec![1];
-        let mut rows: Vec<IndexRow> = (0..40).map(|i| row("test", i / 4)).collect();
-        rows.extend((0..60).map(|i| row("train", 100 + i / 4)));
+        let mut rows: Vec<IndexRow> = (0..40).map(|i| row(Split::Test, i / 4)).collect();
+        rows.extend((0..60).map(|i| row(Split::Train, 100 + i / 4)));
         c.plan.p = 16;
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn no_test_images_is_an_error() {
         let c = ExperimentConfig::default();
-        let rows = vec![row("train", 0), row("train", 1)];
+        let rows = vec![row(Split::Train, 0), row(Split::Train, 1)];
         let err = check_index(&c.clone().resolve(), &rows)
             .unwrap_err()
             .to_string();
@@ -370,6 +370,90 @@ mod tests {
             assert!(check_settings(&c).is_err(), "case {i}");
         }
         check_settings(&ExperimentConfig::default()).unwrap();
+    }
+
+    /// The message of the first check `set` makes the default experiment fail.
+    fn refused(set: impl FnOnce(&mut ExperimentConfig)) -> String {
+        let mut c = ExperimentConfig::default();
+        set(&mut c);
+        check_settings(&c).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn report_counts_beyond_what_the_page_shows_are_refused() {
+        assert_eq!(
+            refused(|c| c.report.worst_queries = 101),
+            "report.worst_queries = 101 is more than report.html shows (at most 100); lower it"
+        );
+        assert_eq!(
+            refused(|c| c.report.class_images = 21),
+            "report.class_images = 21 is more than report.html shows (at most 20); lower it"
+        );
+        assert_eq!(
+            refused(|c| c.report.k = 0),
+            "report.k = 0: the neighbours shown per query must be 1 to 50"
+        );
+        assert_eq!(
+            refused(|c| c.report.thumbnail_px = 300),
+            "report.thumbnail_px = 300: thumbnails are 16 to 256 pixels"
+        );
+        let mut c = ExperimentConfig::default();
+        c.report.queries = REPORT_LIMITS.queries;
+        c.report.k = REPORT_LIMITS.k;
+        c.report.thumbnail_px = REPORT_LIMITS.thumbnail_px.0;
+        check_settings(&c).unwrap();
+    }
+
+    #[test]
+    fn batches_and_crops_that_cannot_work_say_what_to_set() {
+        assert_eq!(
+            refused(|c| c.plan.p = 1),
+            "plan.p = 1: a ranking loss needs at least two classes in a batch (negatives); set --set plan.p=2 or more"
+        );
+        assert_eq!(
+            refused(|c| {
+                c.image.resize = 64;
+                c.image.crop = 65;
+            }),
+            "image.crop = 65 is larger than image.resize = 64: the crop is taken from the resized image; set image.crop ≤ image.resize"
+        );
+        assert_eq!(
+            refused(|c| c.image.resize = 5000),
+            "image.resize = 5000: image sides are 1 to 4096 px; e.g. --set image.resize=256 --set image.crop=224"
+        );
+        assert_eq!(
+            refused(|c| c.embed.batch_size = 0),
+            "embed.batch_size = 0: 1 to 65536; e.g. --set embed.batch_size=128"
+        );
+    }
+
+    #[test]
+    fn a_query_gallery_protocol_needs_both_splits_in_the_index() {
+        let mut c = ExperimentConfig::default();
+        c.retrieve.protocol = Protocol::QueryGallery;
+        c.retrieve.ks = vec![1];
+        // (The training classes are not what this test is about.)
+        c.plan.allow_repeated_classes = true;
+        let mut rows: Vec<IndexRow> = (0..8).map(|i| row(Split::Train, i / 2)).collect();
+        rows.extend((0..4).map(|i| row(Split::Gallery, 10 + i / 2)));
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "retrieve.protocol = query_gallery needs `query` and `gallery` images, but the index has 0 query and 4 gallery images; use --set retrieve.protocol=leave_one_out"
+        );
+        rows.extend((0..4).map(|i| row(Split::Query, 10 + i / 2)));
+        check_index(&c.clone().resolve(), &rows).unwrap();
+        // No test split for leave-one-out: the splits the index has are named.
+        c.retrieve.protocol = Protocol::LeaveOneOut;
+        let err = check_index(&c.clone().resolve(), &rows)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no test images to evaluate on (splits: gallery, query, train)"),
+            "{err}"
+        );
     }
 
     #[test]

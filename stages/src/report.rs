@@ -7,10 +7,11 @@
 //! [`crate::report_html`]) and `tensorboard/<i>/` (each run's final test metrics as a
 //! TensorBoard event file, for `dml tensorboard`).
 use crate::config::{ExperimentConfig, ReportSettings};
-use crate::evaluate::MetricsFile;
+use crate::evaluate::{names, MetricsFile};
 use crate::plots;
 use crate::report_html::{self, Cells, Page, RunRetrievals, RunSection};
 use crate::retrievals::{Catalogue, Gallery, Neighbours};
+use crate::roles::ReportRole;
 use crate::tensorboard;
 use crate::thumbs::{ImageSource, Thumbnails};
 use anyhow::anyhow;
@@ -180,18 +181,18 @@ impl Stage for ReportStage {
     }
 }
 
-/// Where a report finds its inputs: role (`retrieve/0`, `cluster/0`, `train/0`,
-/// `baseline_retrieve/0`, `baseline_cluster/0`, `index/0`, `decode/0`) → artifact
-/// directory, and the train artifacts' manifest notes.
+/// Where a report finds its inputs: the artifact directory of each [`ReportRole`] of each
+/// run of its table (the DAG's inputs `retrieve/0`, `cluster/0`, …), and the train
+/// artifacts' manifest notes.
 pub trait ReportInputs {
-    /// The artifact directory of a role.
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError>;
+    /// The artifact directory of a role of run `run`.
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError>;
     /// The manifest notes of a role's artifact (empty when it has none).
-    fn notes(&self, role: &str) -> Value;
+    fn notes(&self, role: ReportRole, run: usize) -> Value;
     /// The directory of a role the report can do without (the index and the images), or
     /// why it is not there.
-    fn optional_dir(&self, role: &str) -> Result<PathBuf, String> {
-        self.dir(role).map_err(|e| e.to_string())
+    fn optional_dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, String> {
+        self.dir(role, run).map_err(|e| e.to_string())
     }
     /// Where the images are when there is no decode cache: the dataset's root (the synth
     /// artifact's `images/` for the synthetic set), if known.
@@ -203,12 +204,12 @@ pub trait ReportInputs {
 struct StageInputs<'a, 'b>(&'a RunContext<'b>);
 
 impl ReportInputs for StageInputs<'_, '_> {
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
-        Ok(self.0.input(role)?.to_path_buf())
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
+        Ok(self.0.input(&role.of(run))?.to_path_buf())
     }
-    fn notes(&self, role: &str) -> Value {
+    fn notes(&self, role: ReportRole, run: usize) -> Value {
         self.0
-            .input_manifest(role)
+            .input_manifest(&role.of(run))
             .map(|m| m.notes.clone())
             .unwrap_or_default()
     }
@@ -229,10 +230,10 @@ pub fn write_report(
     let mut curves = Vec::new();
     let mut finals = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let r = read_metrics(&inputs.dir(&format!("retrieve/{i}"))?)?;
-        let c = read_metrics(&inputs.dir(&format!("cluster/{i}"))?)?;
-        let train_dir = inputs.dir(&format!("train/{i}"))?;
-        let train_notes = inputs.notes(&format!("train/{i}"));
+        let r = read_metrics(&inputs.dir(ReportRole::Retrieve, i)?)?;
+        let c = read_metrics(&inputs.dir(ReportRole::Cluster, i)?)?;
+        let train_dir = inputs.dir(ReportRole::Train, i)?;
+        let train_notes = inputs.notes(ReportRole::Train, i);
         let recall = r.recall.clone();
         curves.push(plots::RecallCurve {
             label: run.name.clone(),
@@ -242,8 +243,8 @@ pub fn write_report(
         });
         let mut untrained_metrics = None;
         let baseline = if run.baseline {
-            let br = read_metrics(&inputs.dir(&format!("baseline_retrieve/{i}"))?)?;
-            let bc = read_metrics(&inputs.dir(&format!("baseline_cluster/{i}"))?)?;
+            let br = read_metrics(&inputs.dir(ReportRole::BaselineRetrieve, i)?)?;
+            let bc = read_metrics(&inputs.dir(ReportRole::BaselineCluster, i)?)?;
             let points: Vec<(usize, f64)> = recall
                 .iter()
                 .filter_map(|&(k, _)| Some((k, br.recall_at(k)?)))
@@ -288,10 +289,10 @@ pub fn write_report(
             "margin": run.margin,
             "p": run.p,
             "k": run.k,
-            "nmi": or_nan(c.nmi),
+            names::field::NMI: or_nan(c.nmi),
             "recall": recall.iter().map(|(k, v)| json!({"k": k, "value": v})).collect::<Vec<_>>(),
-            "map_at_r": or_nan(r.map_at_r),
-            "r_precision": or_nan(r.r_precision),
+            names::field::MAP_AT_R: or_nan(r.map_at_r),
+            names::field::R_PRECISION: or_nan(r.r_precision),
             "train_seconds": train_notes.get("train_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN),
             "untrained_recall@1": baseline.map(|b| b.0),
             "untrained_nmi": baseline.map(|b| b.1),
@@ -347,16 +348,17 @@ fn write_test_events(
         let mut v: Vec<(String, f64)> = r
             .recall
             .iter()
-            .map(|(k, x)| (format!("test/recall@{k}"), *x))
+            .map(|&(k, x)| (format!("test/{}", names::recall_at(k)), x))
             .collect();
-        v.extend(r.map_at_r.map(|x| ("test/map@r".to_string(), x)));
-        v.extend(r.r_precision.map(|x| ("test/r_precision".to_string(), x)));
-        v.extend(c.nmi.map(|x| ("test/nmi".to_string(), x)));
+        let test = |name: &str| format!("test/{name}");
+        v.extend(r.map_at_r.map(|x| (test(names::MAP_AT_R), x)));
+        v.extend(r.r_precision.map(|x| (test(names::R_PRECISION), x)));
+        v.extend(c.nmi.map(|x| (test(names::NMI), x)));
         v
     };
     let now = tensorboard::now();
     for (i, (trained, untrained)) in finals.iter().enumerate() {
-        let log = inputs.dir(&format!("train/{i}"))?.join("train_log.parquet");
+        let log = inputs.dir(ReportRole::Train, i)?.join("train_log.parquet");
         let last = if log.is_file() {
             tables::read_train_log(&log)?
                 .last()
@@ -456,8 +458,8 @@ fn summary(row: &Value) -> Vec<(String, String)> {
     };
     let mut v = vec![
         ("R@1".to_string(), pct(recall(1))),
-        ("MAP@R".into(), pct(row["map_at_r"].as_f64())),
-        ("NMI".into(), num3(row["nmi"].as_f64())),
+        ("MAP@R".into(), pct(row[names::field::MAP_AT_R].as_f64())),
+        ("NMI".into(), num3(row[names::field::NMI].as_f64())),
     ];
     if row["untrained_recall@1"].is_number() {
         v.push((
@@ -491,21 +493,21 @@ fn analyse_run(
     catalogues: &mut HashMap<PathBuf, Arc<Catalogue>>,
     sources: &mut Vec<(PathBuf, ImageSource)>,
 ) -> Result<Result<(PathBuf, RunRetrievals), String>, BoxError> {
-    let retrieve = inputs.dir(&format!("retrieve/{i}"))?;
+    let retrieve = inputs.dir(ReportRole::Retrieve, i)?;
     let path = retrieve.join("neighbors.parquet");
     if !path.is_file() {
         return Ok(Err(
             "the retrieve stage saved no neighbours (retrieve.neighbors = 0)".into(),
         ));
     }
-    let index = match inputs.optional_dir(&format!("index/{i}")) {
+    let index = match inputs.optional_dir(ReportRole::Index, i) {
         Ok(d) => d,
         Err(why) => return Ok(Err(format!("no index: {why}"))),
     };
     if !catalogues.contains_key(&index) {
         let rows = tables::read_index(&index.join("index.parquet"))?;
         catalogues.insert(index.clone(), Arc::new(Catalogue::new(rows)?));
-        let source = match inputs.optional_dir(&format!("decode/{i}")) {
+        let source = match inputs.optional_dir(ReportRole::Decode, i) {
             Ok(d) => ImageSource::Cache(dml_datasets::DecodeCache::open(&d)?),
             Err(why) => match inputs.image_root(i).filter(|r| r.is_dir()) {
                 Some(root) => ImageSource::Files(root),
@@ -517,7 +519,7 @@ fn analyse_run(
     let trained = Neighbours::read(&path)?;
     let untrained = if run.baseline {
         let p = inputs
-            .dir(&format!("baseline_retrieve/{i}"))?
+            .dir(ReportRole::BaselineRetrieve, i)?
             .join("neighbors.parquet");
         p.is_file().then(|| Neighbours::read(&p)).transpose()?
     } else {
@@ -592,7 +594,7 @@ fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxErr
         Column::new("margin".into(), s("margin")),
         Column::new("p".into(), u("p")),
         Column::new("k".into(), u("k")),
-        Column::new("nmi".into(), f("nmi")),
+        Column::new(names::column::NMI.into(), f(names::field::NMI)),
     ];
     for k in &ks {
         let v: Vec<f64> = rows
@@ -607,10 +609,16 @@ fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxErr
                     .unwrap_or(f64::NAN)
             })
             .collect();
-        cols.push(Column::new(format!("r@{k}").into(), v));
+        cols.push(Column::new(names::column::recall_at(*k as usize).into(), v));
     }
-    cols.push(Column::new("map@r".into(), f("map_at_r")));
-    cols.push(Column::new("r_precision".into(), f("r_precision")));
+    cols.push(Column::new(
+        names::column::MAP_AT_R.into(),
+        f(names::field::MAP_AT_R),
+    ));
+    cols.push(Column::new(
+        names::column::R_PRECISION.into(),
+        f(names::field::R_PRECISION),
+    ));
     cols.push(Column::new("train_seconds".into(), f("train_seconds")));
     cols.push(Column::new("untrained_r@1".into(), f("untrained_recall@1")));
     cols.push(Column::new("untrained_nmi".into(), f("untrained_nmi")));
@@ -633,10 +641,10 @@ fn aggregate(df: &DataFrame, differing: &[String]) -> Result<DataFrame, BoxError
         .iter()
         .map(|n| n.to_string())
         .filter(|n| {
-            n == "nmi"
-                || n.starts_with("r@")
-                || n == "map@r"
-                || n == "r_precision"
+            n == names::column::NMI
+                || n.starts_with(names::column::RECALL_PREFIX)
+                || n == names::column::MAP_AT_R
+                || n == names::column::R_PRECISION
                 || n == "train_seconds"
         })
         .collect();
@@ -694,14 +702,16 @@ fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
 
 fn bar_rows(groups: &DataFrame) -> Result<Vec<(String, f64, Option<f64>)>, BoxError> {
     let g = frame_to_json(groups)?;
+    let r1 = names::column::recall_at(1);
+    let (mean, std) = (format!("{r1}_mean"), format!("{r1}_std"));
     Ok(g.as_array()
         .into_iter()
         .flatten()
         .map(|r| {
             (
                 r["group"].as_str().unwrap_or("").to_string(),
-                r["r@1_mean"].as_f64().unwrap_or(0.0),
-                r["r@1_std"]
+                r[&mean].as_f64().unwrap_or(0.0),
+                r[&std]
                     .as_f64()
                     .filter(|_| r["runs"].as_f64().unwrap_or(1.0) > 1.0),
             )
@@ -768,11 +778,11 @@ fn run_cells(rows: &[Value], differing: &[String]) -> Cells {
                 "No".into()
             },
             r["margin"].as_str().unwrap_or("").to_string(),
-            format!("{:.3}", r["nmi"].as_f64().unwrap_or(f64::NAN)),
+            format!("{:.3}", r[names::field::NMI].as_f64().unwrap_or(f64::NAN)),
         ]);
         cells.extend(ks.iter().map(|&k| pct(recall(k))));
-        cells.push(pct(r["map_at_r"].as_f64()));
-        cells.push(pct(r["r_precision"].as_f64()));
+        cells.push(pct(r[names::field::MAP_AT_R].as_f64()));
+        cells.push(pct(r[names::field::R_PRECISION].as_f64()));
         cells.push(r["p"].to_string());
         cells.push(r["k"].to_string());
         cells.push(format!(
@@ -832,10 +842,13 @@ fn group_cells(rows: &[Value], groups: &DataFrame) -> Result<Option<Cells>, BoxE
         let mut cells = vec![
             r["group"].as_str().unwrap_or("").to_string(),
             r["runs"].to_string(),
-            pm("nmi", 1.0, 3),
+            pm(names::column::NMI, 1.0, 3),
         ];
-        cells.extend(ks.iter().map(|k| pm(&format!("r@{k}"), 100.0, 2)));
-        cells.push(pm("map@r", 100.0, 2));
+        cells.extend(
+            ks.iter()
+                .map(|&k| pm(&names::column::recall_at(k as usize), 100.0, 2)),
+        );
+        cells.push(pm(names::column::MAP_AT_R, 100.0, 2));
         out.push(cells);
     }
     Ok(Some(Cells { header, rows: out }))

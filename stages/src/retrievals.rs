@@ -6,6 +6,7 @@
 //! from the `retrieve.neighbors` neighbours each query has saved.
 use arrow::array::{Array, Float32Array, UInt32Array};
 use dml_artifacts::tables::{self, IndexRow};
+use dml_datasets::Split;
 use dml_pipeline::BoxError;
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -183,7 +184,7 @@ pub fn score_queries(nb: &Neighbours, cat: &Catalogue, gallery: Gallery) -> Vec<
             }
         }
         Gallery::GallerySplit => {
-            for r in cat.rows.iter().filter(|r| r.split == "gallery") {
+            for r in cat.rows.iter().filter(|r| r.split == Split::Gallery) {
                 *per_class.entry(r.class_id).or_default() += 1;
             }
         }
@@ -402,7 +403,7 @@ mod tests {
                     path: format!("{c}/{i}.jpg"),
                     class_id: c,
                     class_name: format!("class {c}"),
-                    split: "test".into(),
+                    split: Split::Test,
                     width: 10,
                     height: 10,
                     bytes: 1,
@@ -495,10 +496,10 @@ mod tests {
     #[test]
     fn a_query_gallery_protocol_counts_positives_in_the_gallery_split() {
         let mut c = cat(&[0, 0, 0, 1]);
-        c.rows[0].split = "query".into();
-        c.rows[3].split = "query".into();
-        c.rows[1].split = "gallery".into();
-        c.rows[2].split = "gallery".into();
+        c.rows[0].split = Split::Query;
+        c.rows[3].split = Split::Query;
+        c.rows[1].split = Split::Gallery;
+        c.rows[2].split = Split::Gallery;
         let n = nb(&[(0, &[2, 1]), (3, &[1, 2])]);
         let s = score_queries(&n, &c, Gallery::GallerySplit);
         assert_eq!((s[0].positives, s[0].ap), (2, 1.0));

@@ -309,7 +309,6 @@ fn images_of(
     index: Option<&PlannedNode>,
 ) -> Option<Images> {
     let k = c.plan.k as usize;
-    let train_split = ds::Split::Train.as_str();
     if let Some(node) = index.filter(|n| n.status == Status::Cached) {
         let path = store
             .object_dir(&node.stage, &node.key)
@@ -317,7 +316,7 @@ fn images_of(
         if let Ok(rows) = tables::read_index(&path) {
             let mut sides: Vec<u32> = rows.iter().map(|r| r.width.max(r.height)).collect();
             let mut per_class: BTreeMap<u32, usize> = BTreeMap::new();
-            for r in rows.iter().filter(|r| r.split == train_split) {
+            for r in rows.iter().filter(|r| r.split == ds::Split::Train) {
                 *per_class.entry(r.class_id).or_default() += 1;
             }
             let train = per_class.values().sum();

@@ -189,7 +189,7 @@ mod tests {
                 path,
                 class_id: i,
                 class_name: format!("c{i}"),
-                split: "test".into(),
+                split: dml_datasets::Split::Test,
                 width: 40,
                 height: 20,
                 bytes: 1,

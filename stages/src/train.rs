@@ -3,6 +3,7 @@
 //! training itself runs in the worker (`dml-torch`), which links libtorch.
 use crate::config::{ImageSettings, TrainSettings};
 use crate::device::{self, DeviceKind};
+use crate::jobs::{TrainJob, WorkerJob};
 use crate::resume::Checkpoints;
 use crate::roles;
 use crate::train_config::{Loss, ModelConfig, OptimConfig, Precision, TrainConfig};
@@ -11,7 +12,7 @@ use crate::worker;
 use anyhow::{bail, Context};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,23 +21,6 @@ use std::sync::Arc;
 fn seed_p(k: usize) -> usize {
     const SEED_BATCH: usize = 120;
     SEED_BATCH / k
-}
-
-/// Everything the training worker needs besides the inputs: what [`TrainStage`] resolved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainJob {
-    /// `[train]`.
-    pub settings: TrainSettings,
-    /// `image.crop`.
-    pub crop: u32,
-    /// Crop kind, flips and ranges (`[image]`; train key only).
-    pub augment: ds::AugmentPolicy,
-    /// The device kind (part of the key); the GPU is the scheduler's slot.
-    pub device: DeviceKind,
-    /// Build the initialised network only (the untrained baseline).
-    pub untrained: bool,
-    /// `[train.validation]`, resolved (`None` when off).
-    pub validation: Option<ValidationPlan>,
 }
 
 /// Trains the embedding network on the planned batches (in the training worker).
@@ -211,13 +195,13 @@ impl Stage for TrainStage {
             .map(|(step, _)| format!("resumes from the checkpoint at step {step}"))
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
-        let job = serde_json::to_value(&self.job)?;
         let roles: &[&str] = if self.job.untrained {
             &[]
         } else {
             &[roles::PLAN, roles::DECODE, roles::INDEX]
         };
-        worker::run_in_worker(ctx, "train", job, roles, !self.job.untrained)
+        let job = WorkerJob::Train(self.job.clone());
+        worker::run_in_worker(ctx, job, roles, !self.job.untrained)
     }
 }
 

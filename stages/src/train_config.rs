@@ -1454,6 +1454,142 @@ mod tests {
         assert!(cfg.validate_steps(51).is_ok());
     }
 
+    /// The message of the first check `cfg` fails.
+    fn invalid(cfg: &TrainConfig) -> String {
+        cfg.validate().unwrap_err().0
+    }
+
+    #[test]
+    fn model_settings_that_do_not_fit_the_backbone_are_named() {
+        let mut cfg = TrainConfig::default();
+        cfg.validate().unwrap();
+        cfg.model.embedding_dim = 0;
+        assert_eq!(invalid(&cfg), "embedding_dim must be > 0, got 0");
+        cfg.model.embedding_dim = 64;
+        cfg.model.backbone = Backbone::Resnet50;
+        cfg.model.pool = Pool::Mean;
+        assert_eq!(
+            invalid(&cfg),
+            "train.model.pool = \"mean\" is for the ViT backbones, not resnet50"
+        );
+        cfg.model.backbone = Backbone::VitS16;
+        cfg.validate().unwrap();
+        cfg.model.freeze_bn = true;
+        assert_eq!(
+            invalid(&cfg),
+            "train.model.freeze_bn: vit_s16 has no batch norms to freeze"
+        );
+        cfg.model.freeze_bn = false;
+        // Layer-wise decay needs layers: a ViT's blocks.
+        cfg.optimizer.layer_decay = 0.75;
+        cfg.validate().unwrap();
+        cfg.model.backbone = Backbone::Resnet50;
+        cfg.model.pool = Pool::Token;
+        let e = invalid(&cfg);
+        assert!(
+            e.starts_with("train.optimizer.layer_decay = 0.75 is for the ViT backbones")
+                && e.contains("not resnet50; remove it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn optimiser_settings_out_of_range_are_named_with_their_bounds() {
+        let bad: [(fn(&mut OptimConfig), &str); 9] = [
+            (
+                |o| o.schedule = LrSchedule::Step,
+                "train.optimizer.schedule = \"step\" needs train.optimizer.decay_every = N (steps between decays)",
+            ),
+            (
+                |o| o.decay_gamma = 1.5,
+                "train.optimizer.decay_gamma = 1.5 must lie in (0, 1]",
+            ),
+            (
+                |o| o.layer_decay = 0.0,
+                "train.optimizer.layer_decay = 0 must lie in (0, 1] (1: off)",
+            ),
+            (
+                |o| o.clip_grad_norm = Some(0.0),
+                "train.optimizer.clip_grad_norm must be > 0 (or left out for no clipping)",
+            ),
+            (
+                |o| o.learning_rate = -0.1,
+                "train.optimizer.learning_rate = -0.1 must be finite and > 0",
+            ),
+            (
+                |o| o.beta_learning_rate = Some(f64::NAN),
+                "train.optimizer.beta_learning_rate = NaN must be finite and > 0",
+            ),
+            (
+                |o| o.weight_decay = -1e-4,
+                "train.optimizer.weight_decay = -0.0001 must be ≥ 0",
+            ),
+            (
+                |o| {
+                    o.algorithm = Algorithm::Adam {
+                        beta1: 0.9,
+                        beta2: 1.0,
+                        epsilon: 1e-8,
+                    }
+                },
+                "train.optimizer.algorithm: adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0",
+            ),
+            (
+                |o| {
+                    o.algorithm = Algorithm::Sgd {
+                        momentum: 1.0,
+                        nesterov: false,
+                    }
+                },
+                "sgd needs 0 ≤ momentum < 1",
+            ),
+        ];
+        for (set, message) in bad {
+            let mut o = OptimConfig::default();
+            o.validate().unwrap();
+            set(&mut o);
+            assert_eq!(o.validate().unwrap_err().0, message);
+        }
+        let stepped = OptimConfig {
+            schedule: LrSchedule::Step,
+            decay_every: 100,
+            ..OptimConfig::default()
+        };
+        stepped.validate().unwrap();
+    }
+
+    #[test]
+    fn loss_parameters_out_of_range_are_named_with_the_loss() {
+        let loss = |v: serde_json::Value| -> Loss { serde_json::from_value(v).unwrap() };
+        for (v, message) in [
+            (
+                serde_json::json!({"name": "hard_triplet", "margin": -0.1}),
+                "hard_triplet: margin must be a finite number ≥ 0 or \"soft\"",
+            ),
+            (
+                serde_json::json!({"name": "contrastive", "margin": -1.0}),
+                "contrastive: margin must be a finite number ≥ 0",
+            ),
+            (
+                serde_json::json!({"name": "angular", "alpha_degrees": 90.0}),
+                "angular: alpha_degrees must lie in (0, 90)",
+            ),
+            (
+                serde_json::json!({"name": "soft_triple", "centers_per_class": 1, "tau": 0.2}),
+                "soft_triple: the centre regulariser (tau > 0) needs centers_per_class ≥ 2; set train.loss.tau = 0 or more centres",
+            ),
+        ] {
+            let l = loss(v);
+            assert_eq!(l.validate().unwrap_err().0, message);
+        }
+        loss(serde_json::json!({"name": "hard_triplet", "margin": "soft"}))
+            .validate()
+            .unwrap();
+        loss(serde_json::json!({"name": "soft_triple", "centers_per_class": 2, "tau": 0.2}))
+            .validate()
+            .unwrap();
+    }
+
     #[test]
     fn learning_rate_multipliers_must_be_positive() {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {

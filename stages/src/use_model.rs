@@ -16,11 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The worker stage name of [`EmbedFilesJob`].
-pub const EMBED_FILES: &str = "embed-files";
-/// The worker stage name of [`ExportJob`].
-pub const EXPORT: &str = "export";
-
 /// Column names of the table `dml embed` writes.
 pub mod columns {
     /// The image's path, as given.

@@ -36,7 +36,7 @@ impl Holdout {
     pub fn classes(&self, index: &[IndexRow]) -> Result<BTreeSet<u32>> {
         let train: Vec<u32> = index
             .iter()
-            .filter(|r| r.split == Split::Train.as_str())
+            .filter(|r| r.split == Split::Train)
             .map(|r| r.class_id)
             .collect();
         Ok(

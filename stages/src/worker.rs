@@ -10,6 +10,7 @@
 //! fault hook in the worker takes `dml` down with it ([`fault_abort`]), so an interrupted
 //! run leaves what a killed single process would have left.
 use crate::device::worker_path;
+use crate::jobs::WorkerJob;
 use anyhow::{anyhow, Context};
 use dml_pipeline::{BoxError, RunContext};
 use indicatif::ProgressBar;
@@ -27,10 +28,10 @@ pub const LOG_VAR: &str = "DML_WORKER_LOG";
 /// What `dml` sends on the worker's stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRequest {
-    /// `train` or `embed`.
-    pub stage: String,
-    /// The stage's resolved job ([`crate::train::TrainJob`], [`crate::embed::EmbedJob`]).
-    pub job: serde_json::Value,
+    /// The job: on the wire `"stage"` (`train`, `embed`, `embed-files`, `export`) beside
+    /// `"job"`, the resolved settings.
+    #[serde(flatten)]
+    pub job: WorkerJob,
     /// The node id (`train[train.loss.name=npairs]`), for messages.
     pub node: String,
     /// The artifact's key.
@@ -86,12 +87,11 @@ pub enum WorkerEvent {
     Ok,
 }
 
-/// Runs `stage` in the worker with the inputs of `roles` and, with `checkpoints`, the key's
-/// checkpoint directory; forwards its progress and notes to `ctx`.
+/// Runs a stage's `job` in the worker with the inputs of `roles` and, with `checkpoints`, the
+/// key's checkpoint directory; forwards its progress and notes to `ctx`.
 pub fn run_in_worker(
     ctx: &mut RunContext<'_>,
-    stage: &str,
-    job: serde_json::Value,
+    job: WorkerJob,
     roles: &[&str],
     checkpoints: bool,
 ) -> Result<(), BoxError> {
@@ -100,7 +100,6 @@ pub fn run_in_worker(
         inputs.insert(role.to_string(), ctx.input(role)?.to_path_buf());
     }
     let request = WorkerRequest {
-        stage: stage.to_string(),
         job,
         node: ctx.node().to_string(),
         key: ctx.key().to_string(),
@@ -324,6 +323,52 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&WorkerEvent::Ok).unwrap(),
             r#"{"event":"ok"}"#
+        );
+    }
+
+    /// The job travels as `"stage"` beside `"job"`, as when the stage was a string and the
+    /// job a JSON value, and an unknown stage is refused when the request is read.
+    #[test]
+    fn a_request_carries_its_job_as_stage_and_job() {
+        let request = WorkerRequest {
+            job: WorkerJob::Export(crate::use_model::ExportJob {
+                crop: 224,
+                torchscript: true,
+                safetensors: false,
+            }),
+            node: "export".into(),
+            key: "k".into(),
+            out_dir: "/out".into(),
+            inputs: BTreeMap::from([("train".to_string(), PathBuf::from("/t"))]),
+            checkpoint_dir: None,
+            device_index: None,
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "stage": "export",
+                "job": {"crop": 224, "torchscript": true, "safetensors": false},
+                "node": "export",
+                "key": "k",
+                "out_dir": "/out",
+                "inputs": {"train": "/t"},
+                "checkpoint_dir": null,
+                "device_index": null,
+            })
+        );
+        let back: WorkerRequest = serde_json::from_value(json.clone()).unwrap();
+        assert!(matches!(back.job, WorkerJob::Export(ref j) if j.crop == 224 && j.torchscript));
+        let mut other = json;
+        other["stage"] = "embed-files".into();
+        let err = serde_json::from_value::<WorkerRequest>(other).unwrap_err();
+        assert!(err.to_string().contains("missing field"), "{err}");
+        let mut unknown = serde_json::to_value(&request).unwrap();
+        unknown["stage"] = "cluster".into();
+        let err = serde_json::from_value::<WorkerRequest>(unknown).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `cluster`"),
+            "{err}"
         );
     }
 }

@@ -15,7 +15,7 @@ fn args<'a>(cfg: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn second_identical_run_runs_nothing_and_a_plan_setting_reruns_only_plan() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
 
     let first = run_json(&store, &args(cfg, &[]));
@@ -41,7 +41,7 @@ fn second_identical_run_runs_nothing_and_a_plan_setting_reruns_only_plan() {
 fn keys_change_downstream_only_and_explicit_defaults_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let key = |p: &[Planned], id: &str| p.iter().find(|n| n.id == id).unwrap().key.clone();
     let base = plan(&store, &args(cfg, &[]));
@@ -83,7 +83,7 @@ fn golden_keys_for_a_fixed_config() {
     // If this fails, the canonical form of keys changed: every user's store is
     // invalidated. Bump SCHEMA_SALT deliberately and update these, never silently.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let p = plan(&tmp.path().join("store"), &args(cfg.to_str().unwrap(), &[]));
     let keys: Vec<(&str, &str)> = p.iter().map(|n| (n.id.as_str(), n.key.as_str())).collect();
     assert_eq!(keys, GOLDEN_KEYS.to_vec());
@@ -102,24 +102,8 @@ fn external_dataset_touch_reruns_nothing_and_a_changed_byte_reruns_index() {
     let data = tmp.path().join("data");
     folder_dataset(&data, 6, 3);
     let store = tmp.path().join("store");
-    let root = format!("dataset.root={}", data.display());
-    let a = [
-        "--until",
-        "plan",
-        "--set",
-        "dataset.kind=\"folder\"",
-        "--set",
-        &root,
-        "--set",
-        "plan.p=2",
-        "--set",
-        "plan.k=2",
-        "--set",
-        "plan.steps=5",
-        // The default preset's holdout would leave 1 of these 3 train classes.
-        "--set",
-        "train.validation.every=0",
-    ];
+    let a = on_folder(&["--until", "plan"], &data, &FOLDER_PLAN);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let first = run_json(&store, &a);
     assert_eq!(
         first.len(),
@@ -152,7 +136,7 @@ fn external_dataset_touch_reruns_nothing_and_a_changed_byte_reruns_index() {
 fn a_stage_killed_before_commit_leaves_nothing_and_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let killed = dml()
         .env("DML_FAULT_ABORT_BEFORE_COMMIT", "index")
         .arg("--store")
@@ -192,7 +176,7 @@ fn a_stage_killed_before_commit_leaves_nothing_and_is_rebuilt() {
 fn a_corrupted_artifact_is_detected_and_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     run_json(&store, &args(cfg, &[]));
     let plan_dir = store
@@ -228,12 +212,10 @@ fn a_corrupted_artifact_is_detected_and_rebuilt() {
 fn two_concurrent_runs_both_finish_with_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(
-        tmp.path(),
-        &TINY
-            .replace("classes = 12", "classes = 40")
-            .replace("images_per_class = 4", "images_per_class = 10"),
-    );
+    let cfg = Config::tiny()
+        .set("synthetic.classes", 40)
+        .set("synthetic.images_per_class", 10)
+        .write(tmp.path());
     let spawn = || {
         dml()
             .arg("--store")
@@ -312,7 +294,7 @@ fn bad_input_gets_clear_errors() {
         "{e}"
     );
     // P larger than the number of classes (6 train classes of 12).
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let e = fails(
         &store,
         &[
@@ -366,16 +348,8 @@ fn unreadable_images_are_named_and_can_be_skipped() {
     folder_dataset(&data, 4, 3);
     std::fs::write(data.join("class_01/img_1.png"), b"\x89PNG\r\n").unwrap();
     let store = tmp.path().join("store");
-    let root = format!("dataset.root={}", data.display());
-    let a = [
-        "run",
-        "--until",
-        "index",
-        "--set",
-        "dataset.kind=\"folder\"",
-        "--set",
-        &root,
-    ];
+    let a = on_folder(&["run", "--until", "index"], &data, &[]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let e = fails(&store, &a);
     assert!(
         e.contains("class_01/img_1.png") && e.contains("--skip-bad-images"),
@@ -414,7 +388,7 @@ fn unreadable_images_are_named_and_can_be_skipped() {
 fn ls_show_and_gc() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     run_json(&store, &args(cfg, &[]));
     run_json(&store, &args(cfg, &["--set", "plan.seed=3"]));
@@ -477,7 +451,7 @@ fn dml_itself_never_loads_libtorch_only_its_training_worker_does() {
 fn a_missing_training_worker_is_named_and_the_stages_before_train_are_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let missing = tmp.path().join("nowhere/dml-torch");
     let out = dml()
         .env("DML_TORCH", &missing)

@@ -153,7 +153,7 @@ print("{}")
 fn the_loss_switches_from_the_command_line_and_k_is_checked_first() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     // From the default preset (semi-hard, margin 0.2), npairs takes no margin.
     ok(
@@ -184,7 +184,7 @@ fn dir_is_empty(p: &Path) -> bool {
 fn what_can_be_known_is_checked_before_anything_expensive() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     for (set, needle) in [
         ("plan.steps=0", "plan.steps = 0"),
@@ -203,11 +203,14 @@ fn what_can_be_known_is_checked_before_anything_expensive() {
     let bad = tmp.path().join("bad.toml");
     std::fs::write(
         &bad,
-        format!("{TINY_TRAIN}\n[retrieve]\nneighbors = \"ten\"\n"),
+        format!(
+            "{}\n[retrieve]\nneighbors = \"ten\"\n",
+            Config::tiny().train()
+        ),
     )
     .unwrap();
     let e = fails(&store, &["run", bad.to_str().unwrap()]);
-    let line = TINY_TRAIN.lines().count() + 3;
+    let line = Config::tiny().train().to_toml().lines().count() + 3;
     assert!(e.contains(&format!("bad.toml:{line}:")), "{e}");
     assert!(e.contains("retrieve.neighbors"), "{e}");
     // Ks beyond the gallery: stopped right after index, before decode and train.
@@ -231,7 +234,7 @@ fn what_can_be_known_is_checked_before_anything_expensive() {
 fn progress_is_logged_when_stderr_is_not_a_terminal() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let out = dml()
         .env("DML_LOG_INTERVAL", "0.05")
         .args(["--store", store.to_str().unwrap(), "run"])
@@ -259,7 +262,7 @@ fn progress_is_logged_when_stderr_is_not_a_terminal() {
 fn ctrl_c_says_what_was_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let mut child = dml()
         .args(["--store", store.to_str().unwrap(), "run"])
         .arg(&cfg)
@@ -330,7 +333,7 @@ fn reason<'a>(p: &'a [Planned], id: &str) -> &'a str {
 fn explanations_name_every_cause_in_the_users_words() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg]);
     let p = plan(
@@ -393,7 +396,7 @@ fn explanations_name_every_cause_in_the_users_words() {
 fn an_interrupted_train_is_announced_as_resuming() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let out = dml()
         .env("DML_FAULT_ABORT_AFTER_STEP", "4")
@@ -414,15 +417,8 @@ fn a_changed_dataset_file_is_named() {
     let data = tmp.path().join("data");
     folder_dataset(&data, 4, 3);
     let store = tmp.path().join("store");
-    let root = format!("dataset.root={}", data.display());
-    let a = [
-        "--until",
-        "index",
-        "--set",
-        "dataset.kind=\"folder\"",
-        "--set",
-        &root,
-    ];
+    let a = on_folder(&["--until", "index"], &data, &[]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let mut run = vec!["run"];
     run.extend_from_slice(&a);
     ok(&store, &run);
@@ -451,7 +447,7 @@ fn help_browsing_and_reports_for_people() {
         let e = fails(&store, args);
         assert!(e.contains("did you mean `cub/npairs`?"), "{args:?}: {e}");
     }
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg]);
     // Long lists are abbreviated; a closed pipe ends `show` quietly.
@@ -474,7 +470,7 @@ fn help_browsing_and_reports_for_people() {
     // In a sweep, a stage name alone lists the points.
     let sweep = write_config(
         tmp.path(),
-        &format!("{TINY}\n[sweep]\n\"plan.seed\" = [0, 1]\n"),
+        &format!("{}\n[sweep]\n\"plan.seed\" = [0, 1]\n", Config::tiny()),
     );
     ok(&store, &["run", sweep.to_str().unwrap(), "--until", "plan"]);
     let e = fails(&store, &["path", "plan", "--name", "tiny"]);
@@ -598,7 +594,7 @@ fn a_folder_of_small_images_is_described_before_anything_runs() {
 fn the_issues_bad_inputs_fail_at_start_up_with_the_setting_named_and_never_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
@@ -627,7 +623,7 @@ fn the_issues_bad_inputs_fail_at_start_up_with_the_setting_named_and_never_panic
         (&["--jobs", "0"], "--jobs"),
         (&["--until", "nosuchstage"], "is not a stage"),
         (&["--preset", "cub"], "cub/margin"),
-        // The modern recipes' settings (TINY_TRAIN trains 8 steps).
+        // The modern recipes' settings (`Config::train` trains 8 steps).
         (
             &[
                 "--set",

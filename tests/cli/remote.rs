@@ -147,7 +147,7 @@ fn embeddings(store: &Path) -> Vec<u8> {
 
 /// The tiny training run, sharing every stage (the decode cache included).
 fn config(dir: &Path) -> String {
-    let text = format!("{TINY_TRAIN}\n[store]\nremote_skip = []\n");
+    let text = format!("{}\n[store]\nremote_skip = []\n", Config::tiny().train());
     write_config(dir, &text).to_str().unwrap().to_string()
 }
 
@@ -380,7 +380,7 @@ fn with_a_remote_and_the_default_remote_skip_a_run_until_plan_works() {
     let tmp = tempfile::tempdir().unwrap();
     // No [store] table: `remote_skip = ["decode"]`, a stage a run until plan
     // does not reach.
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let store = tmp.path().join("store");
     moto.ok(&store, &["run", cfg, "--until", "plan", "--dry-run"]);
@@ -391,7 +391,10 @@ fn with_a_remote_and_the_default_remote_skip_a_run_until_plan_works() {
     // And a stage name that dml does not have is still refused, with a hint.
     let typo = write_config(
         tmp.path(),
-        &format!("{TINY_TRAIN}\n[store]\nremote_skip = [\"decod\"]\n"),
+        &format!(
+            "{}\n[store]\nremote_skip = [\"decod\"]\n",
+            Config::tiny().train()
+        ),
     );
     let out = moto
         .dml(&store, &["run", typo.to_str().unwrap(), "--until", "plan"])
@@ -425,7 +428,8 @@ fn a_hung_server_delays_the_end_of_a_run_by_the_upload_wait_at_most() {
     // lookup timeout, an upload's HEAD gives the remote up before the end of the run
     // ever waits); the end of the run waits 3 s for the uploads still running.
     let text = format!(
-        "{TINY_TRAIN}\n[store]\nremote_skip = []\nremote_timeout = 60.0\nremote_transfer_timeout = 60.0\nremote_upload_wait = 3.0\n"
+        "{}\n[store]\nremote_skip = []\nremote_timeout = 60.0\nremote_transfer_timeout = 60.0\nremote_upload_wait = 3.0\n",
+        Config::tiny().train()
     );
     let cfg = write_config(tmp.path(), &text);
     let cfg = cfg.to_str().unwrap();

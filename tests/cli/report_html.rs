@@ -160,16 +160,15 @@ fn report_html_is_self_contained_and_the_combined_report_covers_both_runs() {
     for d in ["a", "b"] {
         std::fs::create_dir_all(tmp.path().join(d)).unwrap();
     }
-    let a = write_config(
-        &tmp.path().join("a"),
-        &TINY_TRAIN.replace("name = \"tiny\"", "name = \"a\""),
-    );
-    let b = write_config(
-        &tmp.path().join("b"),
-        &TINY_TRAIN
-            .replace("name = \"tiny\"", "name = \"b\"")
-            .replace("hard_triplet", "lifted_structure"),
-    );
+    let a = Config::tiny()
+        .train()
+        .named("a")
+        .write(&tmp.path().join("a"));
+    let b = Config::tiny()
+        .train()
+        .named("b")
+        .set("train.loss.name", "lifted_structure")
+        .write(&tmp.path().join("b"));
     ok(&store, &["run", a.to_str().unwrap()]);
     ok(&store, &["run", b.to_str().unwrap()]);
     let page = latest(&store, "a", "report").join("report.html");
@@ -330,7 +329,8 @@ fn tensorboard_reads_the_event_files_and_dml_tensorboard_lays_out_a_sweep() {
     let cfg = write_config(
         tmp.path(),
         &format!(
-            "{TINY_TRAIN}\n[sweep]\n\"train.loss.name\" = [\"hard_triplet\", \"lifted_structure\"]\n"
+            "{}\n[sweep]\n\"train.loss.name\" = [\"hard_triplet\", \"lifted_structure\"]\n",
+            Config::tiny().train()
         ),
     );
     let outcome = run_outcome(&store, &[cfg.to_str().unwrap()]);

@@ -35,14 +35,8 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
     let b_dir = tmp.path().join("b");
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let cfg_a = write_config(
-        &a_dir,
-        &TINY_TRAIN.replace("name = \"tiny\"", "name = \"a\""),
-    );
-    let cfg_b = write_config(
-        &b_dir,
-        &TINY_TRAIN.replace("name = \"tiny\"", "name = \"b\""),
-    );
+    let cfg_a = Config::tiny().train().named("a").write(&a_dir);
+    let cfg_b = Config::tiny().train().named("b").write(&b_dir);
 
     // `run --json`: the nodes, then each point's artifacts and headline metrics.
     let oa = run_outcome(&store, &[cfg_a.to_str().unwrap()]);

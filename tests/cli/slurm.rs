@@ -169,28 +169,21 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The synthetic sweep preset (2 losses × 2 seeds) at tiny settings.
-const SWEEP: &str = r#"
-preset = "synthetic/sweep"
-[synthetic]
-classes = 12
-images_per_class = 4
-image_size = 32
-[image]
-resize = 32
-crop = 28
-[plan]
-p = 4
-k = 2
-steps = 8
-[train]
-device = "cpu"
-checkpoint_every = 2
-[train.model]
-embedding_dim = 16
-[embed]
-batch_size = 16
-"#;
+/// The synthetic sweep preset (2 losses × 2 seeds) at tiny settings: the preset names the
+/// run, the dataset, the network and the losses.
+fn sweep() -> Config {
+    let mut c = Config::tiny().train().set("preset", "synthetic/sweep");
+    for decided in [
+        "name",
+        "dataset.kind",
+        "train.model.backbone",
+        "train.model.head",
+        "train.loss.name",
+    ] {
+        c = c.unset(decided);
+    }
+    c
+}
 
 const RUN: &str = "synthetic-sweep";
 
@@ -200,7 +193,7 @@ fn a_sweep_runs_as_slurm_jobs() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), SWEEP);
+    let cfg = sweep().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
 
     // The reference: the local executor.
@@ -485,7 +478,7 @@ fn a_sweep_runs_as_slurm_jobs() {
 fn exec_stage_builds_one_node_from_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let keys = plan(&store, &[cfg]);
     let with_executor = plan(

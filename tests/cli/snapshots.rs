@@ -51,7 +51,7 @@ fn the_help_texts_read_the_same() {
 fn a_report_reads_the_same_up_to_its_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     ok(&store, &["run", cfg.to_str().unwrap()]);
     let md = std::fs::read_to_string(store.join("latest/tiny/report/report.md")).unwrap();
     insta::assert_snapshot!("report_tiny", numbers_masked(&md));
@@ -94,7 +94,7 @@ fn run_text_masked(text: &str, store: &std::path::Path) -> String {
 fn the_text_after_a_change_reads_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg, "--until", "plan"]);
     let change = [

@@ -13,7 +13,10 @@ const UNTIL_PLAN: [&str; 2] = ["--until", "plan"];
 fn train_config(dir: &Path) -> PathBuf {
     write_config(
         dir,
-        &format!("{TINY_TRAIN}\n[report]\nuntrained_baseline = false\n"),
+        &format!(
+            "{}\n[report]\nuntrained_baseline = false\n",
+            Config::tiny().train()
+        ),
     )
 }
 
@@ -68,7 +71,7 @@ fn corrupt_keeping_mtime(file: &Path) {
 fn verify_rebuilds_a_corrupt_artifact_and_what_was_computed_from_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     run_json(&store, &with(cfg, &UNTIL_PLAN));
     let index = object(&store, "index");
@@ -142,7 +145,7 @@ fn verify_rebuilds_a_corrupt_artifact_and_what_was_computed_from_it() {
 fn a_manifest_edited_into_other_valid_json_fails_verification() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     run_json(&store, &with(cfg, &UNTIL_PLAN));
     let manifest_path = object(&store, "plan").join("manifest.json");
@@ -205,7 +208,7 @@ fn a_manifest_edited_into_other_valid_json_fails_verification() {
 fn gc_keeps_what_latest_links_reach_and_latest_holds_only_the_last_run() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let sweep = format!("{TINY}\n[sweep]\n\"plan.seed\" = [0, 1]\n");
+    let sweep = format!("{}\n[sweep]\n\"plan.seed\" = [0, 1]\n", Config::tiny());
     let swept = write_config(tmp.path(), &sweep);
     let swept = swept.to_str().unwrap();
     run_json(&store, &with(swept, &UNTIL_PLAN));
@@ -215,7 +218,7 @@ fn gc_keeps_what_latest_links_reach_and_latest_holds_only_the_last_run() {
     );
     // The same name without the sweep: the sweep points' links go.
     let single = tmp.path().join("single.toml");
-    std::fs::write(&single, TINY.replace("steps = 10", "steps = 11")).unwrap();
+    std::fs::write(&single, Config::tiny().set("plan.steps", 11).to_toml()).unwrap();
     let single = single.to_str().unwrap();
     run_json(&store, &with(single, &UNTIL_PLAN));
     assert_eq!(
@@ -262,12 +265,11 @@ fn gc_keeps_what_latest_links_reach_and_latest_holds_only_the_last_run() {
 fn gc_never_removes_what_a_live_run_reaches() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(
-        tmp.path(),
-        &TINY_TRAIN
-            .replace("steps = 8", "steps = 600")
-            .replace("checkpoint_every = 2", "checkpoint_every = 100"),
-    );
+    let cfg = Config::tiny()
+        .train()
+        .set("plan.steps", 600)
+        .set("train.checkpoint_every", 100)
+        .write(tmp.path());
     let mut child = dml()
         .arg("--store")
         .arg(&store)
@@ -425,7 +427,7 @@ fn a_full_disk_during_decode_is_an_error_naming_the_stage_and_the_bytes() {
     ) else {
         return;
     };
-    let cfg = write_config(tmp.path(), TINY);
+    let cfg = Config::tiny().write(tmp.path());
     // 48 images of 512×512×3 bytes: 37,748,736 bytes on a 4 MiB disk.
     let out = run_in(
         &store,
@@ -560,8 +562,11 @@ fn a_diverging_run_never_keeps_a_non_finite_checkpoint_and_says_what_to_change()
     let store = tmp.path().join("store");
     let cfg = write_config(
         tmp.path(),
-        &format!("{TINY_TRAIN}\n[report]\nuntrained_baseline = false\n")
-            .replace("checkpoint_every = 2", "checkpoint_every = 1"),
+        &format!(
+            "{}\n[report]\nuntrained_baseline = false\n",
+            Config::tiny().train()
+        )
+        .replace("checkpoint_every = 2", "checkpoint_every = 1"),
     );
     let cfg = cfg.to_str().unwrap();
     // 1e12: the loss stays finite but the embeddings overflow; 1e20: a NaN loss.
@@ -602,24 +607,8 @@ fn a_read_only_store_can_be_browsed_and_planned_against() {
     let data = tmp.path().join("data");
     folder_dataset(&data, 6, 3);
     let store = tmp.path().join("store");
-    let root = format!("dataset.root={}", data.display());
-    let a = [
-        "--until",
-        "plan",
-        "--set",
-        "dataset.kind=\"folder\"",
-        "--set",
-        &root,
-        "--set",
-        "plan.p=2",
-        "--set",
-        "plan.k=2",
-        "--set",
-        "plan.steps=5",
-        // Three training classes: none to spare for the default holdout.
-        "--set",
-        "train.validation.every=0",
-    ];
+    let a = on_folder(&["--until", "plan"], &data, &FOLDER_PLAN);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
     run_json(&store, &a);
     let ro = tmp.path().join("read-only");
     let Some(_bind) = mount_or_skip(&["--bind", store.to_str().unwrap()], &ro, "read_only_store")
@@ -685,7 +674,7 @@ fn snapshot(
 fn runs_status_gc_dry_run_and_a_report_elsewhere_only_read_the_store() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     run_json(&store, &[cfg]);
     // Leftovers for the dry run to name: a build's temporary directory whose key lock

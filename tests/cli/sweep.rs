@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 fn sweep_config() -> String {
     format!(
-        "{TINY_TRAIN}\n[sweep]\n\"train.loss.name\" = [\"hard_triplet\", \"lifted_structure\"]\n\"plan.seed\" = [0, 1]\n"
+        "{}\n[sweep]\n\"train.loss.name\" = [\"hard_triplet\", \"lifted_structure\"]\n\"plan.seed\" = [0, 1]\n",
+        Config::tiny().train()
     )
 }
 
@@ -134,7 +135,7 @@ fn an_interrupted_sweep_continues_where_it_stopped() {
 #[test]
 fn diff_and_rebuild_from_a_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let store = tmp.path().join("store");
     ok(&store, &["run", cfg]);

@@ -5,7 +5,7 @@ use crate::common::*;
 #[test]
 fn cpu_training_is_byte_identical_across_fresh_stores() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     ok(&a, &["run", cfg]);
@@ -35,12 +35,12 @@ fn cpu_training_is_byte_identical_across_fresh_stores() {
     assert!(path.trim().ends_with("latest/tiny/embed"), "{path}");
 }
 
-/// Trains TINY_TRAIN with `sets` straight through, and in a second store aborted
+/// Trains `Config::tiny().train()` with `sets` straight through, and in a second store aborted
 /// (as by kill -9) after step 4 and rerun: the rerun resumes from the step-4 checkpoint
 /// and writes byte-identical weights. Returns the straight run's `model.safetensors`.
 fn resumes_to_the_same_weights(sets: &[&str]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let mut args = vec![cfg, "--until", "train"];
     for s in sets {
@@ -110,46 +110,25 @@ fn an_interrupted_proxy_anchor_train_resumes_to_the_same_weights_and_proxies() {
 
 /// ViT-S/16 at 32 px (a 2 × 2 patch grid, the 14 × 14 position embeddings resampled),
 /// AdamW with timm's weight-decay rule, layer-wise decay and a warm-up.
-const TINY_VIT: &str = r#"
-name = "tiny"
-[dataset]
-kind = "synthetic"
-[synthetic]
-classes = 12
-images_per_class = 4
-image_size = 32
-[image]
-resize = 32
-crop = 32
-[plan]
-p = 4
-k = 2
-steps = 6
-[train]
-device = "cpu"
-checkpoint_every = 3
-[train.model]
-backbone = "vit_s16"
-head = "direct"
-embedding_dim = 16
-[train.loss]
-name = "hard_triplet"
-[train.optimizer]
-learning_rate = 1e-4
-weight_decay = 0.05
-timm_weight_decay = true
-layer_decay = 0.75
-warmup_steps = 2
-[train.optimizer.algorithm]
-name = "adamw"
-[embed]
-batch_size = 16
-"#;
+fn tiny_vit() -> Config {
+    Config::tiny()
+        .train()
+        .set("image.crop", 32)
+        .set("plan.steps", 6)
+        .set("train.checkpoint_every", 3)
+        .set("train.model.backbone", "vit_s16")
+        .set("train.optimizer.learning_rate", 1e-4)
+        .set("train.optimizer.weight_decay", 0.05)
+        .set("train.optimizer.timm_weight_decay", true)
+        .set("train.optimizer.layer_decay", 0.75)
+        .set("train.optimizer.warmup_steps", 2)
+        .set("train.optimizer.algorithm.name", "adamw")
+}
 
 #[test]
 fn a_vit_trains_end_to_end_and_resumes_byte_identically() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_VIT);
+    let cfg = tiny_vit().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let straight = tmp.path().join("straight");
     ok(&straight, &["run", cfg]);
@@ -206,7 +185,7 @@ fn safetensors_of(path: &std::path::Path, tensors: &[(&str, &[usize])]) {
 #[test]
 fn a_wrong_vit_weights_file_is_refused_before_training_with_the_tensor_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_VIT);
+    let cfg = tiny_vit().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     // ViT-B/16 widths where ViT-S/16 is configured.
     let weights = tmp.path().join("vit_b16.safetensors");
@@ -234,7 +213,7 @@ fn a_wrong_vit_weights_file_is_refused_before_training_with_the_tensor_named() {
 fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg]);
     let p = plan(&store, &[cfg, "--set", "retrieve.ks=[1, 3]"]);
@@ -276,7 +255,7 @@ fn evaluation_settings_do_not_retrain_and_loss_settings_do() {
 fn a_diverging_loss_stops_with_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let e = fails(
         &store,
         &[
@@ -300,7 +279,7 @@ fn a_diverging_loss_stops_with_the_step() {
 fn the_report_shows_trained_and_untrained_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let out = ok(&store, &["run", cfg.to_str().unwrap()]);
     assert!(
         out.contains("| run | method |") && out.contains("untrained R@1"),
@@ -348,20 +327,12 @@ fn a_truncated_jpeg_is_named_at_index_and_can_be_skipped() {
     let bytes = std::fs::read(&jpg).unwrap();
     std::fs::write(&jpg, &bytes[..bytes.len() / 2]).unwrap();
     let store = tmp.path().join("store");
-    let root = format!("dataset.root={}", data.display());
-    let a = [
-        "run",
-        "--until",
-        "decode",
-        "--set",
-        "dataset.kind=\"folder\"",
-        "--set",
-        &root,
-        "--set",
-        "image.resize=24",
-        "--set",
-        "image.crop=20",
-    ];
+    let a = on_folder(
+        &["run", "--until", "decode"],
+        &data,
+        &["image.resize=24", "image.crop=20"],
+    );
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let e = fails(&store, &a);
     assert!(e.contains("class_02/cut.jpg"), "{e}");
     assert!(
@@ -386,7 +357,7 @@ fn a_truncated_jpeg_is_named_at_index_and_can_be_skipped() {
 fn augmentation_and_precision_settings_retrain_but_never_redecode() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     ok(&store, &["run", cfg, "--until", "train"]);
     let m = latest_manifest(&store, "tiny", "train");
@@ -461,7 +432,7 @@ fn augmentation_and_precision_settings_retrain_but_never_redecode() {
 fn bf16_trains_on_a_cpu_with_bf16_and_is_refused_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let args = [
         "run",
@@ -503,7 +474,7 @@ fn untrained_dir(store: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn the_untrained_baseline_is_the_same_bytes_whichever_loss_and_optimiser_built_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     // Both normalised, so that only the loss and the optimiser differ; the margin

@@ -3,80 +3,40 @@
 //! class-disjoint holdout, `keep = "best"` returning that step's weights (also across a
 //! resume), and what the table does to keys.
 use crate::common::*;
-use dml_artifacts::tables::{self, Embeddings, TrainLogRow};
+use dml_artifacts::tables::{self, Embeddings, Split, TrainLogRow};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// 20 classes × 6 images: 10 train classes, of which 3 are held out for validation.
-const VAL: &str = r#"
-name = "val"
-[dataset]
-kind = "synthetic"
-[synthetic]
-classes = 20
-images_per_class = 6
-image_size = 32
-[image]
-resize = 32
-crop = 28
-[plan]
-p = 4
-k = 2
-steps = 12
-[train]
-device = "cpu"
-checkpoint_every = 2
-[train.model]
-backbone = "small_cnn"
-head = "direct"
-embedding_dim = 16
-[train.loss]
-name = "hard_triplet"
-[train.validation]
-every = 4
-on = "holdout"
-holdout_fraction = 0.3
-[embed]
-batch_size = 128
-"#;
+fn val() -> Config {
+    Config::tiny()
+        .train()
+        .named("val")
+        .set("synthetic.classes", 20)
+        .set("synthetic.images_per_class", 6)
+        .set("plan.steps", 12)
+        .set("train.validation.every", 4)
+        .set("train.validation.on", "holdout")
+        .set("train.validation.holdout_fraction", 0.3)
+        .set("embed.batch_size", 128)
+}
 
 /// Validation on the test split every 2 steps, keeping the best step; the high learning rate
 /// makes the last step not the best one.
-const BEST: &str = r#"
-name = "best"
-[dataset]
-kind = "synthetic"
-[synthetic]
-classes = 16
-images_per_class = 6
-image_size = 32
-[image]
-resize = 32
-crop = 28
-[plan]
-p = 4
-k = 2
-steps = 12
-[train]
-device = "cpu"
-checkpoint_every = 2
-[train.model]
-backbone = "small_cnn"
-head = "direct"
-embedding_dim = 16
-[train.loss]
-name = "hard_triplet"
-[train.optimizer]
-learning_rate = 0.01
-[train.validation]
-every = 2
-on = "test"
-keep = "best"
-[embed]
-batch_size = 128
-[report]
-untrained_baseline = false
-"#;
+fn best() -> Config {
+    Config::tiny()
+        .train()
+        .named("best")
+        .set("synthetic.classes", 16)
+        .set("synthetic.images_per_class", 6)
+        .set("plan.steps", 12)
+        .set("train.optimizer.learning_rate", 0.01)
+        .set("train.validation.every", 2)
+        .set("train.validation.on", "test")
+        .set("train.validation.keep", "best")
+        .set("embed.batch_size", 128)
+        .set("report.untrained_baseline", false)
+}
 
 /// Leave-one-out Recall@1 and MAP@R by brute force (f64 squared distances, ties by index).
 fn brute_force(e: &Embeddings) -> (f64, f64) {
@@ -139,7 +99,7 @@ fn validated(log: &[TrainLogRow]) -> Vec<(u32, f64, f64)> {
 fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), VAL);
+    let cfg = val().write(tmp.path());
     let outcome = run_outcome(&store, &[cfg.to_str().unwrap()]);
     let train = train_dir(&outcome);
     let log = tables::read_train_log(&train.join("train_log.parquet")).unwrap();
@@ -171,7 +131,7 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     let index = tables::read_index(&store.join("latest/val/index/index.parquet")).unwrap();
     let held_images: Vec<u32> = index
         .iter()
-        .filter(|r| r.split == "train" && held.contains(&r.class_id))
+        .filter(|r| r.split == Split::Train && held.contains(&r.class_id))
         .map(|r| r.image_id)
         .collect();
     assert_eq!(held_images.len(), 18);
@@ -180,7 +140,7 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
     // metrics of those embeddings.
     let emb = Embeddings::read(&train.join("validation.arrow")).unwrap();
     assert_eq!(emb.image_id, held_images);
-    assert!(emb.split.iter().all(|s| s == "holdout"));
+    assert!(emb.split.iter().all(|&s| s == Split::Holdout));
     let (r1, map) = brute_force(&emb);
     let last = val.last().unwrap();
     close(last.1, r1, "holdout R@1 at the last step");
@@ -216,7 +176,7 @@ fn holdout_validation_is_class_disjoint_and_logs_the_exact_metrics() {
 fn keep_best_makes_the_best_steps_weights_the_artifact() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), BEST);
+    let cfg = best().write(tmp.path());
     let outcome = run_outcome(&store, &[cfg.to_str().unwrap()]);
     let train = train_dir(&outcome);
     let log = tables::read_train_log(&train.join("train_log.parquet")).unwrap();
@@ -274,7 +234,7 @@ fn keep_best_makes_the_best_steps_weights_the_artifact() {
     let kept = Embeddings::read(&train.join("validation.arrow")).unwrap();
     assert_eq!(kept.image_id, embedded.image_id);
     assert_eq!(kept.split, embedded.split);
-    assert!(kept.split.iter().all(|s| s == "test"));
+    assert!(kept.split.iter().all(|&s| s == Split::Test));
     let diff = kept
         .values
         .iter()
@@ -290,7 +250,7 @@ fn keep_best_makes_the_best_steps_weights_the_artifact() {
 #[test]
 fn keep_best_survives_an_interruption() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), BEST);
+    let cfg = best().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let straight = tmp.path().join("straight");
     ok(&straight, &["run", cfg, "--until", "train"]);
@@ -325,7 +285,7 @@ fn keep_best_survives_an_interruption() {
 fn validation_off_leaves_keys_alone_and_on_changes_the_right_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let cfg = write_config(tmp.path(), TINY_TRAIN);
+    let cfg = Config::tiny().train().write(tmp.path());
     let cfg = cfg.to_str().unwrap();
     let keys = |sets: &[&str]| -> Vec<(String, String)> {
         let mut a = vec![cfg];

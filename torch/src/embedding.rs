@@ -7,7 +7,7 @@ use dml_artifacts::tables::{self, Embeddings};
 use dml_datasets as ds;
 use dml_pipeline::BoxError;
 use dml_stages::device::DeviceKind;
-use dml_stages::embed::EmbedJob;
+use dml_stages::jobs::EmbedJob;
 use dml_stages::roles;
 use dml_stages::train::read_model_json;
 use serde_json::json;
@@ -29,7 +29,8 @@ pub fn run(job: &EmbedJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
         .filter(|r| job.splits.contains(&r.split) && !cache.is_missing(r.image_id as usize))
         .collect();
     if rows.is_empty() {
-        return Err(anyhow!("the index has no {} images to embed", job.splits.join("/")).into());
+        let names: Vec<&str> = job.splits.iter().map(|s| s.as_str()).collect();
+        return Err(anyhow!("the index has no {} images to embed", names.join("/")).into());
     }
     let scaling = cfg.model.input_scaling().for_batches();
     let bs = job.settings.batch_size.max(1) as usize;
@@ -63,7 +64,7 @@ pub fn run(job: &EmbedJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
     let emb = Embeddings {
         image_id: rows.iter().map(|r| r.image_id).collect(),
         class_id: rows.iter().map(|r| r.class_id).collect(),
-        split: rows.iter().map(|r| r.split.clone()).collect(),
+        split: rows.iter().map(|r| r.split).collect(),
         dim,
         values,
     };

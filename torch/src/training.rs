@@ -11,11 +11,12 @@ use dml_artifacts::tables::{self, TrainLogRow};
 use dml_datasets::{self as ds, Split};
 use dml_pipeline::BoxError;
 use dml_stages::device::DeviceKind;
+use dml_stages::jobs::TrainJob;
 use dml_stages::plots;
 use dml_stages::resume::{self, Checkpoints};
 use dml_stages::roles;
 use dml_stages::tensorboard::TrainEvents;
-use dml_stages::train::{train_config, TrainJob};
+use dml_stages::train::train_config;
 use indicatif::ProgressBar;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -178,7 +179,7 @@ fn training_classes(job: &TrainJob, index: &[tables::IndexRow]) -> Result<Vec<i6
     };
     let classes: BTreeSet<u32> = index
         .iter()
-        .filter(|r| r.split == Split::Train.as_str() && !held.contains(&r.class_id))
+        .filter(|r| r.split == Split::Train && !held.contains(&r.class_id))
         .map(|r| r.class_id)
         .collect();
     Ok(classes.into_iter().map(i64::from).collect())
@@ -561,7 +562,7 @@ fn substitute_skipped(
 ) -> Result<Arc<Vec<Batch>>, BoxError> {
     let mut by_class: HashMap<u32, Vec<usize>> = HashMap::new();
     for r in index {
-        if !cache.is_missing(r.image_id as usize) && r.split == Split::Train.as_str() {
+        if !cache.is_missing(r.image_id as usize) && r.split == Split::Train {
             by_class
                 .entry(r.class_id)
                 .or_default()

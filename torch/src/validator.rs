@@ -66,7 +66,7 @@ pub struct Validator {
     plan: ValidationPlan,
     ids: Vec<usize>,
     labels: Vec<u32>,
-    splits: Vec<String>,
+    splits: Vec<Split>,
     cache: Arc<ds::DecodeCache>,
     crop: u32,
     scaling: ds::InputScaling,
@@ -99,12 +99,12 @@ impl Validator {
                 }
                 index
                     .iter()
-                    .filter(|r| r.split == Split::Train.as_str() && held.contains(&r.class_id))
+                    .filter(|r| r.split == Split::Train && held.contains(&r.class_id))
                     .collect()
             }
             None => index
                 .iter()
-                .filter(|r| plan.splits.iter().any(|s| s.as_str() == r.split))
+                .filter(|r| plan.splits.contains(&r.split))
                 .collect(),
         };
         let rows: Vec<&IndexRow> = rows
@@ -125,8 +125,8 @@ impl Validator {
             splits: rows
                 .iter()
                 .map(|r| match plan.on {
-                    ValidationSet::Holdout => "holdout".to_string(),
-                    ValidationSet::Test => r.split.clone(),
+                    ValidationSet::Holdout => Split::Holdout,
+                    ValidationSet::Test => r.split,
                 })
                 .collect(),
             cache,
@@ -203,7 +203,7 @@ impl Validator {
             dim,
             values: values.clone(),
             labels: self.labels.clone(),
-            splits: Some(self.splits.clone()),
+            splits: Some(self.splits.iter().map(|s| s.to_string()).collect()),
             image_ids: self.ids.iter().map(|&i| i as u32).collect(),
         };
         let sel = evaluate::select(&table, self.plan.protocol)?;

@@ -6,8 +6,7 @@ use crate::context::{Events, WorkerCtx};
 use anyhow::{anyhow, Context};
 use dml_pipeline::error_chain;
 use dml_stages::device::Probe;
-use dml_stages::embed::EmbedJob;
-use dml_stages::train::TrainJob;
+use dml_stages::jobs::WorkerJob;
 use dml_stages::worker::{WorkerEvent, WorkerRequest, LOG_VAR};
 use std::io::Read;
 
@@ -58,37 +57,16 @@ fn run_stage() -> i32 {
         std::io::stdin()
             .read_to_string(&mut text)
             .context("reading the stage request on stdin")?;
-        let request: WorkerRequest =
-            serde_json::from_str(&text).context("the stage request on stdin is not valid")?;
+        let request: WorkerRequest = serde_json::from_str(&text).context(
+            "the stage request on stdin is not valid (is dml-torch from the same build as dml?)",
+        )?;
+        let job = request.job.clone();
         let mut ctx = WorkerCtx::new(request, events.clone());
-        match ctx.request.stage.as_str() {
-            "train" => {
-                let job: TrainJob = serde_json::from_value(ctx.request.job.clone()).context(
-                    "the train job is not valid (is dml-torch from the same build as dml?)",
-                )?;
-                crate::training::run(&job, &mut ctx)?;
-            }
-            "embed" => {
-                let job: EmbedJob = serde_json::from_value(ctx.request.job.clone()).context(
-                    "the embed job is not valid (is dml-torch from the same build as dml?)",
-                )?;
-                crate::embedding::run(&job, &mut ctx)?;
-            }
-            dml_stages::use_model::EMBED_FILES => {
-                let job: dml_stages::use_model::EmbedFilesJob = serde_json::from_value(
-                    ctx.request.job.clone(),
-                )
-                .context("the embed job is not valid (is dml-torch from the same build as dml?)")?;
-                crate::use_model::embed_files(&job, &mut ctx)?;
-            }
-            dml_stages::use_model::EXPORT => {
-                let job: dml_stages::use_model::ExportJob =
-                    serde_json::from_value(ctx.request.job.clone()).context(
-                        "the export job is not valid (is dml-torch from the same build as dml?)",
-                    )?;
-                crate::use_model::export(&job, &mut ctx)?;
-            }
-            other => return Err(anyhow!("dml-torch cannot run stage `{other}`").into()),
+        match &job {
+            WorkerJob::Train(job) => crate::training::run(job, &mut ctx)?,
+            WorkerJob::Embed(job) => crate::embedding::run(job, &mut ctx)?,
+            WorkerJob::EmbedFiles(job) => crate::use_model::embed_files(job, &mut ctx)?,
+            WorkerJob::Export(job) => crate::use_model::export(job, &mut ctx)?,
         }
         ctx.finish();
         events.send(&WorkerEvent::Notes {

@@ -32,16 +32,30 @@ pub enum Split {
     Query,
     /// In-shop gallery.
     Gallery,
+    /// The training images of the classes `train.validation` holds out: never a listing's
+    /// split, only the `split` of the validation embeddings a training run keeps.
+    Holdout,
 }
 
 impl Split {
-    /// The lowercase name used in artifacts: `"train"`, `"test"`, `"query"`, `"gallery"`.
+    /// Every split.
+    pub const ALL: [Split; 5] = [
+        Split::Train,
+        Split::Test,
+        Split::Query,
+        Split::Gallery,
+        Split::Holdout,
+    ];
+
+    /// The lowercase name used in artifacts: `"train"`, `"test"`, `"query"`, `"gallery"`,
+    /// `"holdout"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Test => "test",
             Split::Query => "query",
             Split::Gallery => "gallery",
+            Split::Holdout => "holdout",
         }
     }
 
@@ -52,6 +66,7 @@ impl Split {
             "test" => Some(Split::Test),
             "query" => Some(Split::Query),
             "gallery" => Some(Split::Gallery),
+            "holdout" => Some(Split::Holdout),
             _ => None,
         }
     }

@@ -22,8 +22,14 @@ fn opts() -> ListOptions {
 
 #[test]
 fn split_names_round_trip() {
-    for s in [Split::Train, Split::Test, Split::Query, Split::Gallery] {
+    for s in Split::ALL {
         assert_eq!(Split::parse(s.as_str()), Some(s));
+        // serde writes the same name.
+        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        assert_eq!(
+            serde_json::from_str::<Split>(&format!("\"{s}\"")).unwrap(),
+            s
+        );
     }
     assert_eq!(Split::Gallery.as_str(), "gallery");
     assert_eq!(Split::parse("val"), None);

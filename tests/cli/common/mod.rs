@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests: run the real `dml` binary.
 #![allow(dead_code)]
+mod config;
+pub use config::{on_folder, Config, FOLDER_PLAN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -107,21 +109,6 @@ pub fn status_of<'a>(nodes: &'a [(String, String)], id: &str) -> &'a str {
         .1
 }
 
-/// A small synthetic config, quick to build.
-pub const TINY: &str = r#"
-name = "tiny"
-[dataset]
-kind = "synthetic"
-[synthetic]
-classes = 12
-images_per_class = 4
-image_size = 32
-[plan]
-p = 4
-k = 2
-steps = 10
-"#;
-
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
@@ -141,35 +128,6 @@ pub fn folder_dataset(root: &Path, classes: usize, per_class: usize) {
         }
     }
 }
-
-/// A tiny end-to-end experiment: a few steps of the small CNN on a tiny synthetic set.
-pub const TINY_TRAIN: &str = r#"
-name = "tiny"
-[dataset]
-kind = "synthetic"
-[synthetic]
-classes = 12
-images_per_class = 4
-image_size = 32
-[image]
-resize = 32
-crop = 28
-[plan]
-p = 4
-k = 2
-steps = 8
-[train]
-device = "cpu"
-checkpoint_every = 2
-[train.model]
-backbone = "small_cnn"
-head = "direct"
-embedding_dim = 16
-[train.loss]
-name = "hard_triplet"
-[embed]
-batch_size = 16
-"#;
 
 /// The manifest of the artifact `latest/<run>/<node>` points to.
 pub fn latest_manifest(store: &Path, run: &str, node: &str) -> serde_json::Value {
