@@ -11,6 +11,7 @@
 //! NMI from dml's k-means, and the images: `--sources` distinct JPEGs of SOP's typical size (about 400 × 300),
 //! hard-linked under 60,502 names, so that the report decodes real files of that size.
 use dml_artifacts::tables::{self, IndexRow};
+use dml_datasets::Split;
 use dml_metrics::{Distance, Exclude};
 use dml_pipeline::BoxError;
 use dml_stages::config::ReportSettings;
@@ -176,7 +177,7 @@ fn main() -> Result<(), BoxError> {
             path,
             class_id: class,
             class_name: format!("product {class}"),
-            split: "test".into(),
+            split: Split::Test,
             width: 400,
             height: 300,
             bytes: std::fs::metadata(src)?.len(),
