@@ -390,6 +390,42 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// `dml embed` of the images under `root` (the tiny run, its sweep point `point` if given)
+/// into `emb`, then `check_export.py` on the export folder `exp` against those embeddings:
+/// its JSON result (rows, and each form's largest difference).
+fn embed_and_check_export(
+    store: &Path,
+    root: &Path,
+    point: Option<&str>,
+    exp: &Path,
+    emb: &Path,
+) -> serde_json::Value {
+    let mut args = vec!["embed", "--run", "tiny"];
+    if let Some(point) = point {
+        args.extend(["--point", point]);
+    }
+    args.extend([
+        "--dir",
+        root.to_str().unwrap(),
+        "--out",
+        emb.to_str().unwrap(),
+    ]);
+    ok(store, &args);
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
+    let out = Command::new(python())
+        .arg(&check)
+        .arg(exp)
+        .arg(emb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn exports_reproduce_the_embeddings_in_python() {
     let tmp = tempfile::tempdir().unwrap();
@@ -411,7 +447,6 @@ fn exports_reproduce_the_embeddings_in_python() {
         err.contains("sweep of 2 points") && err.contains("--point"),
         "{err}"
     );
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
     for (point, backbone) in [
         ("backbone=small_cnn", "small_cnn"),
         ("tiny[train.model.backbone=resnet18]", "resnet18"),
@@ -447,32 +482,7 @@ fn exports_reproduce_the_embeddings_in_python() {
         assert_eq!(meta["input"]["crop"], 28);
         assert_eq!(meta["normalize"], true);
         let emb = tmp.path().join(format!("emb-{backbone}.parquet"));
-        ok(
-            &store,
-            &[
-                "embed",
-                "--run",
-                "tiny",
-                "--point",
-                point,
-                "--dir",
-                root.to_str().unwrap(),
-                "--out",
-                emb.to_str().unwrap(),
-            ],
-        );
-        let out = Command::new(python())
-            .arg(&check)
-            .arg(&exp)
-            .arg(&emb)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = embed_and_check_export(&store, &root, Some(point), &exp, &emb);
         assert_eq!(r["rows"], 48);
         for form in ["torchscript", "safetensors", "onnx"] {
             let d = r[form].as_f64().unwrap();
@@ -522,4 +532,66 @@ fn exports_reproduce_the_embeddings_in_python() {
         "{err}"
     );
     assert!(!exp.exists(), "nothing was written");
+}
+
+/// BN-Inception end to end at 32 px (its smallest crop: 1×1 after the last reduction): a
+/// crop its reduction blocks cannot take is refused before anything runs; a few steps
+/// train; the export's `model.json` describes its scaling (x − (128, 117, 104) in RGB) and
+/// both TorchScript and `load_model.py`'s rebuild reproduce `dml embed`'s embeddings.
+#[test]
+fn a_bn_inception_trains_and_its_export_reproduces_the_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), USE_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let err = fails(
+        &store,
+        &["run", cfg, "--set", "train.model.backbone=bn_inception"],
+    );
+    assert!(
+        err.contains("image.crop = 28") && err.contains("inception_3c"),
+        "{err}"
+    );
+    assert!(!store.join("latest/tiny/train").exists(), "nothing ran");
+    let root = trained(
+        tmp.path(),
+        &store,
+        &[
+            "--set",
+            "train.model.backbone=bn_inception",
+            "--set",
+            "image.crop=32",
+        ],
+    );
+    let exp = tmp.path().join("export-bn_inception");
+    ok(
+        &store,
+        &[
+            "export",
+            "--run",
+            "tiny",
+            "--out",
+            exp.to_str().unwrap(),
+            "--format",
+            "torchscript,safetensors",
+        ],
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("model.json")).unwrap()).unwrap();
+    assert_eq!(meta["backbone"], "bn_inception");
+    assert_eq!(meta["input"]["scaling"], "bn_inception");
+    assert_eq!(meta["input"]["channels"], "RGB");
+    let mean: Vec<f64> = serde_json::from_value(meta["input"]["mean"].clone()).unwrap();
+    let std: Vec<f64> = serde_json::from_value(meta["input"]["std"].clone()).unwrap();
+    for (c, m) in [128.0, 117.0, 104.0].into_iter().enumerate() {
+        assert!((mean[c] * 255.0 - m).abs() < 1e-9, "{mean:?}");
+        assert!((std[c] * 255.0 - 1.0).abs() < 1e-9, "{std:?}");
+    }
+    let emb = tmp.path().join("emb-bn_inception.parquet");
+    let r = embed_and_check_export(&store, &root, None, &exp, &emb);
+    assert_eq!(r["rows"], 48);
+    for form in ["torchscript", "safetensors"] {
+        let d = r[form].as_f64().unwrap();
+        assert!(d <= 1e-4, "bn_inception {form}: max |diff| {d}");
+    }
 }
