@@ -9,7 +9,8 @@ bf16 is torch.autocast(device_type, dtype=torch.bfloat16) around the forward pas
 dml's train.precision = "bf16". On CUDA the model and inputs are channels-last and
 cuDNN autotuning is on (dml's CUDA settings); steps are timed with synchronisation.
 Models: small_cnn, resnet18, resnet50 (torchvision), inception_v1 (torchvision's
-googlenet without auxiliary heads), vit_s16 (timm's vit_small_patch16_224, fused attention).
+googlenet without auxiliary heads), vit_s16 (timm's vit_small_patch16_224, fused attention),
+bn_inception (pretrainedmodels' BNInception, globally averaged).
 
 Same work as dml's benchmark (`torch/benches/train_step/compare.rs`): backbone (the 4-block
 small CNN or torchvision's resnet18) + fc1024 head (linear 1024 without bias, BN,
@@ -44,6 +45,17 @@ class SmallCnn(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
 
 
+class BnInceptionTrunk(nn.Module):
+    """pretrainedmodels' BNInception features, RGB reversed to BGR and averaged globally, as dml's."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.features(x.flip(1)).mean(dim=(2, 3))
+
+
 def backbone(name):
     if name == "small_cnn":
         return SmallCnn(), 256
@@ -65,6 +77,10 @@ def backbone(name):
         import timm
 
         return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True), 384
+    if name == "bn_inception":
+        from pretrainedmodels.models.bninception import BNInception
+
+        return BnInceptionTrunk(BNInception()), 1024
     raise SystemExit(f"unknown model {name}")
 
 
@@ -80,7 +96,7 @@ def batch_hard(emb, labels, margin=1.0):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50", "inception_v1", "vit_s16"])
+    p.add_argument("--model", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50", "inception_v1", "vit_s16", "bn_inception"])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)

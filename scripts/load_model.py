@@ -8,9 +8,10 @@
 
     python load_model.py IMAGE...              # one JSON line per image: path, embedding
 
-Needs torch, torchvision (for ResNet, DenseNet and Inception V1 backbones) or timm (for the
-ViTs: model.json's `timm_model`, built with random weights and then given the exported
-ones), safetensors, numpy and Pillow; not dml. The preprocessing is dml's embed stage's (model.json's `input`):
+Needs torch, torchvision (for ResNet, DenseNet and Inception V1 backbones; BN-Inception is
+defined here, under pretrainedmodels' tensor names) or timm (for the ViTs: model.json's
+`timm_model`, built with random weights and then given the exported ones), safetensors,
+numpy and Pillow; not dml. The preprocessing is dml's embed stage's (model.json's `input`):
 both sides resized to `resize` with Pillow's bilinear filter (dml's resize is
 Pillow-compatible; JPEG decoders may differ by a grey level here and there, PNG is exact),
 the centre `crop`² cut out, `(x / 255 - mean) / std` per channel in float32, NCHW.
@@ -46,6 +47,68 @@ class SmallCnn(torch.nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class BnInception(torch.nn.Module):
+    """BN-Inception under pretrainedmodels' BNInception tensor names (conv with bias + BN + ReLU
+    units), RGB in (reversed to the BGR of its Caffe weights), global average pooling."""
+
+    # (block, in, 1x1, 3x3 reduce, 3x3, double reduce, double 3x3, pool: "avg"/"max" + proj, or "stride2")
+    BLOCKS = [
+        ("inception_3a", 192, 64, 64, 64, 64, 96, "avg", 32),
+        ("inception_3b", 256, 64, 64, 96, 64, 96, "avg", 64),
+        ("inception_3c", 320, 0, 128, 160, 64, 96, "stride2", 0),
+        ("inception_4a", 576, 224, 64, 96, 96, 128, "avg", 128),
+        ("inception_4b", 576, 192, 96, 128, 96, 128, "avg", 128),
+        ("inception_4c", 576, 160, 128, 160, 128, 160, "avg", 128),
+        ("inception_4d", 608, 96, 128, 192, 160, 192, "avg", 128),
+        ("inception_4e", 608, 0, 128, 192, 192, 256, "stride2", 0),
+        ("inception_5a", 1056, 352, 192, 320, 160, 224, "avg", 128),
+        ("inception_5b", 1024, 352, 192, 320, 192, 224, "max", 128),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.unit("conv1_7x7_s2", 3, 64, 7, 2)
+        self.unit("conv2_3x3_reduce", 64, 64, 1, 1)
+        self.unit("conv2_3x3", 64, 192, 3, 1)
+        for n, c_in, c1, c3r, c3, cdr, cd, pool, cp in self.BLOCKS:
+            s = 2 if pool == "stride2" else 1
+            if c1:
+                self.unit(f"{n}_1x1", c_in, c1, 1, 1)
+            self.unit(f"{n}_3x3_reduce", c_in, c3r, 1, 1)
+            self.unit(f"{n}_3x3", c3r, c3, 3, s)
+            self.unit(f"{n}_double_3x3_reduce", c_in, cdr, 1, 1)
+            self.unit(f"{n}_double_3x3_1", cdr, cd, 3, 1)
+            self.unit(f"{n}_double_3x3_2", cd, cd, 3, s)
+            if cp:
+                self.unit(f"{n}_pool_proj", c_in, cp, 1, 1)
+
+    def unit(self, name, c_in, c_out, k, stride):
+        setattr(self, name, torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2))
+        setattr(self, f"{name}_bn", torch.nn.BatchNorm2d(c_out, eps=1e-5))
+
+    def run(self, name, x):
+        return torch.relu(getattr(self, f"{name}_bn")(getattr(self, name)(x)))
+
+    def forward(self, x):
+        f = torch.nn.functional
+        x = x.flip(1)
+        x = f.max_pool2d(self.run("conv1_7x7_s2", x), 3, 2, ceil_mode=True)
+        x = f.max_pool2d(self.run("conv2_3x3", self.run("conv2_3x3_reduce", x)), 3, 2, ceil_mode=True)
+        for n, _, c1, _, _, _, _, pool, _ in self.BLOCKS:
+            out = [self.run(f"{n}_1x1", x)] if c1 else []
+            out.append(self.run(f"{n}_3x3", self.run(f"{n}_3x3_reduce", x)))
+            d = self.run(f"{n}_double_3x3_1", self.run(f"{n}_double_3x3_reduce", x))
+            out.append(self.run(f"{n}_double_3x3_2", d))
+            if pool == "avg":
+                out.append(self.run(f"{n}_pool_proj", f.avg_pool2d(x, 3, 1, 1, ceil_mode=True, count_include_pad=True)))
+            elif pool == "max":
+                out.append(self.run(f"{n}_pool_proj", f.max_pool2d(x, 3, 1, 1, ceil_mode=True)))
+            else:
+                out.append(f.max_pool2d(x, 3, 2, ceil_mode=True))
+            x = torch.cat(out, 1)
+        return x.mean(dim=(2, 3))
+
+
 def timm_backbone(meta):
     """A timm ViT as dml runs it: no classifier, the pooling of model.json's `model.pool`
     (`token`: the class token after the final norm; `mean`: the mean of the normed patch
@@ -65,6 +128,8 @@ def timm_backbone(meta):
 def backbone(name, meta=None):
     if name == "small_cnn":
         return SmallCnn()
+    if name == "bn_inception":
+        return BnInception()
     if meta is not None and meta.get("timm_model"):
         return timm_backbone(meta)
     import torchvision

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Python packages the tests compare against, installed once into the torch venv
 # (the same interpreter whose libtorch `dml` links): torchvision for the backbone
-# parity test, timm for the ViT parity test, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
+# parity test, timm for the ViT parity test, pretrainedmodels for the BN-Inception one, pytorch-metric-learning for the loss comparisons, pyarrow/polars/pandas for the
 # notebook-facing tests, Pillow for benches, moto's S3 server (and boto3) for the remote-cache
 # tests, TensorBoard (its EventAccumulator reads back the event files the train and report
 # stages write), onnx and onnxruntime (`dml export --format onnx` and its check).
@@ -19,6 +19,10 @@ py="$(command -v python3)"
 # dependencies (torch, torchvision, safetensors; huggingface_hub and pyyaml only serve downloads).
 "$py" -c "import timm; assert timm.__version__ == '1.0.22'" 2>/dev/null \
   || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.22" >&2
+# pretrainedmodels (Cadene) for the BN-Inception parity test and scripts/export_bninception.py,
+# without its dependencies (torch, torchvision, tqdm); it imports munch.
+"$py" -c "import pretrainedmodels as p; assert p.__version__ == '0.7.4'" 2>/dev/null \
+  || "$py" -m pip install --quiet --disable-pip-version-check --no-deps "pretrainedmodels==0.7.4" "munch==4.0.0" >&2
 need=()
 "$py" -c "import scipy.stats" 2>/dev/null || need+=("scipy")
 "$py" -c "import tqdm" 2>/dev/null || need+=("tqdm")
@@ -39,5 +43,5 @@ if [ ${#need[@]} -gt 0 ]; then
   "$py" -m pip install --quiet --disable-pip-version-check "${need[@]}" >&2
 fi
 # Fail here, naming the package, rather than in the middle of the tests.
-"$py" -c "from pytorch_metric_learning import losses, miners, regularizers; import timm, torchvision" \
-  || { echo "python-extras: pytorch-metric-learning, timm or torchvision does not import (above)" >&2; exit 1; }
+"$py" -c "from pytorch_metric_learning import losses, miners, regularizers; import timm, torchvision; from pretrainedmodels.models.bninception import BNInception" \
+  || { echo "python-extras: pytorch-metric-learning, timm, torchvision or pretrainedmodels does not import (above)" >&2; exit 1; }

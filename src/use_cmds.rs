@@ -1057,18 +1057,7 @@ fn export_json(model: &UseModel, formats: &Formats) -> Result<Value> {
     let cfg: dml_stages::train_config::ModelConfig = serde_json::from_value(m.clone())
         .with_context(|| format!("reading {}/model.json", model.train_dir.display()))?;
     let scaling = cfg.input_scaling();
-    let (mean, std) = match scaling {
-        dml_stages::train_config::InputScaling::SignedUnit => ([0.5; 3], [0.5; 3]),
-        dml_stages::train_config::InputScaling::UnitRange => ([0.0; 3], [1.0; 3]),
-        dml_stages::train_config::InputScaling::ImagenetMeanStd => (
-            dml_stages::train_config::IMAGENET_MEAN,
-            dml_stages::train_config::IMAGENET_STD,
-        ),
-        dml_stages::train_config::InputScaling::ClipMeanStd => (
-            dml_stages::train_config::CLIP_MEAN,
-            dml_stages::train_config::CLIP_STD,
-        ),
-    };
+    let (mean, std) = scaling.mean_std();
     let mut files = serde_json::Map::new();
     if formats.torchscript {
         files.insert("torchscript".into(), json!("model.pt"));

@@ -51,6 +51,9 @@ pub enum InputScaling {
     ImagenetMean,
     /// OpenAI CLIP: `(x / 255 − mean) / std` with CLIP's mean and std.
     ClipMeanStd,
+    /// BN-Inception's Caffe weights: `x − (128, 117, 104)` (RGB order; the network reverses
+    /// the channels to the BGR its weights expect, whose means are (104, 117, 128)).
+    BnInception,
 }
 
 /// OpenAI CLIP's channel means in [0, 1].
@@ -62,6 +65,8 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations in [0, 1] (torchvision).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// BN-Inception's channel means in 0–255, RGB order (pretrainedmodels' BGR `[104, 117, 128]`).
+pub const BN_INCEPTION_MEAN_255: [f32; 3] = [128.0, 117.0, 104.0];
 /// ImageNet channel means in 0–255 as TF-slim's `vgg_preprocessing` subtracts them.
 pub const IMAGENET_MEAN_255: [f32; 3] = [123.68, 116.78, 103.94];
 
@@ -75,6 +80,7 @@ impl InputScaling {
             InputScaling::ImagenetMeanStd => (x / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
             InputScaling::ImagenetMean => x - IMAGENET_MEAN_255[c],
             InputScaling::ClipMeanStd => (x / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c],
+            InputScaling::BnInception => x - BN_INCEPTION_MEAN_255[c],
         }
     }
 

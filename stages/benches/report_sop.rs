@@ -17,6 +17,7 @@ use dml_pipeline::BoxError;
 use dml_stages::config::ReportSettings;
 use dml_stages::evaluate::{self, NoPositives, Selection};
 use dml_stages::report::{write_report, ReportInputs, RunLabel};
+use dml_stages::roles::ReportRole;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -31,15 +32,15 @@ struct Dirs {
 }
 
 impl ReportInputs for Dirs {
-    fn dir(&self, role: &str) -> Result<PathBuf, BoxError> {
-        let d = self.root.join(role);
+    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
+        let d = self.root.join(role.of(run));
         if d.is_dir() {
             Ok(d)
         } else {
-            Err(format!("no artifact for `{role}`").into())
+            Err(format!("no artifact for `{}`", role.of(run)).into())
         }
     }
-    fn notes(&self, _role: &str) -> Value {
+    fn notes(&self, _role: ReportRole, _run: usize) -> Value {
         json!({})
     }
     fn image_root(&self, _run: usize) -> Option<PathBuf> {

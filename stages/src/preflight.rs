@@ -41,8 +41,13 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
             .and_then(|mut f| f.read_exact(&mut magic))
             .with_context(|| {
                 format!(
-                    "train.model.pretrained `{}` cannot be read (export it with scripts/export_torchvision.py, or unset it to start from random weights)",
-                    path.display()
+                    "train.model.pretrained `{}` cannot be read (export it with {}, or unset it to start from random weights)",
+                    path.display(),
+                    c.train
+                        .model
+                        .backbone
+                        .weights_script()
+                        .unwrap_or("scripts/export_torchvision.py")
                 )
             })?;
     }
@@ -118,6 +123,11 @@ fn check_sizes(c: &ExperimentConfig) -> Result<()> {
             bail!("{setting} = {v}: image sides are 1 to {MAX_SIDE} px; e.g. --set image.resize=256 --set image.crop=224");
         }
     }
+    c.train
+        .model
+        .backbone
+        .check_crop(img.crop)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if img.crop > img.resize {
         bail!(
             "image.crop = {} is larger than image.resize = {}: the crop is taken from the resized image; set image.crop ≤ image.resize",

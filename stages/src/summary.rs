@@ -223,11 +223,10 @@ fn summarise_one(
             } else {
                 "ImageNet weights"
             },
-            if model.backbone.timm_name().is_some() {
-                "scripts/export_timm.py"
-            } else {
-                "scripts/export_torchvision.py"
-            }
+            model
+                .backbone
+                .weights_script()
+                .unwrap_or("scripts/export_torchvision.py")
         ));
     }
     if train.is_some_and(|t| t.status != Status::Cached)

@@ -53,6 +53,11 @@ pub enum Backbone {
     /// blocks, no patch-embedding bias, LayerNorm ε 1e-5; 768 features). timm runs OpenAI's
     /// weights with exact GELU (not CLIP's QuickGELU), and so does dml.
     VitB16Clip,
+    /// BN-Inception (Ioffe & Szegedy 2015) as the loss papers use it: Cadene's
+    /// `pretrainedmodels.BNInception` (Xiong's Caffe model ported to PyTorch) under its tensor
+    /// names, 1024 features after global average pooling. The weights see BGR: the network
+    /// takes RGB like every dml backbone and reverses the channels first.
+    BnInception,
 }
 
 /// The shape of a Vision Transformer backbone (timm's `VisionTransformer` arguments).
@@ -75,7 +80,7 @@ pub struct VitShape {
 
 impl Backbone {
     /// Every backbone, in a fixed order.
-    pub const ALL: [Backbone; 8] = [
+    pub const ALL: [Backbone; 9] = [
         Backbone::SmallCnn,
         Backbone::Resnet18,
         Backbone::Resnet50,
@@ -84,6 +89,7 @@ impl Backbone {
         Backbone::VitS16,
         Backbone::VitB16,
         Backbone::VitB16Clip,
+        Backbone::BnInception,
     ];
 
     /// The snake_case name used in settings.
@@ -97,6 +103,7 @@ impl Backbone {
             Backbone::VitS16 => "vit_s16",
             Backbone::VitB16 => "vit_b16",
             Backbone::VitB16Clip => "vit_b16_clip",
+            Backbone::BnInception => "bn_inception",
         }
     }
 
@@ -108,7 +115,9 @@ impl Backbone {
             Backbone::Resnet50 => Some("resnet50"),
             Backbone::Densenet169 => Some("densenet169"),
             Backbone::InceptionV1 => Some("googlenet"),
-            Backbone::VitS16 | Backbone::VitB16 | Backbone::VitB16Clip => None,
+            Backbone::VitS16 | Backbone::VitB16 | Backbone::VitB16Clip | Backbone::BnInception => {
+                None
+            }
         }
     }
 
@@ -122,9 +131,41 @@ impl Backbone {
         }
     }
 
-    /// Whether pretrained weights exist for it (torchvision's or timm's layout).
+    /// The `pretrainedmodels` (Cadene) network whose `state_dict` this backbone loads, as
+    /// `scripts/export_bninception.py` writes it (`None` for the others).
+    pub fn pretrainedmodels_name(self) -> Option<&'static str> {
+        match self {
+            Backbone::BnInception => Some("bninception"),
+            _ => None,
+        }
+    }
+
+    /// Whether pretrained weights exist for it (torchvision's, timm's or pretrainedmodels'
+    /// layout).
     pub fn has_pretrained_weights(self) -> bool {
-        self.torchvision_name().is_some() || self.timm_name().is_some()
+        self.torchvision_name().is_some()
+            || self.timm_name().is_some()
+            || self.pretrainedmodels_name().is_some()
+    }
+
+    /// The script that exports weights for it (`None` for the small CNN).
+    pub fn weights_script(self) -> Option<&'static str> {
+        if self.timm_name().is_some() {
+            Some("scripts/export_timm.py")
+        } else if self.pretrainedmodels_name().is_some() {
+            Some("scripts/export_bninception.py")
+        } else if self.torchvision_name().is_some() {
+            Some("scripts/export_torchvision.py")
+        } else {
+            None
+        }
+    }
+
+    /// Whether a weights file must hold exactly the backbone's tensors (timm's and
+    /// pretrainedmodels' exports, which the scripts write without extras besides the
+    /// classifier), rather than a torchvision `state_dict` whose auxiliary heads are ignored.
+    pub fn strict_weights(self) -> bool {
+        self.timm_name().is_some() || self.pretrainedmodels_name().is_some()
     }
 
     /// The Vision Transformer's shape (`None` for the CNNs).
@@ -152,7 +193,7 @@ impl Backbone {
             Backbone::Resnet18 => 512,
             Backbone::Resnet50 => 2048,
             Backbone::Densenet169 => DENSENET169_FEATURES,
-            Backbone::InceptionV1 => 1024,
+            Backbone::InceptionV1 | Backbone::BnInception => 1024,
             Backbone::VitS16 => 384,
             Backbone::VitB16 | Backbone::VitB16Clip => 768,
         }
@@ -161,6 +202,37 @@ impl Backbone {
     /// The input scaling the backbone's (torchvision) weights expect.
     pub fn input_scaling(self) -> InputScaling {
         input_scaling(self)
+    }
+
+    /// Checks that the network can take `crop`² images. BN-Inception's reduction blocks
+    /// (3c, 4e) concatenate a stride-2 convolution (padding 1) with a ceil-mode stride-2 max
+    /// pool (no padding), whose outputs agree only on an even input side, as in the
+    /// reference: 224 px (28 and 14 there) and every multiple of 32 work, 28 px does not.
+    pub fn check_crop(self, crop: u32) -> Result<()> {
+        if self != Backbone::BnInception {
+            return Ok(());
+        }
+        // PyTorch's pooling output size: ⌊(n − k + s − 1 (ceil mode)) / s⌋ + 1, less one when
+        // the last window would start past the input.
+        let pool = |n: i64| {
+            let out = (n - 3 + 1).div_euclid(2) + 1;
+            if (out - 1) * 2 >= n {
+                out - 1
+            } else {
+                out
+            }
+        };
+        let conv_s2 = |n: i64| (n - 1).div_euclid(2) + 1;
+        let mut n = pool(pool(conv_s2(i64::from(crop))));
+        for block in ["inception_3c", "inception_4e"] {
+            if n < 1 || conv_s2(n) != pool(n) {
+                return Err(ConfigError(format!(
+                    "image.crop = {crop}: bn_inception's {block} gets a {n}×{n} map, on which its stride-2 convolution and max pool disagree (the reference's too); use a multiple of 32 (e.g. 224, 256, 160, 64)"
+                )));
+            }
+            n = conv_s2(n);
+        }
+        Ok(())
     }
 }
 
@@ -177,7 +249,15 @@ pub enum InputScaling {
     ImagenetMeanStd,
     /// (x/255 − mean)/std with OpenAI CLIP's mean and std (what its image tower was trained on).
     ClipMeanStd,
+    /// x − mean with BN-Inception's Caffe means, 0..255 range, std 1: (R, G, B) − (128, 117,
+    /// 104), i.e. pretrainedmodels' BGR `mean = [104, 117, 128]`. The channels stay RGB; the
+    /// `bn_inception` network reverses them to the BGR its weights expect.
+    BnInception,
 }
+
+/// BN-Inception's channel means in 0..255, RGB order (pretrainedmodels' BGR `[104, 117, 128]`
+/// reversed).
+pub const BN_INCEPTION_MEAN_255: [f64; 3] = [128.0, 117.0, 104.0];
 
 /// OpenAI CLIP's channel means (RGB, 0..1 scale), as timm's `OPENAI_CLIP_MEAN`.
 pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -197,6 +277,7 @@ impl InputScaling {
             InputScaling::UnitRange => "unit_range",
             InputScaling::ImagenetMeanStd => "imagenet_mean_std",
             InputScaling::ClipMeanStd => "clip_mean_std",
+            InputScaling::BnInception => "bn_inception",
         }
     }
 
@@ -214,6 +295,21 @@ impl InputScaling {
             InputScaling::ClipMeanStd => {
                 std::array::from_fn(|c| (1.0 / (255.0 * CLIP_STD[c]), -CLIP_MEAN[c] / CLIP_STD[c]))
             }
+            InputScaling::BnInception => std::array::from_fn(|c| (1.0, -BN_INCEPTION_MEAN_255[c])),
+        }
+    }
+
+    /// The same scaling as `(x / 255 − mean[c]) / std[c]` per RGB channel (`model.json` of
+    /// `dml export` and `load_model.py` describe every scaling so).
+    pub fn mean_std(self) -> ([f64; 3], [f64; 3]) {
+        match self {
+            InputScaling::SignedUnit => ([0.5; 3], [0.5; 3]),
+            InputScaling::UnitRange => ([0.0; 3], [1.0; 3]),
+            InputScaling::ImagenetMeanStd => (IMAGENET_MEAN, IMAGENET_STD),
+            InputScaling::ClipMeanStd => (CLIP_MEAN, CLIP_STD),
+            InputScaling::BnInception => {
+                (BN_INCEPTION_MEAN_255.map(|m| m / 255.0), [1.0 / 255.0; 3])
+            }
         }
     }
 }
@@ -226,6 +322,7 @@ impl InputScaling {
             InputScaling::UnitRange => dml_datasets::InputScaling::Unit,
             InputScaling::ImagenetMeanStd => dml_datasets::InputScaling::ImagenetMeanStd,
             InputScaling::ClipMeanStd => dml_datasets::InputScaling::ClipMeanStd,
+            InputScaling::BnInception => dml_datasets::InputScaling::BnInception,
         }
     }
 }
@@ -236,7 +333,8 @@ impl InputScaling {
 /// checkpoints; `ModelConfig::input_scaling` can select those); the small CNN (x/255 − 0.5)·2.
 /// ViT-S/16 and ViT-B/16: the ImageNet mean/std the DINO weights expect (timm's AugReg weights
 /// expect mean = std = 0.5, i.e. `signed_unit`: set `input_scaling` for them); CLIP's ViT-B/16
-/// its own mean/std.
+/// its own mean/std. BN-Inception: its Caffe weights' x − mean in 0..255 (BGR inside the
+/// network).
 pub fn input_scaling(backbone: Backbone) -> InputScaling {
     match backbone {
         Backbone::SmallCnn | Backbone::InceptionV1 => InputScaling::SignedUnit,
@@ -246,6 +344,7 @@ pub fn input_scaling(backbone: Backbone) -> InputScaling {
         | Backbone::VitS16
         | Backbone::VitB16 => InputScaling::ImagenetMeanStd,
         Backbone::VitB16Clip => InputScaling::ClipMeanStd,
+        Backbone::BnInception => InputScaling::BnInception,
     }
 }
 
@@ -1428,6 +1527,35 @@ mod tests {
 
     fn steps_error(cfg: &TrainConfig, steps: u64) -> String {
         cfg.validate_steps(steps).unwrap_err().0
+    }
+
+    #[test]
+    fn bn_inception_takes_the_crops_its_reference_takes() {
+        // The sizes pretrainedmodels' BNInception.features runs on (checked against it, 8 to
+        // 320 px): its reduction blocks need an even map.
+        for crop in [32, 64, 96, 100, 160, 224, 227, 256, 288] {
+            assert!(Backbone::BnInception.check_crop(crop).is_ok(), "{crop}");
+        }
+        for crop in [8, 28, 30, 48, 80, 112] {
+            let e = Backbone::BnInception.check_crop(crop).unwrap_err().0;
+            assert!(
+                e.contains(&format!("image.crop = {crop}")) && e.contains("multiple of 32"),
+                "{e}"
+            );
+        }
+        assert!(Backbone::InceptionV1.check_crop(28).is_ok());
+        assert_eq!(Backbone::BnInception.feature_dim(), 1024);
+        assert_eq!(
+            Backbone::BnInception.input_scaling(),
+            InputScaling::BnInception
+        );
+        assert_eq!(
+            Backbone::BnInception.weights_script(),
+            Some("scripts/export_bninception.py")
+        );
+        assert!(Backbone::BnInception.strict_weights() && !Backbone::Resnet50.strict_weights());
+        let parsed: ModelConfig = serde_json::from_str(r#"{"backbone": "bn_inception"}"#).unwrap();
+        assert_eq!(parsed.input_scaling().name(), "bn_inception");
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn trained(dir: &Path, store: &Path, extra: &[&str]) -> PathBuf {
 }
 
 /// `(image_id, path, split)` of the index the run made, in index order.
-fn index_rows(store: &Path, node: &str) -> Vec<(u32, String, String)> {
+fn index_rows(store: &Path, node: &str) -> Vec<(u32, String, tables::Split)> {
     tables::read_index(&store.join("latest/tiny").join(node).join("index.parquet"))
         .unwrap()
         .into_iter()
@@ -106,7 +106,7 @@ fn dml_embed_equals_the_embed_stage_bit_for_bit() {
     let stage = stage_embeddings(&store, "embed");
     let test: Vec<(u32, String)> = index_rows(&store, "index")
         .into_iter()
-        .filter(|(_, _, s)| s == "test")
+        .filter(|(_, _, s)| *s == tables::Split::Test)
         .map(|(id, p, _)| (id, root.join(p).display().to_string()))
         .collect();
     assert_eq!(test.len(), stage.len());
@@ -259,7 +259,7 @@ fn dml_search_returns_the_retrieve_stage_neighbours() {
     let expected = retrieve_neighbours(&store);
     let test: Vec<(u32, String)> = index_rows(&store, "index")
         .into_iter()
-        .filter(|(_, _, s)| s == "test")
+        .filter(|(_, _, s)| *s == tables::Split::Test)
         .map(|(id, p, _)| (id, root.join(p).display().to_string()))
         .collect();
     let depth = expected.values().next().unwrap().len();
@@ -447,6 +447,9 @@ fn jit_load() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// Every form `dml export` writes.
+const ALL_FORMATS: &[&str] = &["torchscript", "safetensors", "onnx"];
+
 /// Exports the run `tiny` (at `point`) as TorchScript, safetensors + `load_model.py` and
 /// ONNX, embeds the synthetic images with `dml embed`, and checks that each exported form
 /// gives those embeddings within 1e-5: in Python (torch.jit.load, load_model.py,
@@ -458,6 +461,8 @@ fn export_and_check(
     point: Option<&str>,
     backbone: &str,
     crop: u64,
+    formats: &[&str],
+    tolerance: f64,
 ) {
     let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
     let exp = dir.join(format!("export-{backbone}"));
@@ -465,20 +470,19 @@ fn export_and_check(
     let out_dir = exp.to_str().unwrap();
     let (emb_out, images) = (emb.to_str().unwrap(), root.to_str().unwrap());
     let at: Vec<&str> = point.map(|p| vec!["--point", p]).unwrap_or_default();
-    let export = [
-        &["export", "--run", "tiny", "--out", out_dir][..],
-        &at,
-        &["--format", "torchscript,safetensors,onnx"],
-    ]
-    .concat();
-    ok(store, &export);
-    for f in [
+    let export = [&["export", "--run", "tiny", "--out", out_dir][..], &at].concat();
+    let joined = formats.join(",");
+    ok(store, &[&export[..], &["--format", &joined]].concat());
+    let mut files = vec![
         "model.pt",
         "model.safetensors",
         "model.json",
         "load_model.py",
-        "model.onnx",
-    ] {
+    ];
+    if formats.contains(&"onnx") {
+        files.push("model.onnx");
+    }
+    for f in files {
         assert!(exp.join(f).is_file(), "{f}");
     }
     let meta: serde_json::Value =
@@ -505,13 +509,13 @@ fn export_and_check(
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["rows"], 48);
-    let mut forms = vec!["torchscript", "safetensors", "onnx"];
+    let mut forms = formats.to_vec();
     if jit_load().is_some() {
         forms.push("cpp");
     }
     for form in forms {
         let d = r[form].as_f64().unwrap();
-        assert!(d <= 1e-5, "{backbone} {form}: max |diff| {d}");
+        assert!(d <= tolerance, "{backbone} {form}: max |diff| {d}");
     }
 }
 
@@ -538,7 +542,16 @@ fn a_vit_export_reproduces_the_embeddings_in_python() {
             "train.model.normalize=true",
         ],
     );
-    export_and_check(tmp.path(), &store, &root, None, "vit_s16", 32);
+    export_and_check(
+        tmp.path(),
+        &store,
+        &root,
+        None,
+        "vit_s16",
+        32,
+        ALL_FORMATS,
+        1e-5,
+    );
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(tmp.path().join("export-vit_s16/model.json")).unwrap(),
     )
@@ -572,7 +585,16 @@ fn exports_reproduce_the_embeddings_in_python() {
         ("backbone=small_cnn", "small_cnn"),
         ("tiny[train.model.backbone=resnet18]", "resnet18"),
     ] {
-        export_and_check(tmp.path(), &store, &root, Some(point), backbone, 28);
+        export_and_check(
+            tmp.path(),
+            &store,
+            &root,
+            Some(point),
+            backbone,
+            28,
+            ALL_FORMATS,
+            1e-5,
+        );
     }
 
     // Formats that cannot be written are refused before anything is.
@@ -617,4 +639,58 @@ fn exports_reproduce_the_embeddings_in_python() {
         "{err}"
     );
     assert!(!exp.exists(), "nothing was written");
+}
+
+/// BN-Inception end to end at 32 px (its smallest crop: 1×1 after the last reduction): a
+/// crop its reduction blocks cannot take is refused before anything runs; a few steps
+/// train; the export's `model.json` describes its scaling (x − (128, 117, 104) in RGB) and
+/// both TorchScript and `load_model.py`'s rebuild reproduce `dml embed`'s embeddings.
+#[test]
+fn a_bn_inception_trains_and_its_export_reproduces_the_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let cfg = write_config(tmp.path(), USE_TRAIN);
+    let cfg = cfg.to_str().unwrap();
+    let err = fails(
+        &store,
+        &["run", cfg, "--set", "train.model.backbone=bn_inception"],
+    );
+    assert!(
+        err.contains("image.crop = 28") && err.contains("inception_3c"),
+        "{err}"
+    );
+    assert!(!store.join("latest/tiny/train").exists(), "nothing ran");
+    let root = trained(
+        tmp.path(),
+        &store,
+        &[
+            "--set",
+            "train.model.backbone=bn_inception",
+            "--set",
+            "image.crop=32",
+        ],
+    );
+    // Its 0–255 inputs make features of a few units, hence 1e-4.
+    export_and_check(
+        tmp.path(),
+        &store,
+        &root,
+        None,
+        "bn_inception",
+        32,
+        &["torchscript", "safetensors"],
+        1e-4,
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("export-bn_inception/model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["input"]["scaling"], "bn_inception");
+    assert_eq!(meta["input"]["channels"], "RGB");
+    let mean: Vec<f64> = serde_json::from_value(meta["input"]["mean"].clone()).unwrap();
+    let std: Vec<f64> = serde_json::from_value(meta["input"]["std"].clone()).unwrap();
+    for (c, m) in [128.0, 117.0, 104.0].into_iter().enumerate() {
+        assert!((mean[c] * 255.0 - m).abs() < 1e-9, "{mean:?}");
+        assert!((std[c] * 255.0 - 1.0).abs() < 1e-9, "{std:?}");
+    }
 }

@@ -167,6 +167,10 @@ fn scaling_values() {
         InputScaling::ImagenetMean.apply(255, 2),
         255.0 - 103.94
     ));
+    // BN-Inception: x − mean in 0..255, RGB means (128, 117, 104) (BGR (104, 117, 128)).
+    assert!(close(InputScaling::BnInception.apply(0, 0), -128.0));
+    assert!(close(InputScaling::BnInception.apply(200, 1), 83.0));
+    assert!(close(InputScaling::BnInception.apply(255, 2), 151.0));
     let t = InputScaling::ImagenetMeanStd.table();
     assert!(close(
         t[1][128],

@@ -32,9 +32,9 @@ pub enum TrainError {
         /// The tensor name the model expects.
         name: String,
     },
-    /// A timm weight file holds a tensor the backbone has no place for (another
-    /// architecture's weights).
-    #[error("{path}: tensor `{name}` has no counterpart in the {backbone} backbone (weights of another architecture? export them with scripts/export_timm.py for the configured backbone)")]
+    /// A timm or pretrainedmodels weight file holds a tensor the backbone has no place for
+    /// (another architecture's weights).
+    #[error("{path}: tensor `{name}` has no counterpart in the {backbone} backbone (weights of another architecture? export them with {script} for the configured backbone)")]
     UnexpectedTensor {
         /// The file read.
         path: PathBuf,
@@ -42,6 +42,8 @@ pub enum TrainError {
         name: String,
         /// The backbone being loaded.
         backbone: String,
+        /// The script that exports weights for it.
+        script: &'static str,
     },
     /// A weight file holds a tensor of the wrong shape.
     #[error("{path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]

@@ -6,7 +6,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use super::backbones::{
-    check_images, load_backbone_weights, load_timm_weights, BuildBackbone, LoadReport,
+    check_images, load_backbone_weights, load_strict_weights, BuildBackbone, LoadReport,
 };
 use super::error::{Result, TrainError};
 pub use dml_stages::train_config::{Head, ModelConfig};
@@ -153,13 +153,13 @@ pub fn build_model(vs: &nn::VarStore, config: &ModelConfig) -> Result<EmbeddingN
     if let Some(path) = &config.pretrained {
         if !config.backbone.has_pretrained_weights() {
             return Err(TrainError::Config(format!(
-                "backbone {} has no torchvision or timm weights to load from {}",
+                "backbone {} has no torchvision, timm or pretrainedmodels weights to load from {}",
                 config.backbone.name(),
                 path.display()
             )));
         }
-        let report: LoadReport = if config.backbone.timm_name().is_some() {
-            load_timm_weights(vs, "backbone.", path, config.backbone.name())?
+        let report: LoadReport = if config.backbone.strict_weights() {
+            load_strict_weights(vs, "backbone.", path, config.backbone)?
         } else {
             load_backbone_weights(vs, "backbone.", path)?
         };
@@ -267,6 +267,7 @@ mod tests {
             (Backbone::InceptionV1, 64),
             (Backbone::VitS16, 32),
             (Backbone::VitB16Clip, 32),
+            (Backbone::BnInception, 32),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = ModelConfig {
@@ -309,6 +310,13 @@ mod tests {
             (Backbone::VitS16, "backbone.blocks.11.attn.qkv.bias", 150),
             (Backbone::VitB16, "backbone.patch_embed.proj.bias", 150),
             (Backbone::VitB16Clip, "backbone.norm_pre.bias", 151),
+            // pretrainedmodels' BNInception: 69 conv (with bias) + BN units.
+            (
+                Backbone::BnInception,
+                "backbone.inception_5b_double_3x3_2_bn.running_var",
+                414,
+            ),
+            (Backbone::BnInception, "backbone.inception_3c_3x3.bias", 414),
         ];
         for (backbone, name, count) in expect {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -372,7 +380,10 @@ mod tests {
         let err = build_model(&nn::VarStore::new(Device::Cpu), &cfg)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no torchvision or timm weights"), "{err}");
+        assert!(
+            err.contains("no torchvision, timm or pretrainedmodels weights"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -468,6 +479,21 @@ mod tests {
         );
         let y = InputScaling::ImagenetMeanStd.apply(&(x.ones_like() * 255.0 * 0.485));
         assert!(y.double_value(&[0, 0, 0, 0]).abs() < 1e-6);
+        // BN-Inception: x − (128, 117, 104) in RGB, and its mean/std form says the same.
+        assert_eq!(
+            input_scaling(Backbone::BnInception),
+            InputScaling::BnInception
+        );
+        let y = InputScaling::BnInception.apply(&x);
+        assert_eq!(
+            Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(),
+            [-128.0, 127.0, -117.0, 138.0, -104.0, 151.0]
+        );
+        let (mean, std) = InputScaling::BnInception.mean_std();
+        for (c, (scale, offset)) in InputScaling::BnInception.affine().into_iter().enumerate() {
+            assert!((1.0 / (255.0 * std[c]) - scale).abs() < 1e-9);
+            assert!((-mean[c] / std[c] - offset).abs() < 1e-9);
+        }
         let cfg = ModelConfig {
             backbone: Backbone::Densenet169,
             input_scaling: Some(InputScaling::UnitRange),

@@ -1,5 +1,6 @@
-//! Backbones in their reference layouts and tensor names (so torchvision's and timm's `state_dict`s load as they are): the convolutional ones returning globally average-pooled features, the Vision Transformers their class token (or mean patch token); and the input scaling each one expects.
+//! Backbones in their reference layouts and tensor names (so torchvision's, timm's and pretrainedmodels' `state_dict`s load as they are): the convolutional ones returning globally average-pooled features, the Vision Transformers their class token (or mean patch token); and the input scaling each one expects.
 
+mod bninception;
 mod densenet;
 mod googlenet;
 mod pretrained;
@@ -7,7 +8,7 @@ mod resnet;
 mod small_cnn;
 mod vit;
 
-pub use pretrained::{load_backbone_weights, load_timm_weights, LoadReport};
+pub use pretrained::{load_backbone_weights, load_strict_weights, LoadReport};
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -34,6 +35,7 @@ impl BuildBackbone for Backbone {
             Backbone::Resnet50 => Box::new(resnet::ResNet::resnet50(p)),
             Backbone::Densenet169 => Box::new(densenet::DenseNet::densenet169(p)),
             Backbone::InceptionV1 => Box::new(googlenet::GoogLeNet::new(p)),
+            Backbone::BnInception => Box::new(bninception::BnInception::new(p)),
             Backbone::VitS16 | Backbone::VitB16 | Backbone::VitB16Clip => {
                 unreachable!("a ViT has a shape")
             }

@@ -1,4 +1,4 @@
-//! Loading a torchvision or timm `state_dict` saved as safetensors into the backbone part of a VarStore, with every tensor checked by name and shape (and, for timm's Vision Transformers, no tensor of the file left unused).
+//! Loading a torchvision, timm or pretrainedmodels `state_dict` saved as safetensors into the backbone part of a VarStore, with every tensor checked by name and shape (and, for timm's Vision Transformers and BN-Inception, no tensor of the file left unused but the classifier).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::path::Path;
 use safetensors::SafeTensors;
 use tch::{nn, Tensor};
 
+use super::Backbone;
 use crate::train::checkpoint::kind_of;
 use crate::train::error::{Result, TrainError};
 
@@ -74,29 +75,40 @@ pub fn load_backbone_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Re
     })
 }
 
-/// File tensors a timm Vision Transformer trunk may leave unused: the classifier.
-const TIMM_IGNORABLE: [&str; 2] = ["head.weight", "head.bias"];
+/// Whether a file tensor may be left unused by a strictly loaded backbone: the classifier of
+/// timm's Vision Transformers (`head.*`) and of pretrainedmodels' BN-Inception
+/// (`last_linear.*`), and batch-norm batch counters (dml keeps none).
+fn strictly_ignorable(backbone: Backbone, name: &str) -> bool {
+    let classifier: &[&str] = if backbone.timm_name().is_some() {
+        &["head.weight", "head.bias"]
+    } else {
+        &["last_linear.weight", "last_linear.bias"]
+    };
+    classifier.contains(&name) || name.ends_with(".num_batches_tracked")
+}
 
-/// [`load_backbone_weights`] for a timm Vision Transformer `state_dict`: besides a missing or
-/// mis-shaped tensor, a tensor of the file that the backbone lacks (other than timm's classifier
-/// `head.*`) is an error naming it, since it means weights of another architecture (CLIP's
-/// `norm_pre` in a plain ViT, a register token, a `fc_norm`).
-pub fn load_timm_weights(
+/// [`load_backbone_weights`] for the exports of `scripts/export_timm.py` (Vision Transformers)
+/// and `scripts/export_bninception.py` (BN-Inception): besides a missing or mis-shaped tensor,
+/// a tensor of the file that the backbone lacks (other than the classifier, `head.*` or
+/// `last_linear.*`, and `num_batches_tracked`) is an error naming it, since it means weights of
+/// another architecture (CLIP's `norm_pre` in a plain ViT, a register token, a `fc_norm`).
+pub fn load_strict_weights(
     vs: &nn::VarStore,
     prefix: &str,
     path: &Path,
-    backbone: &str,
+    backbone: Backbone,
 ) -> Result<LoadReport> {
     let report = load_backbone_weights(vs, prefix, path)?;
     if let Some(extra) = report
         .ignored
         .iter()
-        .find(|n| !TIMM_IGNORABLE.contains(&n.as_str()))
+        .find(|n| !strictly_ignorable(backbone, n))
     {
         return Err(TrainError::UnexpectedTensor {
             path: path.to_path_buf(),
             name: extra.clone(),
-            backbone: backbone.to_string(),
+            backbone: backbone.name().to_string(),
+            script: backbone.weights_script().unwrap_or("the export scripts"),
         });
     }
     Ok(report)
