@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "stage", content = "job", rename_all = "kebab-case")]
 pub enum WorkerJob {
-    /// The train stage.
-    Train(TrainJob),
+    /// The train stage (boxed: it is the largest by far).
+    Train(Box<TrainJob>),
     /// The embed stage.
     Embed(EmbedJob),
     /// `dml embed` and the queries of `dml search`.

@@ -200,7 +200,7 @@ impl Stage for TrainStage {
         } else {
             &[roles::PLAN, roles::DECODE, roles::INDEX]
         };
-        let job = WorkerJob::Train(self.job.clone());
+        let job = WorkerJob::Train(Box::new(self.job.clone()));
         worker::run_in_worker(ctx, job, roles, !self.job.untrained)
     }
 }

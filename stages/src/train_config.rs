@@ -1623,7 +1623,8 @@ mod tests {
 
     #[test]
     fn optimiser_settings_out_of_range_are_named_with_their_bounds() {
-        let bad: [(fn(&mut OptimConfig), &str); 9] = [
+        type Case = (fn(&mut OptimConfig), &'static str);
+        let bad: [Case; 9] = [
             (
                 |o| o.schedule = LrSchedule::Step,
                 "train.optimizer.schedule = \"step\" needs train.optimizer.decay_every = N (steps between decays)",
