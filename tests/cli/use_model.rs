@@ -447,8 +447,17 @@ fn jit_load() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Every form `dml export` writes.
-const ALL_FORMATS: &[&str] = &["torchscript", "safetensors", "onnx"];
+/// Which forms an export check writes, and how close each must come to `dml embed`.
+struct Forms<'a> {
+    formats: &'a [&'a str],
+    tolerance: f64,
+}
+
+/// Every form `dml export` writes, within 1e-5.
+const ALL_FORMS: Forms<'static> = Forms {
+    formats: &["torchscript", "safetensors", "onnx"],
+    tolerance: 1e-5,
+};
 
 /// Exports the run `tiny` (at `point`) as TorchScript, safetensors + `load_model.py` and
 /// ONNX, embeds the synthetic images with `dml embed`, and checks that each exported form
@@ -461,9 +470,9 @@ fn export_and_check(
     point: Option<&str>,
     backbone: &str,
     crop: u64,
-    formats: &[&str],
-    tolerance: f64,
+    forms: Forms<'_>,
 ) {
+    let Forms { formats, tolerance } = forms;
     let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/check_export.py");
     let exp = dir.join(format!("export-{backbone}"));
     let emb = dir.join(format!("emb-{backbone}.parquet"));
@@ -541,16 +550,7 @@ fn a_vit_export_reproduces_the_embeddings_in_python() {
             "train.model.normalize=true",
         ],
     );
-    export_and_check(
-        tmp.path(),
-        &store,
-        &root,
-        None,
-        "vit_s16",
-        32,
-        ALL_FORMATS,
-        1e-5,
-    );
+    export_and_check(tmp.path(), &store, &root, None, "vit_s16", 32, ALL_FORMS);
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(tmp.path().join("export-vit_s16/model.json")).unwrap(),
     )
@@ -592,8 +592,7 @@ fn exports_reproduce_the_embeddings_in_python() {
             Some(point),
             backbone,
             28,
-            ALL_FORMATS,
-            1e-5,
+            ALL_FORMS,
         );
     }
 
@@ -678,8 +677,10 @@ fn a_bn_inception_trains_and_its_export_reproduces_the_embeddings() {
         None,
         "bn_inception",
         32,
-        &["torchscript", "safetensors"],
-        1e-4,
+        Forms {
+            formats: &["torchscript", "safetensors"],
+            tolerance: 1e-4,
+        },
     );
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(tmp.path().join("export-bn_inception/model.json")).unwrap(),
