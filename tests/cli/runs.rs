@@ -110,7 +110,7 @@ fn run_json_runs_diff_and_report_read_the_artifacts() {
 
     // `dml diff a b`: the setting changes and the metric changes side by side.
     let diff = ok(&store, &["diff", "a", "b"]);
-    assert!(diff.contains("train.seed: (unset) → 1"), "{diff}");
+    assert!(diff.contains("train.seed: 0 → 1"), "{diff}");
     assert!(diff.contains("metrics (A → B):"), "{diff}");
     let rb = json_file(&art(pb, "retrieve").join("metrics.json"));
     let (xa, xb) = (
