@@ -118,6 +118,19 @@ fn the_text_after_a_change_reads_the_same() {
     );
     let diff = ok(&store, &["diff", "tiny~1", "tiny"]);
     insta::assert_snapshot!("diff_after_a_change", run_text_masked(&diff, &store));
+    // Where each stage of the rerun stands, its start time masked.
+    let status = ok(&store, &["status", "--name", "tiny"]);
+    let status: Vec<String> = status
+        .lines()
+        .map(|l| match l.find("(started ") {
+            Some(i) => format!("{}(started <time>)", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect();
+    insta::assert_snapshot!(
+        "status_after_a_change",
+        run_text_masked(&status.join("\n"), &store)
+    );
 }
 
 #[test]
