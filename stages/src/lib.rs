@@ -1,6 +1,7 @@
 //! The stages — synth, index, plan, decode, train, embed, retrieve, cluster, report — and the
 //! DAG that joins them, without libtorch: train and embed resolve their settings and key
 //! here and run in the training worker (`dml-torch`, see [`worker`]).
+#![deny(missing_docs)]
 pub mod cluster;
 pub mod config;
 pub mod dag;

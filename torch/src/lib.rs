@@ -6,6 +6,7 @@
 //! settings these read are plain data in `dml_stages` (`train_config`, `jobs::TrainJob`,
 //! `jobs::EmbedJob`); [`use_model`] embeds image files and exports the network for `dml embed`,
 //! `dml search` and `dml export`.
+#![deny(missing_docs)]
 pub mod context;
 pub mod embedding;
 pub mod loader;
