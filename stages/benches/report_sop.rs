@@ -103,25 +103,9 @@ fn evaluate_into(
         exclude: Exclude::SameIndex,
     };
     let m = evaluate::retrieval(&sel, dim, &[1, 10, 100, 1000], Distance::Euclidean)?;
-    let nb = dml_metrics::knn(
-        values,
-        values,
-        dim,
-        depth,
-        Distance::Euclidean,
-        Exclude::SameIndex,
-    )?;
-    let (mut q, mut rank, mut n) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, chunk) in nb.idx.chunks(depth).enumerate() {
-        for (r, &g) in chunk.iter().enumerate() {
-            q.push(i as u32);
-            rank.push(r as u32 + 1);
-            n.push(g);
-        }
-    }
     std::fs::create_dir_all(retrieve)?;
     std::fs::create_dir_all(cluster)?;
-    let batch = tables::neighbors_to_batch(q, rank, n, nb.dist);
+    let batch = dml_stages::retrieve::neighbours_table(&sel, dim, depth, Distance::Euclidean)?;
     tables::write_parquet(&retrieve.join("neighbors.parquet"), &batch)?;
     let mut metrics = evaluate::metrics_json(Some(&m), None, NoPositives::Exclude);
     metrics["protocol"] = json!("leave_one_out");
@@ -159,7 +143,8 @@ fn main() -> Result<(), BoxError> {
         });
         let p = root.join(format!("source-{s}.jpg"));
         img.save(&p)?;
-        source_files.push(p);
+        let bytes = std::fs::metadata(&p)?.len();
+        source_files.push((p, bytes));
     }
     // SOP's test split: classes of 2–12 images, 5.35 on average; here n spread evenly.
     let mut rows = Vec::with_capacity(n);
@@ -171,7 +156,7 @@ fn main() -> Result<(), BoxError> {
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
         }
-        let src = &source_files[i % sources];
+        let (src, bytes) = &source_files[i % sources];
         std::fs::hard_link(src, images.join(&path))?;
         rows.push(IndexRow {
             image_id: i as u32,
@@ -181,7 +166,7 @@ fn main() -> Result<(), BoxError> {
             split: Split::Test,
             width: 400,
             height: 300,
-            bytes: std::fs::metadata(src)?.len(),
+            bytes: *bytes,
             blake3: String::new(),
             dataset_image_id: Some(i as u32 + 1),
         });

@@ -10,6 +10,35 @@ use dml_pipeline::{BoxError, RunContext, Stage};
 use serde_json::json;
 use std::sync::Arc;
 
+/// The `depth` nearest gallery images of every query of `sel`, in order, as the rows of
+/// `neighbors.parquet`: query image id, rank (from 1), neighbour image id, distance.
+pub fn neighbours_table(
+    sel: &evaluate::Selection<'_>,
+    dim: usize,
+    depth: usize,
+    distance: dml_metrics::Distance,
+) -> Result<arrow::array::RecordBatch, BoxError> {
+    let nb = dml_metrics::knn(
+        &sel.queries,
+        &sel.gallery,
+        dim,
+        depth,
+        distance,
+        sel.exclude,
+    )?;
+    let mut q = Vec::with_capacity(nb.idx.len());
+    let mut rank = Vec::with_capacity(nb.idx.len());
+    let mut n = Vec::with_capacity(nb.idx.len());
+    for (i, chunk) in nb.idx.chunks(depth).enumerate() {
+        for (r, &g) in chunk.iter().enumerate() {
+            q.push(sel.q_ids[i]);
+            rank.push(r as u32 + 1);
+            n.push(sel.g_ids[g as usize]);
+        }
+    }
+    Ok(tables::neighbors_to_batch(q, rank, n, nb.dist))
+}
+
 /// The embed input's `embeddings.arrow`.
 pub(crate) fn read_embeddings(ctx: &RunContext<'_>) -> Result<Table, BoxError> {
     let path = ctx.input(roles::EMBED)?.join("embeddings.arrow");
@@ -57,25 +86,7 @@ impl Stage for RetrieveStage {
             sel.g_labels.len() - usize::from(sel.exclude == dml_metrics::Exclude::SameIndex);
         let depth = s.neighbors.min(available);
         if depth > 0 {
-            let nb = dml_metrics::knn(
-                &sel.queries,
-                &sel.gallery,
-                table.dim,
-                depth,
-                s.distance,
-                sel.exclude,
-            )?;
-            let mut q = Vec::with_capacity(nb.idx.len());
-            let mut rank = Vec::with_capacity(nb.idx.len());
-            let mut n = Vec::with_capacity(nb.idx.len());
-            for (i, chunk) in nb.idx.chunks(depth).enumerate() {
-                for (r, &g) in chunk.iter().enumerate() {
-                    q.push(sel.q_ids[i]);
-                    rank.push(r as u32 + 1);
-                    n.push(sel.g_ids[g as usize]);
-                }
-            }
-            let batch = tables::neighbors_to_batch(q, rank, n, nb.dist);
+            let batch = neighbours_table(&sel, table.dim, depth, s.distance)?;
             tables::write_parquet(&ctx.out_dir().join("neighbors.parquet"), &batch)?;
         }
         if metrics.queries_without_positives > 0 {
