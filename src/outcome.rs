@@ -3,10 +3,10 @@
 //! for `dml run --json`, `dml runs`, `dml diff` and `dml report`.
 use dml_artifacts::{ArtifactStore, Manifest};
 use dml_pipeline::{RecordNode, RunRecord};
-use dml_stages::evaluate::names::field;
-use dml_stages::evaluate::MetricsFile;
+use dml_spec::evaluate::names::field;
+use dml_spec::evaluate::MetricsFile;
+use dml_spec::roles::ReportRole;
 use dml_stages::report::RunLabel;
-use dml_stages::roles::ReportRole;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

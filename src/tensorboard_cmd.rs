@@ -4,9 +4,9 @@
 //! so `tensorboard --logdir DIR` compares the runs side by side.
 use crate::outcome;
 use anyhow::{bail, Context, Result};
+use dml_artifacts::tensorboard::{TEST_EVENTS, TRAIN_EVENTS};
 use dml_artifacts::ArtifactStore;
 use dml_pipeline::{file_safe, RunRecord};
-use dml_stages::tensorboard::{TEST_EVENTS, TRAIN_EVENTS};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

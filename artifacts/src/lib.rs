@@ -1,4 +1,5 @@
-//! The content-addressed artifact store and the tables every stage writes.
+//! The content-addressed artifact store, the tables every stage writes and the TensorBoard
+//! event files training and the report write.
 //!
 //! The layout of a store root is named once, in [`Layout`]; what `dml gc` may remove
 //! given the artifacts that must stay is [`ArtifactStore::gc_plan`].
@@ -16,6 +17,7 @@ mod lock;
 mod manifest;
 mod store;
 pub mod tables;
+pub mod tensorboard;
 
 pub use canonical::canonical_json;
 pub use error::StoreError;

@@ -1,10 +1,10 @@
 //! The `cluster` stage: k-means with k = classes on the rows the protocol scores, NMI
 //! (`clusters.parquet`).
 use crate::config::{ClusterSettings, RetrieveSettings};
-use crate::evaluate::{self, Protocol};
 use crate::retrieve::{read_embeddings, write_json};
 use dml_artifacts::tables;
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::evaluate::{self, Protocol};
 use serde_json::json;
 use std::sync::Arc;
 

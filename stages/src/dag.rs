@@ -8,11 +8,11 @@ use crate::index::IndexStage;
 use crate::plan::PlanStage;
 use crate::report::{ReportStage, RunLabel};
 use crate::retrieve::RetrieveStage;
-use crate::roles::{self, ReportRole};
 use crate::synth::SynthStage;
 use crate::train::TrainStage;
-use crate::validation::ValidationPlan;
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
+use dml_spec::roles::{self, ReportRole};
+use dml_spec::validation::ValidationPlan;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -165,7 +165,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
             e,
             Arc::new(PlanStage::new(
                 c.plan.clone(),
-                crate::validation::Holdout::of(&c.train.validation),
+                dml_spec::validation::Holdout::of(&c.train.validation),
             )),
             &[(roles::INDEX, index)],
         );
@@ -181,7 +181,11 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
                 &c.image,
                 c.plan.k,
                 false,
-                ValidationPlan::resolve(c)?,
+                ValidationPlan::resolve(
+                    &c.train.validation,
+                    c.retrieve.protocol,
+                    c.retrieve.distance,
+                )?,
             )?,
             &[
                 (roles::PLAN, plan),

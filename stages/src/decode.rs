@@ -1,11 +1,11 @@
 //! The `decode` stage: every indexed image resized once into a memory-mapped
 //! cache (`images.u8` + its header) that train and embed read.
 use crate::config::ImageSettings;
-use crate::roles;
 use anyhow::anyhow;
 use dml_artifacts::tables;
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::roles;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;

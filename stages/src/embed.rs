@@ -2,11 +2,11 @@
 //! training worker (`dml-torch`).
 use crate::config::{DatasetKindName, EmbedSettings, ImageSettings};
 use crate::device::{self, DeviceKind};
-use crate::jobs::{EmbedJob, WorkerJob};
-use crate::roles;
 use crate::worker;
 use dml_datasets::Split;
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::jobs::{EmbedJob, WorkerJob};
+use dml_spec::roles;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -84,6 +84,7 @@ impl Stage for EmbedStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let roles = [roles::TRAIN, roles::DECODE, roles::INDEX];
-        worker::run_in_worker(ctx, WorkerJob::Embed(self.job.clone()), &roles, false)
+        worker::run_in_worker(ctx, WorkerJob::Embed(self.job.clone()), &roles, false)?;
+        Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! The `index` stage: a dataset listed, fingerprinted and written as `index.parquet`.
 use crate::config::{DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings};
-use crate::roles;
 use anyhow::{anyhow, bail};
 use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, PlanEnv, RunContext, Stage};
+use dml_spec::roles;
 use rayon::prelude::*;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};

@@ -1,6 +1,8 @@
 //! The stages — synth, index, plan, decode, train, embed, retrieve, cluster, report — and the
 //! DAG that joins them, without libtorch: train and embed resolve their settings and key
-//! here and run in the training worker (`dml-torch`, see [`worker`]).
+//! here and run in the training worker (`dml-torch`, see [`worker`]). What they hand the
+//! worker — settings, jobs, the protocol, the evaluation protocol — is plain data in
+//! `dml_spec`, the crate both sides link.
 #![deny(missing_docs)]
 pub mod cluster;
 pub mod config;
@@ -8,26 +10,18 @@ pub mod dag;
 pub mod decode;
 pub mod device;
 pub mod embed;
-pub mod evaluate;
 pub mod index;
-pub mod jobs;
 pub mod plan;
 pub mod plots;
 pub mod preflight;
 pub mod report;
 pub mod report_html;
-pub mod resume;
 pub mod retrievals;
 pub mod retrieve;
-pub mod roles;
 pub mod summary;
 pub mod synth;
-pub mod tensorboard;
 pub mod thumbs;
 pub mod train;
-pub mod train_config;
-pub mod use_model;
-pub mod validation;
 pub mod worker;
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).

@@ -1,11 +1,11 @@
 //! The `plan` stage: P×K batches for every training step → `plan.parquet`.
 use crate::config::PlanSettings;
-use crate::roles;
-use crate::validation::Holdout;
 use anyhow::{anyhow, Context};
 use dml_artifacts::tables::{self, PlanRow};
 use dml_datasets::{self as ds, Split};
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::roles;
+use dml_spec::validation::Holdout;
 use serde_json::json;
 use std::collections::BTreeMap;
 

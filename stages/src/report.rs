@@ -7,16 +7,16 @@
 //! [`crate::report_html`]) and `tensorboard/<i>/` (each run's final test metrics as a
 //! TensorBoard event file, for `dml tensorboard`).
 use crate::config::{ExperimentConfig, ReportSettings};
-use crate::evaluate::{names, MetricsFile};
 use crate::plots;
 use crate::report_html::{self, Cells, Page, RunRetrievals, RunSection};
 use crate::retrievals::{Catalogue, Gallery, Neighbours};
-use crate::roles::ReportRole;
-use crate::tensorboard;
 use crate::thumbs::{ImageSource, Thumbnails};
 use anyhow::anyhow;
+use dml_artifacts::tensorboard;
 use dml_artifacts::{fsx, tables};
 use dml_pipeline::{flatten_settings, show, BoxError, RunContext, Stage};
+use dml_spec::evaluate::{names, MetricsFile};
+use dml_spec::roles::ReportRole;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

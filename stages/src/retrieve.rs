@@ -3,10 +3,10 @@
 #[cfg(doc)]
 use crate::config::ExperimentConfig;
 use crate::config::RetrieveSettings;
-use crate::evaluate::{self, Protocol, Table};
-use crate::roles;
 use dml_artifacts::tables;
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::evaluate::{self, Protocol, Table};
+use dml_spec::roles;
 use serde_json::json;
 use std::sync::Arc;
 

@@ -9,10 +9,10 @@
 use crate::config::{DatasetKindName, ResolvedConfig};
 use crate::dag::Experiment;
 use crate::device::{self, DeviceKind};
-use crate::train_config::{Backbone, Precision};
 use dml_artifacts::{tables, ArtifactStore, Manifest};
 use dml_datasets as ds;
 use dml_pipeline::{Plan, PlannedNode, Status};
+use dml_spec::train_config::{Backbone, Precision};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -294,7 +294,7 @@ fn resumed_step(store: &ArtifactStore, key: &str) -> u64 {
     if !dir.is_dir() {
         return 0;
     }
-    crate::resume::Checkpoints::new(dir)
+    dml_spec::resume::Checkpoints::new(dir)
         .latest()
         .map(|(s, _)| s)
         .unwrap_or(0)

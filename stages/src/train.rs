@@ -3,15 +3,17 @@
 //! training itself runs in the worker (`dml-torch`), which links libtorch.
 use crate::config::{ImageSettings, TrainSettings};
 use crate::device::{self, DeviceKind};
-use crate::jobs::{TrainJob, WorkerJob};
-use crate::resume::Checkpoints;
-use crate::roles;
-use crate::train_config::{Loss, ModelConfig, OptimConfig, Precision, TrainConfig};
-use crate::validation::ValidationPlan;
-use crate::worker;
+use crate::{plots, worker};
 use anyhow::{bail, Context};
+use dml_artifacts::tables;
 use dml_datasets as ds;
 use dml_pipeline::{BoxError, RunContext, Stage};
+use dml_spec::jobs::{TrainJob, WorkerJob};
+use dml_spec::resume::Checkpoints;
+use dml_spec::roles;
+use dml_spec::settings::train_config;
+use dml_spec::train_config::{Loss, ModelConfig, OptimConfig, Precision};
+use dml_spec::validation::{Keep, ValidationPlan};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -75,18 +77,6 @@ impl TrainStage {
     }
 }
 
-/// The settings the network, loss and optimiser are built from (`model.json`).
-pub fn train_config(s: &TrainSettings) -> TrainConfig {
-    TrainConfig {
-        model: s.model.clone(),
-        loss: s.loss.clone(),
-        optimizer: s.optimizer.clone(),
-        precision: s.precision,
-        deterministic: s.deterministic,
-        freeze_backbone_steps: s.freeze_backbone_steps,
-    }
-}
-
 /// The train key's settings: `[train]` as it shapes the weights, and the `[image]` crop and
 /// augmentation. Serialised to the JSON the key hashes; a field that is `None` is left out,
 /// so settings that did not exist when older artifacts were made leave their keys as
@@ -139,35 +129,34 @@ struct ImageKey {
     random_resized_ratio: Option<[f64; 2]>,
 }
 
-impl TrainJob {
-    fn key(&self) -> TrainKey<'_> {
-        let s = &self.settings;
-        let trained = !self.untrained;
-        let d = ds::AugmentPolicy::default();
-        let a = &self.augment;
-        let resized = a.crop == ds::TrainCrop::RandomResized;
-        TrainKey {
-            train: TrainTable {
-                model: &s.model,
-                seed: s.seed,
-                device: self.device.name(),
-                loss: trained.then_some(&s.loss),
-                optimizer: trained.then_some(&s.optimizer),
-                precision: trained.then_some(s.precision),
-                deterministic: (trained && s.deterministic).then_some(true),
-                freeze_backbone_steps: (trained && s.freeze_backbone_steps > 0)
-                    .then_some(s.freeze_backbone_steps),
-                validation: self.validation.as_ref(),
-                untrained: self.untrained.then_some(true),
-            },
-            image: ImageKey {
-                crop: self.crop,
-                flip: (trained && a.flip != d.flip).then_some(a.flip),
-                train_crop: (trained && a.crop != d.crop).then_some(a.crop),
-                random_resized_scale: (trained && resized).then_some(a.scale),
-                random_resized_ratio: (trained && resized).then_some(a.ratio),
-            },
-        }
+/// What the train key hashes of a job.
+fn train_key(job: &TrainJob) -> TrainKey<'_> {
+    let s = &job.settings;
+    let trained = !job.untrained;
+    let d = ds::AugmentPolicy::default();
+    let a = &job.augment;
+    let resized = a.crop == ds::TrainCrop::RandomResized;
+    TrainKey {
+        train: TrainTable {
+            model: &s.model,
+            seed: s.seed,
+            device: job.device.name(),
+            loss: trained.then_some(&s.loss),
+            optimizer: trained.then_some(&s.optimizer),
+            precision: trained.then_some(s.precision),
+            deterministic: (trained && s.deterministic).then_some(true),
+            freeze_backbone_steps: (trained && s.freeze_backbone_steps > 0)
+                .then_some(s.freeze_backbone_steps),
+            validation: job.validation.as_ref(),
+            untrained: job.untrained.then_some(true),
+        },
+        image: ImageKey {
+            crop: job.crop,
+            flip: (trained && a.flip != d.flip).then_some(a.flip),
+            train_crop: (trained && a.crop != d.crop).then_some(a.crop),
+            random_resized_scale: (trained && resized).then_some(a.scale),
+            random_resized_ratio: (trained && resized).then_some(a.ratio),
+        },
     }
 }
 
@@ -179,7 +168,7 @@ impl Stage for TrainStage {
         1
     }
     fn settings(&self) -> serde_json::Value {
-        serde_json::to_value(self.job.key()).expect("the train key serialises")
+        serde_json::to_value(train_key(&self.job)).expect("the train key serialises")
     }
     fn uses_device(&self) -> bool {
         self.job.device == DeviceKind::Cuda
@@ -201,19 +190,45 @@ impl Stage for TrainStage {
             &[roles::PLAN, roles::DECODE, roles::INDEX]
         };
         let job = WorkerJob::Train(Box::new(self.job.clone()));
-        worker::run_in_worker(ctx, job, roles, !self.job.untrained)
+        let notes = worker::run_in_worker(ctx, job, roles, !self.job.untrained)?;
+        if self.job.untrained {
+            return Ok(());
+        }
+        let kept_step = notes.get("kept_step").and_then(serde_json::Value::as_f64);
+        draw_curves(ctx.out_dir(), ctx.node(), &self.job, kept_step)
     }
 }
 
-/// The settings in a train artifact's `model.json` (which also says, under `validation`,
-/// which step's weights it holds when `[train.validation]` was on).
-pub fn read_model_json(path: &Path) -> anyhow::Result<TrainConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("validation");
+/// `loss.png` from the worker's `train_log.parquet`: the loss per step and, when validating,
+/// the validation panel (with the kept step when `keep = "best"`). Drawn here rather than
+/// in the worker, which links no plotting.
+fn draw_curves(
+    out: &Path,
+    node: &str,
+    job: &TrainJob,
+    kept_step: Option<f64>,
+) -> Result<(), BoxError> {
+    let log = tables::read_train_log(&out.join("train_log.parquet"))?;
+    let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
+    let title = format!("{node} — {}", job.settings.loss.name());
+    match (&job.validation, kept_step) {
+        (Some(v), Some(kept_step)) => {
+            let val: Vec<(f64, f64, f64)> = log
+                .iter()
+                .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
+                .collect();
+            plots::training_curves(
+                &out.join("loss.png"),
+                &title,
+                &curve,
+                &plots::ValidationCurve {
+                    label: v.on.label(),
+                    points: &val,
+                    kept_step: (v.keep == Keep::Best).then_some(kept_step),
+                },
+            )?;
+        }
+        _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
     }
-    serde_json::from_value(v).with_context(|| format!("reading the settings in {}", path.display()))
+    Ok(())
 }

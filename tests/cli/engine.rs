@@ -435,16 +435,65 @@ fn dml_itself_never_loads_libtorch_only_its_training_worker_does() {
     for lib in ["libtorch", "libc10"] {
         assert!(!dml.contains(lib), "dml loads {lib}:\n{dml}");
     }
-    let worker = needed(env!("CARGO_BIN_EXE_dml-torch"));
+    let worker = needed(crate::common::worker().to_str().unwrap());
     assert!(worker.contains("libtorch_cpu"), "{worker}");
     // The worker answers the device question dml asks when the host has an NVIDIA driver.
-    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_dml-torch"))
+    let probe = std::process::Command::new(crate::common::worker())
         .arg("probe")
         .output()
         .unwrap();
     assert!(probe.status.success());
     let p: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
     assert!(p["cuda_devices"].is_u64(), "{p}");
+}
+
+/// The worker's crate stands on the plain job types of dml-spec, not on the stages: it
+/// links neither the report's polars nor the plots' plotters, nor the remote cache's S3
+/// client, nor the CLI's argument parser.
+#[test]
+fn the_training_worker_links_none_of_the_stages_dependencies() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "dml-torch",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let names: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains("dml-spec") && names.contains("tch"),
+        "{tree}"
+    );
+    for heavy in [
+        "dml-stages",
+        "polars",
+        "plotters",
+        "object_store",
+        "tokio",
+        "clap",
+    ] {
+        assert!(
+            !names.contains(heavy),
+            "dml-torch depends on {heavy}:\n{tree}"
+        );
+    }
 }
 
 #[test]

@@ -6,10 +6,10 @@ use anyhow::anyhow;
 use dml_artifacts::tables::{self, Embeddings};
 use dml_datasets as ds;
 use dml_pipeline::BoxError;
-use dml_stages::device::DeviceKind;
-use dml_stages::jobs::EmbedJob;
-use dml_stages::roles;
-use dml_stages::train::read_model_json;
+use dml_spec::device::DeviceKind;
+use dml_spec::jobs::EmbedJob;
+use dml_spec::roles;
+use dml_spec::train_config::read_model_json;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 

@@ -5,18 +5,17 @@
 use crate::context::{write_file, WorkerCtx};
 use crate::loader::{Batch, BatchLoader};
 use crate::train::{self, Trainer};
-use crate::validator::{Kept, Validator};
+use crate::validator::Validator;
 use anyhow::{anyhow, Context};
 use dml_artifacts::tables::{self, TrainLogRow};
+use dml_artifacts::tensorboard::TrainEvents;
 use dml_datasets::{self as ds, Split};
 use dml_pipeline::BoxError;
-use dml_stages::device::DeviceKind;
-use dml_stages::jobs::TrainJob;
-use dml_stages::plots;
-use dml_stages::resume::{self, Checkpoints};
-use dml_stages::roles;
-use dml_stages::tensorboard::TrainEvents;
-use dml_stages::train::train_config;
+use dml_spec::device::DeviceKind;
+use dml_spec::jobs::TrainJob;
+use dml_spec::resume::{self, Checkpoints};
+use dml_spec::roles;
+use dml_spec::settings::train_config;
 use indicatif::ProgressBar;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -152,7 +151,7 @@ pub fn run(job: &TrainJob, ctx: &mut WorkerCtx) -> Result<(), BoxError> {
             serde_json::to_string_pretty(&model)?,
         )?;
     }
-    write_log_and_curves(&out, ctx.node(), &cfg, job, &log, kept_weights.as_ref())?;
+    write_log(&out, &log)?;
     meter.note(ctx);
     if let Some(last) = log.last() {
         ctx.note("final_loss", json!(last.loss));
@@ -411,7 +410,7 @@ impl StepLoop<'_> {
             }
             if self.hooks.abort_after_step == Some(done) {
                 // Test hook: an interruption right after a checkpoint.
-                dml_stages::worker::fault_abort();
+                dml_spec::protocol::fault_abort();
             }
         }
         Ok(last_images)
@@ -514,41 +513,12 @@ fn resume(
     Ok((start, log))
 }
 
-/// `train_log.parquet` and `loss.png` (with the validation panel when validating).
-fn write_log_and_curves(
-    out: &std::path::Path,
-    node: &str,
-    cfg: &train::TrainConfig,
-    job: &TrainJob,
-    log: &[TrainLogRow],
-    kept: Option<&Kept>,
-) -> Result<(), BoxError> {
+/// `train_log.parquet` (the train stage draws `loss.png` from it once the worker is done).
+fn write_log(out: &std::path::Path, log: &[TrainLogRow]) -> Result<(), BoxError> {
     tables::write_parquet(
         &out.join("train_log.parquet"),
         &tables::train_log_to_batch(log),
     )?;
-    let curve: Vec<(f64, f64)> = log.iter().map(|r| (f64::from(r.step), r.loss)).collect();
-    let title = format!("{node} — {}", cfg.loss.name());
-    match (&job.validation, kept) {
-        (Some(v), Some(k)) => {
-            let val: Vec<(f64, f64, f64)> = log
-                .iter()
-                .filter_map(|r| Some((f64::from(r.step), r.val_recall_at_1?, r.val_map_at_r?)))
-                .collect();
-            plots::training_curves(
-                &out.join("loss.png"),
-                &title,
-                &curve,
-                &plots::ValidationCurve {
-                    label: v.on.label(),
-                    points: &val,
-                    kept_step: (v.keep == dml_stages::validation::Keep::Best)
-                        .then_some(f64::from(k.score.step)),
-                },
-            )?;
-        }
-        _ => plots::loss_curve(&out.join("loss.png"), &title, &curve)?,
-    }
     Ok(())
 }
 

@@ -13,6 +13,18 @@ pub fn dml() -> Command {
     c
 }
 
+/// The training worker `dml` starts (`dml-torch` beside `dml`: a binary of the dml-torch
+/// package, which `cargo build` and `cargo test --workspace` build with `dml`).
+pub fn worker() -> PathBuf {
+    let w = Path::new(env!("CARGO_BIN_EXE_dml")).with_file_name("dml-torch");
+    assert!(
+        w.is_file(),
+        "the training worker {} is missing: build it with `cargo build --release` (or test with `--workspace`)",
+        w.display()
+    );
+    w
+}
+
 /// Runs `dml --store STORE ARGS…`, returning the output (not asserting success).
 pub fn run_in(store: &Path, args: &[&str]) -> Output {
     dml()

@@ -1,5 +1,5 @@
 //! Using a trained network outside the pipeline: the jobs that `dml embed`, `dml search` and
-//! `dml export` hand to the training worker (`dml-torch`, see [`crate::worker`]), and the
+//! `dml export` hand to the training worker (`dml-torch`, see [`crate::protocol`]), and the
 //! table `dml embed` writes.
 //!
 //! `dml embed` embeds any image files with exactly the embed stage's preprocessing (decode,

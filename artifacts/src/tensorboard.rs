@@ -16,7 +16,7 @@
 //! without its purge of "orphaned" data. TensorBoard finds event files by `tfevents` in
 //! the file name; the names here are fixed ([`TRAIN_EVENTS`]) so that an artifact's
 //! files do not depend on the clock.
-use dml_artifacts::tables::TrainLogRow;
+use crate::tables::TrainLogRow;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};

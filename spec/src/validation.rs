@@ -4,9 +4,8 @@
 //! the exact Recall@1 and MAP@R; with `keep = "best"` the weights of the best evaluation become
 //! the artifact, and survive a resume inside the checkpoint. This module holds the settings
 //! and the plan (plain data, part of the keys); `dml_torch::validator` runs them.
-use crate::config::ResolvedConfig;
-pub use crate::config::{Keep, ValidationSet, ValidationSettings};
 use crate::evaluate::Protocol;
+pub use crate::settings::{Keep, ValidationSet, ValidationSettings};
 use anyhow::{bail, Result};
 use dml_artifacts::tables::IndexRow;
 use dml_datasets::{self as ds, Split};
@@ -74,9 +73,13 @@ pub struct ValidationPlan {
 }
 
 impl ValidationPlan {
-    /// The plan of an experiment, or `None` when validation is off.
-    pub fn resolve(c: &ResolvedConfig) -> Result<Option<Self>> {
-        let v = &c.train.validation;
+    /// The plan of `[train.validation]` for a run that retrieves with `protocol` (resolved:
+    /// not `auto`) and `distance`, or `None` when validation is off.
+    pub fn resolve(
+        v: &ValidationSettings,
+        protocol: Protocol,
+        distance: Distance,
+    ) -> Result<Option<Self>> {
         if !v.enabled() {
             return Ok(None);
         }
@@ -91,7 +94,6 @@ impl ValidationPlan {
                 (vec![Split::Train], Protocol::LeaveOneOut)
             }
             ValidationSet::Test => {
-                let protocol = c.retrieve.protocol;
                 let splits = match protocol {
                     // (`Auto` is resolved away; it would mean leave-one-out.)
                     Protocol::LeaveOneOut | Protocol::Auto => vec![Split::Test],
@@ -109,7 +111,7 @@ impl ValidationPlan {
             holdout: Holdout::of(v),
             splits,
             protocol,
-            distance: c.retrieve.distance,
+            distance,
         }))
     }
 }

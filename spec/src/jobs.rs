@@ -2,14 +2,14 @@
 //! and embed stages' resolved jobs ([`TrainJob`], [`EmbedJob`], plain data, here below both
 //! the stages and the worker protocol that carry them) and the jobs of `dml embed` / `dml
 //! search` and `dml export` ([`EmbedFilesJob`], [`ExportJob`]).
-use crate::config::{EmbedSettings, TrainSettings};
 use crate::device::DeviceKind;
+use crate::settings::{EmbedSettings, TrainSettings};
 use crate::use_model::{EmbedFilesJob, ExportJob};
 use crate::validation::ValidationPlan;
 use dml_datasets::{self as ds, Split};
 use serde::{Deserialize, Serialize};
 
-/// One job for the worker. On the wire (inside a [`crate::worker::WorkerRequest`]) it is
+/// One job for the worker. On the wire (inside a [`crate::protocol::WorkerRequest`]) it is
 /// `"stage": "train" | "embed" | "embed-files" | "export"` beside `"job": {…}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "stage", content = "job", rename_all = "kebab-case")]
@@ -25,7 +25,7 @@ pub enum WorkerJob {
 }
 
 /// Everything the training worker needs besides the inputs: what
-/// [`crate::train::TrainStage`] resolved.
+/// the train stage (`dml_stages::train`) resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainJob {
     /// `[train]`.
@@ -42,7 +42,7 @@ pub struct TrainJob {
     pub validation: Option<ValidationPlan>,
 }
 
-/// What the worker needs to embed: what [`crate::embed::EmbedStage`] resolved.
+/// What the worker needs to embed: what the embed stage (`dml_stages::embed`) resolved.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmbedJob {
     /// `[embed]`.

@@ -4,8 +4,8 @@
 //! leaves a whole checkpoint or none. Older ones are removed only once a newer one
 //! is in place, and the whole folder only once the train artifact is committed
 //! (by the engine, see `RunContext::key_cache_dir`).
+use crate::BoxError;
 use dml_artifacts::fsx;
-use dml_pipeline::BoxError;
 use std::path::{Path, PathBuf};
 
 /// Weights, batch-norm statistics and optimiser state (`Trainer::save`).
@@ -71,7 +71,7 @@ impl Checkpoints {
         }
         // Test hook: die with the checkpoint written but not yet published.
         if std::env::var("DML_FAULT_ABORT_IN_CHECKPOINT").is_ok_and(|s| s == step.to_string()) {
-            crate::worker::fault_abort();
+            crate::protocol::fault_abort();
         }
         let target = self.dir.join(format!("step-{step}"));
         if target.exists() {
