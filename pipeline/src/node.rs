@@ -102,7 +102,7 @@ pub enum Reason {
 impl Reason {
     /// The reason as one sentence, followed by what an interrupted build resumes from
     /// when it has such a note (`no artifact yet; resumes from the checkpoint at step
-    /// 400`): what `dml run`, `--json` and `dml status` show for a node, from a plan or a
+    /// 400`): what `dml run` and its `--json` show for a node, from a plan or a
     /// run record alike.
     pub fn sentence(&self, resume: Option<&str>) -> String {
         match resume {

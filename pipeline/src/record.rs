@@ -40,7 +40,7 @@ pub struct RecordNode {
 
 impl RecordNode {
     /// Why it was cached or ran, as one sentence: what `dml run` said of it (with what an
-    /// interrupted build resumed from), `--json`'s and `dml status --json`'s `reason`.
+    /// interrupted build resumed from), `dml run --json`'s `reason` (with or without Slurm).
     pub fn explanation(&self) -> String {
         self.reason.sentence(self.resume.as_deref())
     }
