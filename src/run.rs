@@ -508,7 +508,7 @@ fn print_json(store: &ArtifactStore, record: &RunRecord, record_path: &Path) -> 
     let nodes: Vec<serde_json::Value> = record
         .nodes
         .iter()
-        .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.reason, "seconds": n.seconds}))
+        .map(|n| serde_json::json!({"stage": n.stage, "id": n.id, "key": n.key, "status": n.status, "reason": n.explanation(), "seconds": n.seconds}))
         .collect();
     let points = crate::outcome::points(store, record);
     out::println(&serde_json::to_string_pretty(&serde_json::json!({

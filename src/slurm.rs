@@ -231,7 +231,7 @@ fn nodes_json(record: &RunRecord) -> serde_json::Value {
             .map(|n| {
                 serde_json::json!({
                     "stage": n.stage, "id": n.id, "key": n.key, "status": n.status,
-                    "reason": n.reason, "seconds": n.seconds, "job_id": n.job_id,
+                    "reason": n.explanation(), "seconds": n.seconds, "job_id": n.job_id,
                 })
             })
             .collect(),

@@ -48,9 +48,15 @@ impl std::ops::Deref for PlannedNode {
 impl PlannedNode {
     /// The reason as one sentence, with what an interrupted build resumes from.
     pub fn explanation(&self) -> String {
-        match (&self.resume, self.status) {
-            (Some(r), Status::Run) => format!("{}; {r}", self.reason),
-            _ => self.reason.to_string(),
+        self.reason.sentence(self.resume_note())
+    }
+
+    /// What an interrupted build resumes from, when the node will run (a node found in
+    /// the store or on the remote resumes nothing).
+    pub fn resume_note(&self) -> Option<&str> {
+        match self.status {
+            Status::Run => self.resume.as_deref(),
+            Status::Cached | Status::Remote => None,
         }
     }
 }
@@ -204,8 +210,8 @@ impl Plan {
                         Status::Cached => NodeStatus::Cached,
                         Status::Run | Status::Remote => NodeStatus::NotRun,
                     },
-                    reason: n.explanation(),
-                    why: Some(n.reason.clone()),
+                    reason: n.reason.clone(),
+                    resume: n.resume_note().map(str::to_owned),
                     seconds: 0.0,
                     job_id: None,
                 })

@@ -92,6 +92,24 @@ pub enum Reason {
     Removed,
     /// Another process built it while this one waited for its lock.
     BuiltElsewhere,
+    /// The sentence of a run record written before reasons were typed, kept verbatim.
+    Recorded {
+        /// The sentence as that run showed it.
+        sentence: String,
+    },
+}
+
+impl Reason {
+    /// The reason as one sentence, followed by what an interrupted build resumes from
+    /// when it has such a note (`no artifact yet; resumes from the checkpoint at step
+    /// 400`): what `dml run` and its `--json` show for a node, from a plan or a
+    /// run record alike.
+    pub fn sentence(&self, resume: Option<&str>) -> String {
+        match resume {
+            Some(r) => format!("{self}; {r}"),
+            None => self.to_string(),
+        }
+    }
 }
 
 /// One cause of a rebuild.
@@ -182,6 +200,7 @@ impl fmt::Display for Reason {
             Reason::BuiltElsewhere => {
                 write!(f, "built by another dml run while this one waited for it")
             }
+            Reason::Recorded { sentence } => f.write_str(sentence),
         }
     }
 }

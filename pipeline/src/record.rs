@@ -17,22 +17,77 @@ impl std::ops::Deref for RecordNode {
 /// One node of a run record: its identity (whose fields the JSON keeps at the top level
 /// of the node, read through `Deref`) and what happened to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "StoredNode")]
 pub struct RecordNode {
     /// What the key was computed from.
     #[serde(flatten)]
     pub identity: NodeIdentity,
     /// What happened to it in this run.
     pub status: NodeStatus,
-    /// The reason, as shown by `explain`.
-    pub reason: String,
-    /// The reason, typed (absent in records written before it existed).
-    #[serde(default)]
-    pub why: Option<Reason>,
+    /// Why it was cached or had to run (`why` in the record's JSON; the sentence is
+    /// [`RecordNode::explanation`]).
+    #[serde(rename = "why")]
+    pub reason: Reason,
+    /// What an interrupted build resumed from, for a node the run had to build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
     /// Wall seconds spent building (0 when cached).
     pub seconds: f64,
     /// The Slurm job that builds it, when run with `--executor slurm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+}
+
+impl RecordNode {
+    /// Why it was cached or ran, as one sentence: what `dml run` said of it (with what an
+    /// interrupted build resumed from), `dml run --json`'s `reason` (with or without Slurm).
+    pub fn explanation(&self) -> String {
+        self.reason.sentence(self.resume.as_deref())
+    }
+}
+
+/// A record node as any version wrote it: today the typed reason (`why`) and the resume
+/// note (`resume`); before, the sentence (`reason`) beside the typed reason, whose tail
+/// was the resume note; before reasons were typed, the sentence alone.
+#[derive(Deserialize)]
+struct StoredNode {
+    #[serde(flatten)]
+    identity: NodeIdentity,
+    status: NodeStatus,
+    #[serde(default)]
+    why: Option<Reason>,
+    #[serde(default)]
+    resume: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    seconds: f64,
+    #[serde(default)]
+    job_id: Option<String>,
+}
+
+impl TryFrom<StoredNode> for RecordNode {
+    type Error = String;
+
+    fn try_from(n: StoredNode) -> Result<Self, String> {
+        let (reason, resume) = match (n.why, n.reason) {
+            (Some(why), sentence) => {
+                let tail =
+                    sentence.and_then(|s| s.strip_prefix(&format!("{why}; ")).map(str::to_owned));
+                let resume = n.resume.or(tail);
+                (why, resume)
+            }
+            (None, Some(sentence)) => (Reason::Recorded { sentence }, n.resume),
+            (None, None) => return Err("missing field `why`".into()),
+        };
+        Ok(RecordNode {
+            identity: n.identity,
+            status: n.status,
+            reason,
+            resume,
+            seconds: n.seconds,
+            job_id: n.job_id,
+        })
+    }
 }
 
 /// What happened to one node in a run (the same words in every record, `--json` and
@@ -160,9 +215,8 @@ impl RunRecord {
                 Outcome::Cached => (NodeStatus::Cached, 0.0),
                 Outcome::Ran(s) => (NodeStatus::Ran, *s),
                 Outcome::BuiltElsewhere => {
-                    let why = Reason::BuiltElsewhere;
-                    node.reason = why.to_string();
-                    node.why = Some(why);
+                    node.reason = Reason::BuiltElsewhere;
+                    node.resume = None;
                     (NodeStatus::Cached, 0.0)
                 }
                 Outcome::Fetched(s) => (NodeStatus::Fetched, *s),
@@ -338,8 +392,8 @@ mod tests {
                 fingerprint: None,
             },
             status: NodeStatus::NotRun,
-            reason: Reason::NoArtifact.to_string(),
-            why: Some(Reason::NoArtifact),
+            reason: Reason::NoArtifact,
+            resume: Some("resumes from the checkpoint at step 4".into()),
             seconds: 0.0,
             job_id: None,
         };
@@ -380,9 +434,114 @@ mod tests {
             ]
         );
         // Only the node another process built changes its reason.
-        assert_eq!(record.nodes[2].why, Some(Reason::BuiltElsewhere));
-        assert_eq!(record.nodes[2].reason, Reason::BuiltElsewhere.to_string());
-        assert_eq!(record.nodes[1].why, Some(Reason::NoArtifact));
+        assert_eq!(record.nodes[2].reason, Reason::BuiltElsewhere);
+        assert_eq!(
+            record.nodes[2].explanation(),
+            "built by another dml run while this one waited for it"
+        );
+        assert_eq!(record.nodes[1].reason, Reason::NoArtifact);
+        assert_eq!(
+            record.nodes[1].explanation(),
+            "no artifact yet; resumes from the checkpoint at step 4"
+        );
+    }
+
+    /// A `train` node as a record stores it, with `reason` (the reason's fields) inside.
+    fn stored(reason: &str) -> String {
+        let key = "k".repeat(64);
+        format!(
+            r#"{{"id": "train", "stage": "train", "key": "{key}", "version": 3,
+                "settings": {{"plan": {{"seed": 1}}}}, "inputs": {{"data": "abc"}},
+                "input_ids": {{"data": "index"}}, "fingerprint": null, "status": "ran",
+                {reason}, "seconds": 12.5}}"#
+        )
+    }
+
+    fn seed_changed() -> Reason {
+        Reason::Changed {
+            changes: vec![crate::Change::Setting {
+                path: "plan.seed".into(),
+                old: "0".into(),
+                new: "1".into(),
+            }],
+        }
+    }
+
+    const SEED_WHY: &str = r#""why": {"kind": "changed", "changes":
+        [{"kind": "setting", "path": "plan.seed", "old": "0", "new": "1"}]}"#;
+
+    #[test]
+    fn records_written_before_typed_reasons_keep_their_sentence() {
+        let sentence = "input index changed; resumes from the checkpoint at step 400";
+        let text = stored(&format!(r#""reason": "{sentence}""#));
+        let n: RecordNode = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            n.reason,
+            Reason::Recorded {
+                sentence: sentence.into()
+            }
+        );
+        assert_eq!(n.resume, None);
+        assert_eq!(n.explanation(), sentence);
+        assert_eq!(
+            (n.id.as_str(), n.status, n.seconds),
+            ("train", NodeStatus::Ran, 12.5)
+        );
+        assert_eq!(n.input_ids["data"], "index");
+        // Written again, it keeps the sentence (typed as recorded) and reads back the same.
+        let v = serde_json::to_value(&n).unwrap();
+        assert_eq!(v["why"]["kind"], "recorded");
+        assert!(v.get("reason").is_none(), "{v}");
+        let back: RecordNode = serde_json::from_value(v).unwrap();
+        assert_eq!(back.explanation(), sentence);
+    }
+
+    #[test]
+    fn records_with_the_sentence_beside_the_typed_reason_read_the_typed_one() {
+        let sentence = "plan.seed changed 0 → 1; resumes from the checkpoint at step 4";
+        let text = stored(&format!(r#""reason": "{sentence}", {SEED_WHY}"#));
+        let n: RecordNode = serde_json::from_str(&text).unwrap();
+        assert_eq!(n.reason, seed_changed());
+        assert_eq!(
+            n.resume.as_deref(),
+            Some("resumes from the checkpoint at step 4")
+        );
+        assert_eq!(n.explanation(), sentence);
+
+        let text = stored(&format!(
+            r#""reason": "plan.seed changed 0 → 1", {SEED_WHY}"#
+        ));
+        let n: RecordNode = serde_json::from_str(&text).unwrap();
+        assert_eq!(n.reason, seed_changed());
+        assert_eq!(n.resume, None);
+        assert_eq!(n.explanation(), "plan.seed changed 0 → 1");
+    }
+
+    #[test]
+    fn records_store_the_typed_reason_and_the_resume_note_only() {
+        let text = stored(&format!(
+            r#"{SEED_WHY}, "resume": "resumes from the checkpoint at step 4""#
+        ));
+        let n: RecordNode = serde_json::from_str(&text).unwrap();
+        assert_eq!(n.reason, seed_changed());
+        let v = serde_json::to_value(&n).unwrap();
+        assert!(v.get("reason").is_none(), "{v}");
+        assert_eq!(v["resume"], "resumes from the checkpoint at step 4");
+        assert_eq!(v["why"], serde_json::to_value(seed_changed()).unwrap());
+        let back: RecordNode = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+        assert_eq!(
+            back.explanation(),
+            "plan.seed changed 0 → 1; resumes from the checkpoint at step 4"
+        );
+
+        // No note, no key; and a node with no reason at all is not a record node.
+        let n: RecordNode = serde_json::from_str(&stored(r#""why": {"kind": "cached"}"#)).unwrap();
+        let v = serde_json::to_value(&n).unwrap();
+        assert!(v.get("resume").is_none(), "{v}");
+        assert_eq!(n.explanation(), "artifact found");
+        let missing = serde_json::from_str::<RecordNode>(&stored(r#""job_id": "7""#));
+        assert!(missing.unwrap_err().to_string().contains("why"));
     }
 
     #[test]
