@@ -1228,4 +1228,28 @@ mod tests {
         );
         assert!(err.contains("from --set `plan.p=\"many\"`"), "{err}");
     }
+
+    #[test]
+    fn the_executor_table_is_typed_and_checked() {
+        let l = load(
+            None,
+            None,
+            &[
+                r#"executor.kind="slurm""#.into(),
+                "executor.gpus_per_job=2".into(),
+                r#"executor.extra_args=["--account=lab"]"#.into(),
+            ],
+        )
+        .unwrap();
+        let e = &l.experiments[0].config.executor;
+        assert_eq!(e.kind, dml_stages::config::ExecutorKind::Slurm);
+        assert_eq!(e.gpus_per_job, 2);
+        assert_eq!(e.extra_args, ["--account=lab"]);
+        let err = load(None, None, &["executor.partiton=gpu".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `executor.partition`?"), "{err}");
+        let err = load_error(&[r#"executor.kind="pbs""#]);
+        assert!(err.contains("local") && err.contains("slurm"), "{err}");
+    }
 }
