@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/bootstrap.sh)"
 scripts/python-extras.sh
-cargo build --release --bin dml --bin dml-torch >&2
+cargo build --release -p dml -p dml-torch --bins >&2
 dml="$CARGO_TARGET_DIR/release/dml"
 dir="${1:-$(mktemp -d)}"
 shift || true

@@ -24,7 +24,7 @@ build() {
   cd "$here"
   if [ -z "${LIBTORCH_USE_PYTORCH:-}${LIBTORCH:-}" ]; then eval "$(scripts/bootstrap.sh)"; fi
   local target="${CARGO_TARGET_DIR:-$HOME/.cache/dml/target}"
-  cargo build --release --bin dml --bin dml-torch >&2
+  cargo build --release -p dml -p dml-torch --bins >&2
   mkdir -p "$out"
   local stage; stage="$(mktemp -d)"
   strip -o "$stage/dml" "$target/release/dml"

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/bootstrap.sh)"
-cargo build --release --bin dml --bin dml-torch
+cargo build --release -p dml -p dml-torch --bins
 exec "$CARGO_TARGET_DIR/release/dml" "${@:-run}"
