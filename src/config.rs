@@ -757,7 +757,7 @@ fn typed(v: &Value) -> Result<ResolvedConfig> {
         let field = path.as_deref().and_then(|p| p.strip_prefix("train.loss."));
         let message = match (loss, field) {
             (Some(loss), Some(field)) if message.starts_with("unknown field") => {
-                dml_spec::train_config::misplaced_loss_setting(loss, field).unwrap_or(message)
+                dml_jobspec::train_config::misplaced_loss_setting(loss, field).unwrap_or(message)
             }
             _ => message,
         };
@@ -1101,7 +1101,7 @@ mod tests {
 
     #[test]
     fn switching_the_loss_starts_from_its_defaults() {
-        use dml_spec::train_config::{Loss, Margin};
+        use dml_jobspec::train_config::{Loss, Margin};
         // The default preset's semi-hard triplet has margin 0.2; npairs takes no margin.
         let l = load(
             None,

@@ -61,7 +61,7 @@ fn everything_on() -> ExperimentConfig {
     c.plan.sampler = serde_json::from_str("\"random\"").expect("a sampler word");
     c.plan.batch_size = 8;
     c.train.loss =
-        dml_spec::train_config::Loss::with_defaults("multi_similarity").expect("a loss name");
+        dml_jobspec::train_config::Loss::with_defaults("multi_similarity").expect("a loss name");
     c
 }
 
@@ -69,8 +69,8 @@ fn everything_on() -> ExperimentConfig {
 /// no batch norms to freeze).
 fn transformer_on() -> ExperimentConfig {
     let mut c = ExperimentConfig::default();
-    c.train.model.backbone = dml_spec::train_config::Backbone::VitS16;
-    c.train.model.pool = dml_spec::train_config::Pool::Mean;
+    c.train.model.backbone = dml_jobspec::train_config::Backbone::VitS16;
+    c.train.model.pool = dml_jobspec::train_config::Pool::Mean;
     c.train.optimizer.timm_weight_decay = true;
     c.train.optimizer.layer_decay = 0.75;
     c

@@ -1,7 +1,7 @@
 //! `dml eval`: score any embeddings file (Arrow IPC or Parquet) without a pipeline.
 use anyhow::{bail, Result};
+use dml_jobspec::evaluate::{self, names, NoPositives, Protocol, Table};
 use dml_metrics::Distance;
-use dml_spec::evaluate::{self, names, NoPositives, Protocol, Table};
 use std::path::PathBuf;
 
 /// `--protocol`.

@@ -185,7 +185,7 @@ fn staging_dirs(store: &ArtifactStore, stage: &str, key: &str) -> Vec<PathBuf> {
 /// Where an interrupted train stage will resume: its newest checkpoint, or nowhere yet.
 fn resume_point(store: &ArtifactStore, key: &str) -> String {
     let dir = store.layout().checkpoint(key);
-    match dml_spec::resume::Checkpoints::new(dir.clone()).latest() {
+    match dml_jobspec::resume::Checkpoints::new(dir.clone()).latest() {
         Some((step, _)) => format!(
             "resumes from its checkpoint at step {step} ({})",
             dir.display()

@@ -229,7 +229,7 @@ fn init_tracing(verbose: u8) {
             if verbose > 1 { "debug" } else { "info" }
         ),
     };
-    std::env::set_var(dml_spec::protocol::LOG_VAR, worker);
+    std::env::set_var(dml_jobspec::protocol::LOG_VAR, worker);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

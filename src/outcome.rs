@@ -2,10 +2,10 @@
 //! MAP@R, NMI, training seconds, validation), read from the artifacts its run record names —
 //! for `dml run --json`, `dml runs`, `dml diff` and `dml report`.
 use dml_artifacts::{ArtifactStore, Manifest};
+use dml_jobspec::evaluate::names::field;
+use dml_jobspec::evaluate::MetricsFile;
+use dml_jobspec::roles::ReportRole;
 use dml_pipeline::{RecordNode, RunRecord};
-use dml_spec::evaluate::names::field;
-use dml_spec::evaluate::MetricsFile;
-use dml_spec::roles::ReportRole;
 use dml_stages::report::RunLabel;
 use serde::Serialize;
 use serde_json::Value;

@@ -3,8 +3,8 @@
 use crate::outcome::{self, Point};
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Manifest};
+use dml_jobspec::roles::ReportRole;
 use dml_pipeline::{file_safe, show, BoxError, RecordNode, RunRecord, RunStatus};
-use dml_spec::roles::ReportRole;
 use dml_stages::config::ReportSettings;
 use dml_stages::report::{run_settings, write_report, ReportInputs, RunLabel};
 use serde_json::{json, Value};

@@ -6,12 +6,12 @@
 use crate::outcome;
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{tables, ArtifactStore};
+use dml_jobspec::device::DeviceKind;
+use dml_jobspec::jobs::WorkerJob;
+use dml_jobspec::protocol::WorkerRequest;
+use dml_jobspec::roles::ReportRole;
+use dml_jobspec::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob, Gallery};
 use dml_pipeline::{RecordNode, RunRecord};
-use dml_spec::device::DeviceKind;
-use dml_spec::jobs::WorkerJob;
-use dml_spec::protocol::WorkerRequest;
-use dml_spec::roles::ReportRole;
-use dml_spec::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob, Gallery};
 use dml_stages::report_html::{esc, STYLE};
 use dml_stages::worker::run_request;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -596,7 +596,7 @@ fn test_gallery(model: &UseModel) -> Result<Gallery> {
         );
     };
     let path = dir.join("embeddings.arrow");
-    let table = dml_spec::evaluate::Table::read(&path, "embedding", "class_id", Some("split"))?;
+    let table = dml_jobspec::evaluate::Table::read(&path, "embedding", "class_id", Some("split"))?;
     let gallery = tables::Split::Gallery.as_str();
     let keep: Vec<usize> = match &table.splits {
         Some(s) if s.iter().any(|x| x == gallery) => {
@@ -1055,7 +1055,7 @@ fn export_json(model: &UseModel, formats: &Formats) -> Result<Value> {
         .get("model")
         .cloned()
         .ok_or_else(|| anyhow!("{}: no `model` settings", model.train_dir.display()))?;
-    let cfg: dml_spec::train_config::ModelConfig = serde_json::from_value(m.clone())
+    let cfg: dml_jobspec::train_config::ModelConfig = serde_json::from_value(m.clone())
         .with_context(|| format!("reading {}/model.json", model.train_dir.display()))?;
     let scaling = cfg.input_scaling();
     let (mean, std) = scaling.mean_std();

@@ -12,10 +12,10 @@
 //! hard-linked under 60,502 names, so that the report decodes real files of that size.
 use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets::Split;
+use dml_jobspec::evaluate::{self, NoPositives, Selection};
+use dml_jobspec::roles::ReportRole;
 use dml_metrics::{Distance, Exclude};
 use dml_pipeline::BoxError;
-use dml_spec::evaluate::{self, NoPositives, Selection};
-use dml_spec::roles::ReportRole;
 use dml_stages::config::ReportSettings;
 use dml_stages::report::{write_report, ReportInputs, RunLabel};
 use rand::{Rng, SeedableRng};

@@ -3,8 +3,8 @@
 use crate::config::{ClusterSettings, RetrieveSettings};
 use crate::retrieve::{read_embeddings, write_json};
 use dml_artifacts::tables;
+use dml_jobspec::evaluate::{self, Protocol};
 use dml_pipeline::{BoxError, RunContext, Stage};
-use dml_spec::evaluate::{self, Protocol};
 use serde_json::json;
 use std::sync::Arc;
 

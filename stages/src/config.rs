@@ -2,8 +2,8 @@
 //!
 //! Every struct denies unknown fields and fills defaults, so writing a default
 //! explicitly changes nothing, and only this resolved form is ever hashed.
-use dml_spec::evaluate::Protocol;
-pub use dml_spec::settings::{
+use dml_jobspec::evaluate::Protocol;
+pub use dml_jobspec::settings::{
     EmbedSettings, Keep, TrainSettings, ValidationSet, ValidationSettings,
 };
 use serde::{Deserialize, Serialize};
@@ -223,12 +223,12 @@ pub struct RetrieveSettings {
     /// `euclidean` (squared distances clamped at 0) or `cosine`.
     pub distance: dml_metrics::Distance,
     /// `auto`, `leave_one_out`, `query_gallery` or `inshop_merged`.
-    pub protocol: dml_spec::evaluate::Protocol,
+    pub protocol: dml_jobspec::evaluate::Protocol,
     /// Nearest neighbours saved per query in `neighbors.parquet`.
     pub neighbors: usize,
     /// Queries whose class has no other gallery item: `exclude` (left out of
     /// Recall@K too, and counted) or `count_as_miss`.
-    pub queries_without_positives: dml_spec::evaluate::NoPositives,
+    pub queries_without_positives: dml_jobspec::evaluate::NoPositives,
 }
 
 impl Default for RetrieveSettings {
@@ -236,7 +236,7 @@ impl Default for RetrieveSettings {
         RetrieveSettings {
             ks: Vec::new(),
             distance: dml_metrics::Distance::Euclidean,
-            protocol: dml_spec::evaluate::Protocol::Auto,
+            protocol: dml_jobspec::evaluate::Protocol::Auto,
             neighbors: 10,
             queries_without_positives: Default::default(),
         }

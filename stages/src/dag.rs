@@ -10,9 +10,9 @@ use crate::report::{ReportStage, RunLabel};
 use crate::retrieve::RetrieveStage;
 use crate::synth::SynthStage;
 use crate::train::TrainStage;
+use dml_jobspec::roles::{self, ReportRole};
+use dml_jobspec::validation::ValidationPlan;
 use dml_pipeline::{canonical_json, Graph, NodeId, Stage};
-use dml_spec::roles::{self, ReportRole};
-use dml_spec::validation::ValidationPlan;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -165,7 +165,7 @@ pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
             e,
             Arc::new(PlanStage::new(
                 c.plan.clone(),
-                dml_spec::validation::Holdout::of(&c.train.validation),
+                dml_jobspec::validation::Holdout::of(&c.train.validation),
             )),
             &[(roles::INDEX, index)],
         );

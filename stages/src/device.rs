@@ -8,7 +8,7 @@
 //! worker binary, the boot and the variables that hide GPUs — as cargo caches `rustc -vV`
 //! keyed by the compiler's mtime.
 use anyhow::{anyhow, bail, Context, Result};
-pub use dml_spec::device::{check_bf16, cpu_has_bf16, DeviceKind, Probe};
+pub use dml_jobspec::device::{check_bf16, cpu_has_bf16, DeviceKind, Probe};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

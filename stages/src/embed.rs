@@ -4,9 +4,9 @@ use crate::config::{DatasetKindName, EmbedSettings, ImageSettings};
 use crate::device::{self, DeviceKind};
 use crate::worker;
 use dml_datasets::Split;
+use dml_jobspec::jobs::{EmbedJob, WorkerJob};
+use dml_jobspec::roles;
 use dml_pipeline::{BoxError, RunContext, Stage};
-use dml_spec::jobs::{EmbedJob, WorkerJob};
-use dml_spec::roles;
 use serde::Serialize;
 use std::sync::Arc;
 

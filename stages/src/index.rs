@@ -3,8 +3,8 @@ use crate::config::{DatasetKindName, DatasetSettings, ExperimentConfig, IndexSet
 use anyhow::{anyhow, bail};
 use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets as ds;
+use dml_jobspec::roles;
 use dml_pipeline::{BoxError, PlanEnv, RunContext, Stage};
-use dml_spec::roles;
 use rayon::prelude::*;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};

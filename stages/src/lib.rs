@@ -2,7 +2,7 @@
 //! DAG that joins them, without libtorch: train and embed resolve their settings and key
 //! here and run in the training worker (`dml-torch`, see [`worker`]). What they hand the
 //! worker — settings, jobs, the protocol, the evaluation protocol — is plain data in
-//! `dml_spec`, the crate both sides link.
+//! `dml_jobspec`, the crate both sides link.
 #![deny(missing_docs)]
 pub mod cluster;
 pub mod config;

@@ -3,9 +3,9 @@ use crate::config::PlanSettings;
 use anyhow::{anyhow, Context};
 use dml_artifacts::tables::{self, PlanRow};
 use dml_datasets::{self as ds, Split};
+use dml_jobspec::roles;
+use dml_jobspec::validation::Holdout;
 use dml_pipeline::{BoxError, RunContext, Stage};
-use dml_spec::roles;
-use dml_spec::validation::Holdout;
 use serde_json::json;
 use std::collections::BTreeMap;
 

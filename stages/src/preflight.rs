@@ -6,7 +6,7 @@ use crate::config::{DatasetKindName, ExperimentConfig, ResolvedConfig, REPORT_LI
 use anyhow::{bail, Context, Result};
 use dml_artifacts::tables::IndexRow;
 use dml_datasets::Split;
-use dml_spec::evaluate::Protocol;
+use dml_jobspec::evaluate::Protocol;
 use std::collections::BTreeSet;
 use std::io::Read;
 
@@ -20,7 +20,7 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
         bail!("plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000");
     }
     // Warm-up, a frozen backbone and a delayed memory must end before training does.
-    dml_spec::settings::train_config(&c.train)
+    dml_jobspec::settings::train_config(&c.train)
         .validate_steps(u64::from(p.steps))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if p.k < 2 {
@@ -235,7 +235,7 @@ fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> 
             splits(rows)
         );
     }
-    let held = match dml_spec::validation::Holdout::of(&c.train.validation) {
+    let held = match dml_jobspec::validation::Holdout::of(&c.train.validation) {
         Some(h) => h.classes(rows)?,
         None => BTreeSet::new(),
     };

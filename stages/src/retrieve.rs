@@ -4,9 +4,9 @@
 use crate::config::ExperimentConfig;
 use crate::config::RetrieveSettings;
 use dml_artifacts::tables;
+use dml_jobspec::evaluate::{self, Protocol, Table};
+use dml_jobspec::roles;
 use dml_pipeline::{BoxError, RunContext, Stage};
-use dml_spec::evaluate::{self, Protocol, Table};
-use dml_spec::roles;
 use serde_json::json;
 use std::sync::Arc;
 

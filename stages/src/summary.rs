@@ -11,8 +11,8 @@ use crate::dag::Experiment;
 use crate::device::{self, DeviceKind};
 use dml_artifacts::{tables, ArtifactStore, Manifest};
 use dml_datasets as ds;
+use dml_jobspec::train_config::{Backbone, Precision};
 use dml_pipeline::{Plan, PlannedNode, Status};
-use dml_spec::train_config::{Backbone, Precision};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -294,7 +294,7 @@ fn resumed_step(store: &ArtifactStore, key: &str) -> u64 {
     if !dir.is_dir() {
         return 0;
     }
-    dml_spec::resume::Checkpoints::new(dir)
+    dml_jobspec::resume::Checkpoints::new(dir)
         .latest()
         .map(|(s, _)| s)
         .unwrap_or(0)

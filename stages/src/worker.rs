@@ -11,9 +11,9 @@
 //! run leaves what a killed single process would have left.
 use crate::device::worker_path;
 use anyhow::{anyhow, Context};
+use dml_jobspec::jobs::WorkerJob;
+use dml_jobspec::protocol::{WorkerEvent, WorkerRequest, PARENT_PID_VAR};
 use dml_pipeline::{BoxError, RunContext};
-use dml_spec::jobs::WorkerJob;
-use dml_spec::protocol::{WorkerEvent, WorkerRequest, PARENT_PID_VAR};
 use indicatif::ProgressBar;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};

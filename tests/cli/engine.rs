@@ -447,7 +447,7 @@ fn dml_itself_never_loads_libtorch_only_its_training_worker_does() {
     assert!(p["cuda_devices"].is_u64(), "{p}");
 }
 
-/// The worker's crate stands on the plain job types of dml-spec, not on the stages: it
+/// The worker's crate stands on the plain job types of dml-jobspec, not on the stages: it
 /// links neither the report's polars nor the plots' plotters, nor the remote cache's S3
 /// client, nor the CLI's argument parser.
 #[test]
@@ -478,7 +478,7 @@ fn the_training_worker_links_none_of_the_stages_dependencies() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert!(
-        names.contains("dml-spec") && names.contains("tch"),
+        names.contains("dml-jobspec") && names.contains("tch"),
         "{tree}"
     );
     for heavy in [

@@ -361,14 +361,14 @@ fn dml_search_returns_the_retrieve_stage_neighbours() {
 
     // A gallery of another dimension is refused before the queries are embedded.
     let other = tmp.path().join("other.parquet");
-    let batch = dml_spec::use_model::embedded_to_batch(
+    let batch = dml_jobspec::use_model::embedded_to_batch(
         &["a.png".to_string()],
         &[None],
         3,
         vec![0.0, 1.0, 2.0],
     )
     .unwrap();
-    dml_spec::use_model::write_table(&other, &batch).unwrap();
+    dml_jobspec::use_model::write_table(&other, &batch).unwrap();
     let err = fails(
         &store,
         &[

@@ -2,7 +2,7 @@
 //! answered from the request, with progress and notes sent back to `dml` as
 //! [`WorkerEvent`] lines on stdout.
 use anyhow::{anyhow, bail};
-use dml_spec::protocol::{WorkerEvent, WorkerRequest};
+use dml_jobspec::protocol::{WorkerEvent, WorkerRequest};
 use indicatif::ProgressBar;
 use std::io::Write;
 use std::path::{Path, PathBuf};

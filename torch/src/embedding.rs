@@ -5,11 +5,11 @@ use crate::train;
 use anyhow::anyhow;
 use dml_artifacts::tables::{self, Embeddings};
 use dml_datasets as ds;
+use dml_jobspec::device::DeviceKind;
+use dml_jobspec::jobs::EmbedJob;
+use dml_jobspec::roles;
+use dml_jobspec::train_config::read_model_json;
 use dml_pipeline::BoxError;
-use dml_spec::device::DeviceKind;
-use dml_spec::jobs::EmbedJob;
-use dml_spec::roles;
-use dml_spec::train_config::read_model_json;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 

@@ -3,7 +3,7 @@
 //! [`train`] holds the networks, losses, optimisers and the [`train::Trainer`]; [`training`]
 //! and [`embedding`] are the bodies of the train and embed stages, which `dml` runs in the
 //! `dml-torch` executable ([`worker::main`]) so that `dml` itself never loads libtorch. The
-//! settings these read are plain data in `dml_spec` (`train_config`, `jobs::TrainJob`,
+//! settings these read are plain data in `dml_jobspec` (`train_config`, `jobs::TrainJob`,
 //! `jobs::EmbedJob`); [`use_model`] embeds image files and exports the network for `dml embed`,
 //! `dml search` and `dml export`.
 #![deny(missing_docs)]

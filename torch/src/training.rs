@@ -10,12 +10,12 @@ use anyhow::{anyhow, Context};
 use dml_artifacts::tables::{self, TrainLogRow};
 use dml_artifacts::tensorboard::TrainEvents;
 use dml_datasets::{self as ds, Split};
+use dml_jobspec::device::DeviceKind;
+use dml_jobspec::jobs::TrainJob;
+use dml_jobspec::resume::{self, Checkpoints};
+use dml_jobspec::roles;
+use dml_jobspec::settings::train_config;
 use dml_pipeline::BoxError;
-use dml_spec::device::DeviceKind;
-use dml_spec::jobs::TrainJob;
-use dml_spec::resume::{self, Checkpoints};
-use dml_spec::roles;
-use dml_spec::settings::train_config;
 use indicatif::ProgressBar;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -410,7 +410,7 @@ impl StepLoop<'_> {
             }
             if self.hooks.abort_after_step == Some(done) {
                 // Test hook: an interruption right after a checkpoint.
-                dml_spec::protocol::fault_abort();
+                dml_jobspec::protocol::fault_abort();
             }
         }
         Ok(last_images)

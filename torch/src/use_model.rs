@@ -1,15 +1,15 @@
 //! The worker's side of `dml embed` / `dml search` (embedding image files with a trained
 //! network, exactly as the embed stage does) and of `dml export` (TorchScript and
-//! safetensors files of the network). The jobs are plain data in `dml_spec::use_model`.
+//! safetensors files of the network). The jobs are plain data in `dml_jobspec::use_model`.
 use crate::context::WorkerCtx;
 use crate::train::{self, Embedder};
 use anyhow::{anyhow, Context};
 use dml_datasets as ds;
+use dml_jobspec::device::DeviceKind;
+use dml_jobspec::roles;
+use dml_jobspec::train_config::read_model_json;
+use dml_jobspec::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob};
 use dml_pipeline::BoxError;
-use dml_spec::device::DeviceKind;
-use dml_spec::roles;
-use dml_spec::train_config::read_model_json;
-use dml_spec::use_model::{self as shared, EmbedFilesJob, EmbedFilesNotes, ExportJob};
 use rayon::prelude::*;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

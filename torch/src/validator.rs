@@ -2,13 +2,13 @@
 //! after the last) the validation images are embedded in eval mode and scored with the exact
 //! Recall@1 and MAP@R; with `keep = "best"` the best evaluation's weights become the
 //! artifact and survive a resume inside the checkpoint. The settings and the plan
-//! ([`ValidationPlan`]) are plain data in `dml_spec::validation`.
+//! ([`ValidationPlan`]) are plain data in `dml_jobspec::validation`.
 use crate::train::Trainer;
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::tables::{self, Embeddings, IndexRow, TrainLogRow};
 use dml_datasets::{self as ds, Split};
-use dml_spec::evaluate::{self, Table};
-use dml_spec::validation::{Keep, ValidationPlan, ValidationSet};
+use dml_jobspec::evaluate::{self, Table};
+use dml_jobspec::validation::{Keep, ValidationPlan, ValidationSet};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -1,13 +1,13 @@
 //! The `dml-torch` executable's body: `probe` answers which CUDA devices libtorch sees;
 //! `run-stage` reads a [`WorkerRequest`] on stdin, runs the train or embed body against a
 //! [`WorkerCtx`] and reports to `dml` with [`WorkerEvent`] lines on stdout (the protocol is
-//! `dml_spec::protocol`).
+//! `dml_jobspec::protocol`).
 use crate::context::{Events, WorkerCtx};
 use anyhow::{anyhow, Context};
+use dml_jobspec::device::Probe;
+use dml_jobspec::jobs::WorkerJob;
+use dml_jobspec::protocol::{WorkerEvent, WorkerRequest, LOG_VAR};
 use dml_pipeline::error_chain;
-use dml_spec::device::Probe;
-use dml_spec::jobs::WorkerJob;
-use dml_spec::protocol::{WorkerEvent, WorkerRequest, LOG_VAR};
 use std::io::Read;
 
 /// The worker's entry point; returns the exit code.

@@ -156,7 +156,7 @@ impl Default for CompareOptions {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../scripts/bench_train_pytorch.py"
             )),
-            precisions: if dml_spec::device::cpu_has_bf16() {
+            precisions: if dml_jobspec::device::cpu_has_bf16() {
                 vec![Precision::F32, Precision::Bf16]
             } else {
                 vec![Precision::F32]

@@ -110,8 +110,8 @@ impl TrainError {
 /// Shorthand for results of the training core.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-impl From<dml_spec::train_config::ConfigError> for TrainError {
-    fn from(e: dml_spec::train_config::ConfigError) -> Self {
+impl From<dml_jobspec::train_config::ConfigError> for TrainError {
+    fn from(e: dml_jobspec::train_config::ConfigError) -> Self {
         TrainError::Config(e.0)
     }
 }

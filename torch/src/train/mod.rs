@@ -15,7 +15,7 @@ pub mod trainer;
 
 pub use backbones::{input_scaling, Backbone, InputScaling, Pool};
 pub use checkpoint::all_finite;
-pub use dml_spec::train_config::ConfigError;
+pub use dml_jobspec::train_config::ConfigError;
 pub use error::{Result, TrainError};
 pub use losses::{Loss, LossModule, LossOutput, Margin};
 pub use model::{build_model, Embedder, EmbeddingNet, Head, ModelConfig};

@@ -9,7 +9,7 @@ use super::backbones::{
     check_images, load_backbone_weights, load_strict_weights, BuildBackbone, LoadReport,
 };
 use super::error::{Result, TrainError};
-pub use dml_spec::train_config::{Head, ModelConfig};
+pub use dml_jobspec::train_config::{Head, ModelConfig};
 
 #[derive(Debug)]
 enum HeadModule {

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-pub use dml_spec::train_config::{Algorithm, LrSchedule, OptimConfig, END_LEARNING_RATE};
+pub use dml_jobspec::train_config::{Algorithm, LrSchedule, OptimConfig, END_LEARNING_RATE};
 use tch::nn::{self, OptimizerConfig as _};
 use tch::Tensor;
 

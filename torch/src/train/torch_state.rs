@@ -112,17 +112,17 @@ mod ffi {
     }
 }
 
-pub use dml_spec::device::cpu_has_bf16;
+pub use dml_jobspec::device::cpu_has_bf16;
 
 /// Refuses bf16 training on a device that cannot do it fast: on the CPU, one without
-/// AVX512-BF16 (`has_bf16` is [`cpu_has_bf16`]); the rule is `dml_spec::device`'s.
+/// AVX512-BF16 (`has_bf16` is [`cpu_has_bf16`]); the rule is `dml_jobspec::device`'s.
 pub fn check_bf16(device: Device, has_bf16: bool) -> Result<()> {
     let kind = if device.is_cuda() {
-        dml_spec::device::DeviceKind::Cuda
+        dml_jobspec::device::DeviceKind::Cuda
     } else {
-        dml_spec::device::DeviceKind::Cpu
+        dml_jobspec::device::DeviceKind::Cpu
     };
-    dml_spec::device::check_bf16(kind, has_bf16).map_err(|e| TrainError::Config(e.to_string()))
+    dml_jobspec::device::check_bf16(kind, has_bf16).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// bf16 autocast for `device` on the current thread while alive: matrix products and

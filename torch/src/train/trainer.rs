@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use dml_spec::train_config::{Precision, TrainConfig};
+pub use dml_jobspec::train_config::{Precision, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -407,7 +407,7 @@ fn freeze_backbone_batch_norms(vs: &nn::VarStore) {
 }
 
 /// The untrained baseline's `model.json` (and its weights' `config` metadata): the network's
-/// settings only, which [`dml_spec::train_config::read_model_json`] reads with the other sections
+/// settings only, which [`dml_jobspec::train_config::read_model_json`] reads with the other sections
 /// at their defaults.
 pub fn untrained_model_json(model: &ModelConfig) -> serde_json::Value {
     serde_json::json!({ "model": model })

@@ -13,7 +13,7 @@ pub use pretrained::{load_backbone_weights, load_strict_weights, LoadReport};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-pub use dml_spec::train_config::{
+pub use dml_jobspec::train_config::{
     input_scaling, Backbone, InputScaling, Pool, IMAGENET_MEAN, IMAGENET_STD,
 };
 

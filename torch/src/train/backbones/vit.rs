@@ -15,7 +15,7 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use dml_spec::train_config::{Pool, VitShape};
+use dml_jobspec::train_config::{Pool, VitShape};
 
 /// timm's `trunc_normal_(std=.02)` scale for random initialisation.
 const INIT_STD: f64 = 0.02;

@@ -14,7 +14,7 @@
 //!   among its negatives. Draws come from a ChaCha8 stream keyed by (seed, step), so a resumed
 //!   run draws exactly what an uninterrupted one would.
 
-pub use dml_spec::train_config::{BetaScope, MarginLossConfig, NegativeSampling};
+pub use dml_jobspec::train_config::{BetaScope, MarginLossConfig, NegativeSampling};
 use rand::Rng;
 use tch::{Device, Kind, Tensor};
 

@@ -37,7 +37,7 @@ pub use proxy::{arcface, proxy_anchor, proxy_nca, soft_triple};
 pub use softmax_pairs::{angular, npairs};
 pub use triplet::{hard_triplet, semi_hard_triplet};
 
-pub use dml_spec::train_config::{Loss, Margin, Miner};
+pub use dml_jobspec::train_config::{Loss, Margin, Miner};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;

@@ -1,5 +1,13 @@
 //! The network: backbone, input scaling, head and embedding (`[train.model]`).
-use super::*;
+use super::base::*;
+use super::loss::Loss;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Width of the small CNN's pooled features (its last block's channels).
+pub const SMALL_CNN_FEATURES: i64 = 256;
+/// Width of DenseNet-169's pooled features.
+pub const DENSENET169_FEATURES: i64 = 1664;
 
 /// The feature extractor under the embedding head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! The optimiser and its learning-rate schedule (`[train.optimizer]`).
-use super::*;
+use super::base::*;
+use serde::{Deserialize, Serialize};
 
 /// The learning rate the `linear` and `cosine` schedules reach at the end (the seed's 1e-7).
 pub const END_LEARNING_RATE: f64 = 1e-7;

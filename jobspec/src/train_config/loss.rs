@@ -1,6 +1,6 @@
 //! The loss and its miner (`[train.loss]`), and the margin loss's settings.
-use super::*;
-use serde::{Deserializer, Serializer};
+use super::base::*;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A triplet margin: a number (hinge) or `"soft"` (softplus).
 #[derive(Debug, Clone, Copy, PartialEq)]

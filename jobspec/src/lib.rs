@@ -1,6 +1,6 @@
-//! What the stages (`dml_stages`, in `dml`) and the training worker (`dml_torch`, in
-//! `dml-torch`) agree on, as plain data: the training settings ([`settings`],
-//! [`train_config`]), the worker's jobs ([`jobs`]) and the protocol that carries them
+//! The specification of the training worker's jobs: what the stages (`dml_stages`, in
+//! `dml`) and the worker (`dml_torch`, in `dml-torch`) agree on, as plain data: the
+//! training settings ([`settings`], [`train_config`]), the worker's jobs ([`jobs`]) and the protocol that carries them
 //! ([`protocol`]), device kinds ([`device`]), validation during training ([`validation`]),
 //! the evaluation protocol and metric names ([`evaluate`]), the input roles ([`roles`]),
 //! checkpoints ([`resume`]) and the tables `dml embed` writes ([`use_model`]).

@@ -4,37 +4,20 @@
 //! no tensors, so everything that only reads or hashes settings (planning, `--dry-run`,
 //! `dml eval`, the report) works without libtorch; `dml-torch` builds the network, the
 //! loss and the optimiser from them.
+mod base;
 mod loss;
 mod model;
 mod optim;
 
+pub use base::{ConfigError, Result};
 pub use loss::*;
 pub use model::*;
 pub use optim::*;
 
 use anyhow::Context;
+use base::is_zero_u64;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-
-/// A setting that cannot work, found before anything is built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Results of the checks here.
-pub type Result<T> = std::result::Result<T, ConfigError>;
-
-/// Width of the small CNN's pooled features (its last block's channels).
-pub const SMALL_CNN_FEATURES: i64 = 256;
-/// Width of DenseNet-169's pooled features.
-pub const DENSENET169_FEATURES: i64 = 1664;
+use std::path::Path;
 
 /// Numeric precision of the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -171,35 +154,6 @@ pub fn read_model_json(path: &Path) -> anyhow::Result<TrainConfig> {
         o.remove("validation");
     }
     serde_json::from_value(v).with_context(|| format!("reading the settings in {}", path.display()))
-}
-
-// Serde defaults and skips shared by the tables.
-fn is_one(x: &f64) -> bool {
-    *x == 1.0
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn is_zero_u64(x: &u64) -> bool {
-    *x == 0
-}
-
-fn is_zero_usize(x: &usize) -> bool {
-    *x == 0
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn is_0_1(x: &f64) -> bool {
-    *x == 0.1
-}
-
-fn epsilon_0_1() -> f64 {
-    0.1
 }
 
 #[cfg(test)]
