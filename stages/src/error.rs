@@ -167,10 +167,9 @@ mod tests {
         };
         assert_eq!(e.setting_name(), Some("plan.k"));
         assert_eq!(chain(&e), "in sweep point lr-0.1: plan.k = 1: too few");
-        assert!(matches!(
-            StageError::Input("no images".into()).setting_name(),
-            None
-        ));
+        assert!(StageError::Input("no images".into())
+            .setting_name()
+            .is_none());
     }
 
     #[test]
