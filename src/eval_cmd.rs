@@ -160,7 +160,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .find(|(c, _)| text.contains(&format!("no column `{c}`")));
         match flag {
             Some((_, flag)) => anyhow::anyhow!("{text}; name the column to read with {flag} NAME"),
-            None => e,
+            None => e.into(),
         }
     })?;
     let sel = evaluate::select(&table, protocol)?;

@@ -210,7 +210,8 @@ impl Planned {
     ) -> Result<Planned> {
         let loaded = &req.loaded;
         let experiments = loaded.dag_experiments();
-        let dag = dml_stages::dag::build_dag(&experiments).map_err(|e| loaded.locate_error(e))?;
+        let dag =
+            dml_stages::dag::build_dag(&experiments).map_err(|e| loaded.locate_error(e.into()))?;
         let users = dag.users;
         let mut graph = dag.graph;
         if let Some(until) = req.until {
@@ -563,6 +564,8 @@ fn index_check(
         for &e in users.get(&node.id).into_iter().flatten() {
             let exp = &experiments[e];
             dml_stages::preflight::check_index(&exp.config, &rows).map_err(|err| {
+                // The message and its causes, as `dml` prints every error.
+                let err = anyhow::Error::from(err);
                 if experiments.len() > 1 {
                     format!("{err:#} (sweep point {})", exp.name)
                 } else {

@@ -4,7 +4,7 @@ use crate::outcome::{self, Point};
 use anyhow::{anyhow, bail, Context, Result};
 use dml_artifacts::{ArtifactStore, Manifest};
 use dml_jobspec::roles::ReportRole;
-use dml_pipeline::{file_safe, show, BoxError, RecordNode, RunRecord, RunStatus};
+use dml_pipeline::{file_safe, show, RecordNode, RunRecord, RunStatus};
 use dml_stages::config::ReportSettings;
 use dml_stages::report::{run_settings, write_report, ReportInputs, RunLabel};
 use serde_json::{json, Value};
@@ -124,11 +124,10 @@ struct StoreInputs {
 }
 
 impl ReportInputs for StoreInputs {
-    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
-        self.dirs
-            .get(&(role, run))
-            .cloned()
-            .ok_or_else(|| format!("report input `{}` is missing", role.of(run)).into())
+    fn dir(&self, role: ReportRole, run: usize) -> dml_stages::Result<PathBuf> {
+        self.dirs.get(&(role, run)).cloned().ok_or_else(|| {
+            dml_stages::StageError::Input(format!("report input `{}` is missing", role.of(run)))
+        })
     }
     fn optional_dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, String> {
         match self.dirs.get(&(role, run)) {

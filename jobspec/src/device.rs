@@ -1,6 +1,6 @@
 //! The device kind a stage runs on, what the worker reports of the host's devices, and
 //! the rule for bf16 on a CPU. (Which devices a host offers is asked by `dml_stages::device`.)
-use anyhow::{bail, Result};
+use crate::train_config::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// The device kind a stage runs on: part of the train and embed keys (outputs differ).
@@ -45,14 +45,15 @@ pub fn cpu_has_bf16() -> bool {
 
 /// Refuses bf16 training on a device that cannot do it fast: on the CPU, one without
 /// AVX512-BF16 (`has_bf16` is [`cpu_has_bf16`]).
-pub fn check_bf16(kind: DeviceKind, has_bf16: bool) -> Result<()> {
+pub fn check_bf16(kind: DeviceKind, has_bf16: bool) -> Result<(), ConfigError> {
     if kind == DeviceKind::Cuda || has_bf16 {
         return Ok(());
     }
-    bail!(
+    Err(ConfigError::new(
+        "train.precision",
         "train.precision = \"bf16\" on the CPU needs native bf16 instructions (AVX512-BF16 or AMX; \
-         /proc/cpuinfo flag `avx512_bf16`), which this CPU lacks; set train.precision = \"f32\""
-    )
+         /proc/cpuinfo flag `avx512_bf16`), which this CPU lacks; set train.precision = \"f32\"",
+    ))
 }
 
 #[cfg(test)]
@@ -65,5 +66,7 @@ mod tests {
         assert!(check_bf16(DeviceKind::Cpu, true).is_ok());
         let e = check_bf16(DeviceKind::Cpu, false).unwrap_err().to_string();
         assert!(e.contains("train.precision = \"f32\""), "{e}");
+        let e = check_bf16(DeviceKind::Cpu, false).unwrap_err();
+        assert_eq!(e.setting, "train.precision");
     }
 }

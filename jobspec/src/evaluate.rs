@@ -1,12 +1,80 @@
 //! Scoring embeddings: the protocols (leave-one-out, query → gallery, the
 //! seed's merged In-shop), shared by the `retrieve`/`cluster` stages and `dml eval`.
-use anyhow::{bail, Context, Result};
-use dml_artifacts::tables;
+use dml_artifacts::{tables, StoreError};
 use dml_datasets::Split;
 use dml_metrics::{ClusteringMetrics, Distance, Exclude, RetrievalMetrics};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why embeddings could not be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The embeddings table could not be read, or lacks a column.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The query → gallery protocol on a table without a split column.
+    #[error("the query → gallery protocol needs a split column with `query` and `gallery` rows")]
+    NoSplitColumn,
+    /// The query → gallery protocol on a table without rows of this split.
+    #[error(
+        "the split column has no `{0}` rows (query → gallery needs both `query` and `gallery`)"
+    )]
+    NoSplitRows(String),
+    /// Nothing to retrieve: `rows` gallery rows, and a query never retrieves itself when
+    /// `leave_one_out`.
+    #[error(
+        "the gallery has no item to retrieve ({rows} rows{}); Recall@K needs at least two rows",
+        if *leave_one_out { ", and a query never retrieves itself" } else { "" }
+    )]
+    EmptyGallery {
+        /// Gallery rows.
+        rows: usize,
+        /// Whether the protocol leaves the query out of its own gallery.
+        leave_one_out: bool,
+    },
+    /// A Recall@K cut-off larger than the gallery.
+    #[error(
+        "K = {k} is larger than the gallery ({available} items{}); pick Ks up to {available}",
+        if *leave_one_out { " other than the query" } else { "" }
+    )]
+    KTooLarge {
+        /// The cut-off.
+        k: usize,
+        /// The items a query can retrieve.
+        available: usize,
+        /// Whether the protocol leaves the query out of its own gallery.
+        leave_one_out: bool,
+    },
+    /// A metric refused its input; `what` names it (`retrieval metrics`, `k-means`, `NMI`).
+    #[error("{what}")]
+    Metrics {
+        /// The metric.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: dml_metrics::MetricsError,
+    },
+    /// A metrics file could not be read (the error names the file).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A metrics file is not JSON.
+    #[error("parsing {}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Results of scoring.
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+fn metric(what: &'static str) -> impl FnOnce(dml_metrics::MetricsError) -> EvalError {
+    move |source| EvalError::Metrics { what, source }
+}
 
 /// How queries and gallery are drawn from an embeddings table.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -105,13 +173,11 @@ impl Table {
 
     fn split_rows(&self, name: &str) -> Result<Vec<usize>> {
         let Some(splits) = &self.splits else {
-            bail!(
-                "the query → gallery protocol needs a split column with `query` and `gallery` rows"
-            )
+            return Err(EvalError::NoSplitColumn);
         };
         let rows: Vec<usize> = (0..splits.len()).filter(|&i| splits[i] == name).collect();
         if rows.is_empty() {
-            bail!("the split column has no `{name}` rows (query → gallery needs both `query` and `gallery`)");
+            return Err(EvalError::NoSplitRows(name.to_string()));
         }
         Ok(rows)
     }
@@ -176,26 +242,19 @@ pub fn retrieval(
     distance: Distance,
 ) -> Result<RetrievalMetrics> {
     let available = sel.g_labels.len() - usize::from(sel.exclude == Exclude::SameIndex);
+    let leave_one_out = sel.exclude == Exclude::SameIndex;
     if available == 0 {
-        bail!(
-            "the gallery has no item to retrieve ({} rows{}); Recall@K needs at least two rows",
-            sel.g_labels.len(),
-            if sel.exclude == Exclude::SameIndex {
-                ", and a query never retrieves itself"
-            } else {
-                ""
-            }
-        );
+        return Err(EvalError::EmptyGallery {
+            rows: sel.g_labels.len(),
+            leave_one_out,
+        });
     }
     if let Some(&k) = ks.iter().find(|&&k| k > available) {
-        bail!(
-            "K = {k} is larger than the gallery ({available} items{}); pick Ks up to {available}",
-            if sel.exclude == Exclude::SameIndex {
-                " other than the query"
-            } else {
-                ""
-            }
-        );
+        return Err(EvalError::KTooLarge {
+            k,
+            available,
+            leave_one_out,
+        });
     }
     dml_metrics::evaluate_retrieval(
         &sel.queries,
@@ -207,7 +266,7 @@ pub fn retrieval(
         distance,
         sel.exclude,
     )
-    .context("retrieval metrics")
+    .map_err(metric("retrieval metrics"))
 }
 
 /// k-means with k = the number of classes, then NMI, over the distinct rows of
@@ -254,8 +313,8 @@ pub fn clustering(
         seed,
         dml_metrics::KMEANS_MAX_ITER,
     )
-    .context("k-means")?;
-    let nmi = dml_metrics::nmi(&labels, &km.assignments).context("NMI")?;
+    .map_err(metric("k-means"))?;
+    let nmi = dml_metrics::nmi(&labels, &km.assignments).map_err(metric("NMI"))?;
     let metrics = ClusteringMetrics {
         nmi,
         clusters: classes.len(),
@@ -367,7 +426,10 @@ impl MetricsFile {
     pub fn read(path: &Path) -> Result<Self> {
         let text = dml_artifacts::fsx::read_to_string(path)?;
         let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            serde_json::from_str(&text).map_err(|source| EvalError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self::from_json(&v))
     }
 
@@ -416,4 +478,61 @@ pub fn metrics_json(
 
 fn json_of(rule: NoPositives) -> serde_json::Value {
     serde_json::to_value(rule).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(splits: Option<Vec<&str>>) -> Table {
+        Table {
+            dim: 1,
+            values: vec![0.0, 1.0, 2.0],
+            labels: vec![0, 0, 1],
+            splits: splits.map(|s| s.into_iter().map(String::from).collect()),
+            image_ids: vec![0, 1, 2],
+        }
+    }
+
+    #[test]
+    fn a_k_beyond_the_gallery_names_both() {
+        let t = table(None);
+        let sel = select(&t, Protocol::LeaveOneOut).unwrap();
+        let e = retrieval(&sel, 1, &[1, 5], Distance::Euclidean).unwrap_err();
+        assert!(matches!(
+            e,
+            EvalError::KTooLarge {
+                k: 5,
+                available: 2,
+                leave_one_out: true
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "K = 5 is larger than the gallery (2 items other than the query); pick Ks up to 2"
+        );
+    }
+
+    #[test]
+    fn query_gallery_needs_both_splits() {
+        let e = select(&table(None), Protocol::QueryGallery).err().unwrap();
+        assert!(matches!(e, EvalError::NoSplitColumn));
+        let t = table(Some(vec!["query", "query", "test"]));
+        let e = select(&t, Protocol::QueryGallery).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "the split column has no `gallery` rows (query → gallery needs both `query` and `gallery`)"
+        );
+    }
+
+    #[test]
+    fn a_metrics_file_that_is_not_json_names_itself_then_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        std::fs::write(&path, "{").unwrap();
+        let e = MetricsFile::read(&path).unwrap_err();
+        assert_eq!(e.to_string(), format!("parsing {}", path.display()));
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("EOF"), "{cause}");
+    }
 }

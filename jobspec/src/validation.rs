@@ -6,7 +6,7 @@
 //! and the plan (plain data, part of the keys); `dml_torch::validator` runs them.
 use crate::evaluate::Protocol;
 pub use crate::settings::{Keep, ValidationSet, ValidationSettings};
-use anyhow::{bail, Result};
+use crate::train_config::ConfigError;
 use dml_artifacts::tables::IndexRow;
 use dml_datasets::{self as ds, Split};
 use dml_metrics::Distance;
@@ -32,7 +32,7 @@ impl Holdout {
     }
 
     /// The held-out classes of the index's train split.
-    pub fn classes(&self, index: &[IndexRow]) -> Result<BTreeSet<u32>> {
+    pub fn classes(&self, index: &[IndexRow]) -> ds::Result<BTreeSet<u32>> {
         let train: Vec<u32> = index
             .iter()
             .filter(|r| r.split == Split::Train)
@@ -79,17 +79,20 @@ impl ValidationPlan {
         v: &ValidationSettings,
         protocol: Protocol,
         distance: Distance,
-    ) -> Result<Option<Self>> {
+    ) -> Result<Option<Self>, ConfigError> {
         if !v.enabled() {
             return Ok(None);
         }
         let (splits, protocol) = match v.on {
             ValidationSet::Holdout => {
                 if !(v.holdout_fraction > 0.0 && v.holdout_fraction < 1.0) {
-                    bail!(
-                        "train.validation.holdout_fraction = {} must lie strictly between 0 and 1",
-                        v.holdout_fraction
-                    );
+                    return Err(ConfigError::new(
+                        "train.validation.holdout_fraction",
+                        format!(
+                            "train.validation.holdout_fraction = {} must lie strictly between 0 and 1",
+                            v.holdout_fraction
+                        ),
+                    ));
                 }
                 (vec![Split::Train], Protocol::LeaveOneOut)
             }

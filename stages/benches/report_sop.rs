@@ -18,6 +18,7 @@ use dml_metrics::{Distance, Exclude};
 use dml_pipeline::BoxError;
 use dml_stages::config::ReportSettings;
 use dml_stages::report::{write_report, ReportInputs, RunLabel};
+use dml_stages::StageError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -32,12 +33,15 @@ struct Dirs {
 }
 
 impl ReportInputs for Dirs {
-    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
+    fn dir(&self, role: ReportRole, run: usize) -> dml_stages::Result<PathBuf> {
         let d = self.root.join(role.of(run));
         if d.is_dir() {
             Ok(d)
         } else {
-            Err(format!("no artifact for `{}`", role.of(run)).into())
+            Err(StageError::Input(format!(
+                "no artifact for `{}`",
+                role.of(run)
+            )))
         }
     }
     fn notes(&self, _role: ReportRole, _run: usize) -> Value {

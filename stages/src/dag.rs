@@ -127,7 +127,7 @@ pub const STAGE_NAMES: [&str; 9] = [
 ];
 
 /// [`build_dag`]'s graph alone.
-pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
+pub fn build(experiments: &[Experiment]) -> crate::Result<Graph> {
     Ok(build_dag(experiments)?.graph)
 }
 
@@ -135,11 +135,14 @@ pub fn build(experiments: &[Experiment]) -> anyhow::Result<Graph> {
 /// → embed → {retrieve, cluster} → one report over all experiments, plus the
 /// untrained baseline's train → embed → {retrieve, cluster} when asked.
 /// Every experiment's settings are checked first ([`crate::preflight`]).
-pub fn build_dag(experiments: &[Experiment]) -> anyhow::Result<Dag> {
+pub fn build_dag(experiments: &[Experiment]) -> crate::Result<Dag> {
     for exp in experiments {
         crate::preflight::check_settings(&exp.config).map_err(|e| match experiments.len() {
             1 => e,
-            _ => e.context(format!("in sweep point {}", exp.name)),
+            _ => crate::StageError::SweepPoint {
+                point: exp.name.clone(),
+                source: Box::new(e),
+            },
         })?;
     }
     let mut b = Builder::default();

@@ -1,7 +1,7 @@
 //! The `decode` stage: every indexed image resized once into a memory-mapped
 //! cache (`images.u8` + its header) that train and embed read.
 use crate::config::ImageSettings;
-use anyhow::anyhow;
+use crate::error::StageError;
 use dml_artifacts::tables;
 use dml_datasets as ds;
 use dml_jobspec::roles;
@@ -92,11 +92,11 @@ impl Stage for DecodeStage {
             ds::DecodeCache::build(&root, &paths, self.resize, ctx.out_dir(), self.skip_bad)
                 .map_err(|e| {
                     if !self.skip_bad && e.is_bad_image() {
-                        anyhow!(
+                        StageError::Input(format!(
                     "{e}; fix or remove the image, or pass --skip-bad-images to go on without it"
-                )
+                ))
                     } else {
-                        anyhow!(e)
+                        StageError::Dataset(e)
                     }
                 })?;
         bar.finish_and_clear();

@@ -7,7 +7,7 @@
 //! probe`) is asked once and its answer is cached under `~/.cache/dml/`, keyed by the
 //! worker binary, the boot and the variables that hide GPUs — as cargo caches `rustc -vV`
 //! keyed by the compiler's mtime.
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Result, StageError};
 pub use dml_jobspec::device::{check_bf16, cpu_has_bf16, DeviceKind, Probe};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,13 +26,11 @@ pub fn worker_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("DML_TORCH") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().context("finding the running dml executable")?;
+    let exe =
+        std::env::current_exe().map_err(StageError::io("finding the running dml executable"))?;
     let worker = exe.with_file_name("dml-torch");
     if !worker.is_file() {
-        bail!(
-            "the training worker `{}` is missing: train and embed run in it (`cargo build --release` builds it beside dml; or set DML_TORCH to its path)",
-            worker.display()
-        );
+        return Err(StageError::WorkerMissing { path: worker });
     }
     Ok(worker)
 }
@@ -104,18 +102,27 @@ fn cached_probe() -> Result<Probe> {
         .arg("probe")
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| format!("running `{} probe`", worker.display()))?;
+        .map_err(StageError::io(format!(
+            "running `{} probe`",
+            worker.display()
+        )))?;
     if !out.status.success() {
-        bail!("`{} probe` failed ({})", worker.display(), out.status);
+        return Err(StageError::Worker(format!(
+            "`{} probe` failed ({})",
+            worker.display(),
+            out.status
+        )));
     }
-    let probe: Probe = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("reading what `{} probe` printed", worker.display()))?;
+    let probe: Probe = serde_json::from_slice(&out.stdout).map_err(StageError::json(format!(
+        "reading what `{} probe` printed",
+        worker.display()
+    )))?;
     if let Some(f) = file {
         // Best effort: an unwritable cache only means asking again next time.
         let tmp = f.with_extension(format!("{}.tmp", std::process::id()));
         if f.parent()
             .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-            && std::fs::write(&tmp, serde_json::to_vec(&probe)?).is_ok()
+            && serde_json::to_vec(&probe).is_ok_and(|json| std::fs::write(&tmp, json).is_ok())
         {
             let _ = std::fs::rename(&tmp, &f);
         }
@@ -135,8 +142,9 @@ fn resolve_kind_with(spec: &str, count: impl Fn() -> usize) -> Result<DeviceKind
         if i < n {
             Ok(DeviceKind::Cuda)
         } else {
-            Err(anyhow!(
-                "device `{spec}`: CUDA device {i} is not available ({n} visible)"
+            Err(StageError::setting(
+                "train.device",
+                format!("device `{spec}`: CUDA device {i} is not available ({n} visible)"),
             ))
         }
     };
@@ -147,7 +155,10 @@ fn resolve_kind_with(spec: &str, count: impl Fn() -> usize) -> Result<DeviceKind
         "cuda" => cuda(0),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
-            _ => Err(anyhow!("unknown device `{spec}` (auto, cpu, cuda, cuda:N)")),
+            _ => Err(StageError::setting(
+                "train.device",
+                format!("unknown device `{spec}` (auto, cpu, cuda, cuda:N)"),
+            )),
         },
     }
 }

@@ -42,7 +42,7 @@ impl EmbedStage {
         image: &ImageSettings,
         kind: DatasetKindName,
         device: &str,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> crate::Result<Arc<Self>> {
         let splits = if kind == DatasetKindName::Inshop {
             vec![Split::Query, Split::Gallery]
         } else {

@@ -1,6 +1,6 @@
 //! The `index` stage: a dataset listed, fingerprinted and written as `index.parquet`.
 use crate::config::{DatasetKindName, DatasetSettings, ExperimentConfig, IndexSettings};
-use anyhow::{anyhow, bail};
+use crate::error::StageError;
 use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets as ds;
 use dml_jobspec::roles;
@@ -21,12 +21,10 @@ pub struct IndexStage {
 
 impl IndexStage {
     /// An index stage for an experiment's dataset.
-    pub fn new(c: &ExperimentConfig) -> anyhow::Result<Self> {
+    pub fn new(c: &ExperimentConfig) -> crate::Result<Self> {
         if c.dataset.kind != DatasetKindName::Synthetic && c.dataset.root.is_empty() {
-            bail!(
-                "dataset.root is not set for a {:?} dataset: pass --set dataset.root=/path/to/the/dataset",
-                c.dataset.kind
-            );
+            return Err(StageError::setting("dataset.root", format!("dataset.root is not set for a {:?} dataset: pass --set dataset.root=/path/to/the/dataset",
+                c.dataset.kind)));
         }
         Ok(IndexStage {
             dataset: c.dataset.clone(),
@@ -93,9 +91,12 @@ impl Stage for IndexStage {
         }
         let root = PathBuf::from(&self.dataset.root);
         if !root.is_dir() {
-            return Err(anyhow!(
-                "dataset.root `{}` does not exist or is not a directory",
-                root.display()
+            return Err(StageError::setting(
+                "dataset.root",
+                format!(
+                    "dataset.root `{}` does not exist or is not a directory",
+                    root.display()
+                ),
             )
             .into());
         }
@@ -160,7 +161,7 @@ impl Stage for IndexStage {
             let listing = self.list(&root)?;
             let manifest = ctx
                 .input_manifest(roles::SYNTH)
-                .ok_or_else(|| anyhow!("synth manifest missing"))?;
+                .ok_or_else(|| StageError::Input("synth manifest missing".into()))?;
             let digests = manifest
                 .files
                 .iter()
@@ -227,11 +228,11 @@ impl Stage for IndexStage {
                 Ok(row) => rows.push(row),
                 Err((path, why)) if self.index.skip_bad_images => skipped.push(json!({"path": path, "reason": why})),
                 Err((path, why)) => {
-                    return Err(anyhow!(
+                    return Err(StageError::Input(format!(
                         "image `{}` in {}: {why}; fix or remove it, or pass --skip-bad-images to go on without it",
                         path,
                         root.display()
-                    )
+                    ))
                     .into())
                 }
             }
@@ -240,7 +241,11 @@ impl Stage for IndexStage {
             row.image_id = i as u32;
         }
         if rows.is_empty() {
-            return Err(anyhow!("dataset at {} lists no images", root.display()).into());
+            return Err(StageError::Input(format!(
+                "dataset at {} lists no images",
+                root.display()
+            ))
+            .into());
         }
         tables::write_parquet(
             &ctx.out_dir().join("index.parquet"),

@@ -10,6 +10,7 @@ pub mod dag;
 pub mod decode;
 pub mod device;
 pub mod embed;
+pub mod error;
 pub mod index;
 pub mod plan;
 pub mod plots;
@@ -23,6 +24,8 @@ pub mod synth;
 pub mod thumbs;
 pub mod train;
 pub mod worker;
+
+pub use error::{Result, StageError};
 
 /// The libtorch this build binds (tch 0.24.0 needs exactly this one).
 pub const LIBTORCH_VERSION: &str = "2.11.0";

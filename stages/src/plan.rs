@@ -1,6 +1,6 @@
 //! The `plan` stage: P×K batches for every training step → `plan.parquet`.
 use crate::config::PlanSettings;
-use anyhow::{anyhow, Context};
+use crate::error::StageError;
 use dml_artifacts::tables::{self, PlanRow};
 use dml_datasets::{self as ds, Split};
 use dml_jobspec::roles;
@@ -55,7 +55,10 @@ impl Stage for PlanStage {
             ctx.note("holdout_classes", json!(held));
         }
         if classes.is_empty() {
-            return Err(anyhow!("the index has no train split to plan batches from").into());
+            return Err(StageError::Input(
+                "the index has no train split to plan batches from".into(),
+            )
+            .into());
         }
         let s = &self.settings;
         let planned = match s.sampler {
@@ -76,15 +79,15 @@ impl Stage for PlanStage {
         };
         let planned = planned.map_err(|e| match e {
             // Name the holdout: it is why a small dataset has too few classes left.
-            ds::DatasetError::TooFewClasses { .. } if !held.is_empty() => anyhow!(
+            ds::DatasetError::TooFewClasses { .. } if !held.is_empty() => StageError::Input(format!(
                 "{e}, after train.validation held out {} of the {} training classes for validation (or set --set train.validation.every=0 to train on all of them)",
                 held.len(),
                 held.len() + classes.len()
-            ),
-            e => anyhow!(e),
+            )),
+            e => StageError::Dataset(e),
         });
         let rows: Vec<PlanRow> = planned
-            .context("planning P×K batches")?
+            .map_err(|e| StageError::Planning(Box::new(e)))?
             .into_iter()
             .map(|r| PlanRow {
                 step: r.step,

@@ -1,5 +1,6 @@
 //! PNG plots people would rather look at than tables: loss curves, Recall@K
 //! curves, R@1 per run. Drawn with plotters, text in an embedded DejaVu Sans.
+use crate::error::StageError;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -14,10 +15,10 @@ fn fonts() {
     });
 }
 
-type PlotResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+type PlotResult = crate::Result<()>;
 
-fn err(e: impl std::fmt::Display) -> Box<dyn std::error::Error + Send + Sync> {
-    e.to_string().into()
+fn err(e: impl std::fmt::Display) -> StageError {
+    StageError::Plot(e.to_string())
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {

@@ -3,7 +3,7 @@
 //! (split sizes, against the Ks), run on the index artifact before any stage
 //! that reads it starts.
 use crate::config::{DatasetKindName, ExperimentConfig, ResolvedConfig, REPORT_LIMITS};
-use anyhow::{bail, Context, Result};
+use crate::error::{Result, StageError};
 use dml_artifacts::tables::IndexRow;
 use dml_datasets::Split;
 use dml_jobspec::evaluate::Protocol;
@@ -17,30 +17,27 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
     check_sizes(c)?;
     let p = &c.plan;
     if p.steps == 0 {
-        bail!("plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000");
+        return Err(StageError::setting(
+            "plan.steps",
+            "plan.steps = 0: there is nothing to train; set e.g. --set plan.steps=1000",
+        ));
     }
     // Warm-up, a frozen backbone and a delayed memory must end before training does.
-    dml_jobspec::settings::train_config(&c.train)
-        .validate_steps(u64::from(p.steps))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    dml_jobspec::settings::train_config(&c.train).validate_steps(u64::from(p.steps))?;
     if p.k < 2 {
-        bail!(
-            "plan.k = {}: a ranking loss needs at least two images of a class in a batch (positives); set --set plan.k=2 or more",
-            p.k
-        );
+        return Err(StageError::setting("plan.k", format!("plan.k = {}: a ranking loss needs at least two images of a class in a batch (positives); set --set plan.k=2 or more",
+            p.k)));
     }
     if p.p < 2 {
-        bail!(
-            "plan.p = {}: a ranking loss needs at least two classes in a batch (negatives); set --set plan.p=2 or more",
-            p.p
-        );
+        return Err(StageError::setting("plan.p", format!("plan.p = {}: a ranking loss needs at least two classes in a batch (negatives); set --set plan.p=2 or more",
+            p.p)));
     }
     if let Some(path) = &c.train.model.pretrained {
         let mut magic = [0u8; 8];
         std::fs::File::open(path)
             .and_then(|mut f| f.read_exact(&mut magic))
-            .with_context(|| {
-                format!(
+            .map_err(|source| StageError::Io {
+                what: format!(
                     "train.model.pretrained `{}` cannot be read (export it with {}, or unset it to start from random weights)",
                     path.display(),
                     c.train
@@ -48,7 +45,8 @@ pub fn check_settings(c: &ExperimentConfig) -> Result<()> {
                         .backbone
                         .weights_script()
                         .unwrap_or("scripts/export_torchvision.py")
-                )
+                ),
+                source,
             })?;
     }
     check_report(c)
@@ -67,24 +65,27 @@ fn check_report(c: &ExperimentConfig) -> Result<()> {
         ("confused_pairs", r.confused_pairs, l.confused_pairs),
     ] {
         if value > max {
-            bail!(
-                "report.{name} = {value} is more than report.html shows (at most {max}); lower it"
-            );
+            return Err(StageError::setting(format!("report.{name}"), format!("report.{name} = {value} is more than report.html shows (at most {max}); lower it")));
         }
     }
     if r.k == 0 || r.k > l.k {
-        bail!(
-            "report.k = {}: the neighbours shown per query must be 1 to {}",
-            r.k,
-            l.k
-        );
+        return Err(StageError::setting(
+            "report.k",
+            format!(
+                "report.k = {}: the neighbours shown per query must be 1 to {}",
+                r.k, l.k
+            ),
+        ));
     }
     let (lo, hi) = l.thumbnail_px;
     if !(lo..=hi).contains(&r.thumbnail_px) {
-        bail!(
-            "report.thumbnail_px = {}: thumbnails are {lo} to {hi} pixels",
-            r.thumbnail_px
-        );
+        return Err(StageError::setting(
+            "report.thumbnail_px",
+            format!(
+                "report.thumbnail_px = {}: thumbnails are {lo} to {hi} pixels",
+                r.thumbnail_px
+            ),
+        ));
     }
     Ok(())
 }
@@ -102,9 +103,7 @@ pub fn check_run_name(name: &str) -> Result<()> {
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
     if !fits {
-        bail!(
-            "name = {name:?} is not a usable run name: a run name is 1 to {MAX_NAME} of the characters A-Z a-z 0-9 _ - . and does not start with a dot (it names a folder of `latest/`); e.g. --set name=cub-margin"
-        );
+        return Err(StageError::setting("name", format!("name = {name:?} is not a usable run name: a run name is 1 to {MAX_NAME} of the characters A-Z a-z 0-9 _ - . and does not start with a dot (it names a folder of `latest/`); e.g. --set name=cub-margin")));
     }
     Ok(())
 }
@@ -120,41 +119,36 @@ fn check_sizes(c: &ExperimentConfig) -> Result<()> {
     let img = &c.image;
     for (setting, v) in [("image.resize", img.resize), ("image.crop", img.crop)] {
         if v == 0 || v > MAX_SIDE {
-            bail!("{setting} = {v}: image sides are 1 to {MAX_SIDE} px; e.g. --set image.resize=256 --set image.crop=224");
+            return Err(StageError::setting(setting, format!("{setting} = {v}: image sides are 1 to {MAX_SIDE} px; e.g. --set image.resize=256 --set image.crop=224")));
         }
     }
-    c.train
-        .model
-        .backbone
-        .check_crop(img.crop)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    c.train.model.backbone.check_crop(img.crop)?;
     if img.crop > img.resize {
-        bail!(
-            "image.crop = {} is larger than image.resize = {}: the crop is taken from the resized image; set image.crop ≤ image.resize",
+        return Err(StageError::setting("image.crop", format!("image.crop = {} is larger than image.resize = {}: the crop is taken from the resized image; set image.crop ≤ image.resize",
             img.crop,
-            img.resize
-        );
+            img.resize)));
     }
     let dim = c.train.model.embedding_dim;
     if dim <= 0 || dim > MAX_DIM {
-        bail!("train.model.embedding_dim = {dim}: embeddings have 1 to {MAX_DIM} dimensions (the papers use 64 to 2048); e.g. --set train.model.embedding_dim=512");
+        return Err(StageError::setting("train.model.embedding_dim", format!("train.model.embedding_dim = {dim}: embeddings have 1 to {MAX_DIM} dimensions (the papers use 64 to 2048); e.g. --set train.model.embedding_dim=512")));
     }
     let batch = u64::from(c.plan.p) * u64::from(c.plan.k);
     if batch > MAX_BATCH {
-        bail!(
-            "plan.p × plan.k = {} × {} = {batch} images per batch: at most {MAX_BATCH}; lower plan.p (classes per batch) or plan.k (images per class)",
+        return Err(StageError::setting("plan.p", format!("plan.p × plan.k = {} × {} = {batch} images per batch: at most {MAX_BATCH}; lower plan.p (classes per batch) or plan.k (images per class)",
             c.plan.p,
-            c.plan.k
-        );
+            c.plan.k)));
     }
     let embed = u64::from(c.embed.batch_size);
     if embed == 0 || embed > MAX_BATCH {
-        bail!("embed.batch_size = {embed}: 1 to {MAX_BATCH}; e.g. --set embed.batch_size=128");
+        return Err(StageError::setting(
+            "embed.batch_size",
+            format!(
+                "embed.batch_size = {embed}: 1 to {MAX_BATCH}; e.g. --set embed.batch_size=128"
+            ),
+        ));
     }
     if let Some(k) = c.retrieve.ks.iter().find(|&&k| k == 0) {
-        bail!(
-            "retrieve.ks holds {k}: Recall@K cut-offs start at 1; e.g. --set retrieve.ks=1,2,4,8"
-        );
+        return Err(StageError::setting("retrieve.ks", format!("retrieve.ks holds {k}: Recall@K cut-offs start at 1; e.g. --set retrieve.ks=1,2,4,8")));
     }
     Ok(())
 }
@@ -167,14 +161,12 @@ pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
         Protocol::QueryGallery => {
             let (q, g) = (count(Split::Query), count(Split::Gallery));
             if q == 0 || g == 0 {
-                bail!(
-                    "retrieve.protocol = query_gallery needs `query` and `gallery` images, but the index has {q} query and {g} gallery images{}",
+                return Err(StageError::setting("retrieve.protocol", format!("retrieve.protocol = query_gallery needs `query` and `gallery` images, but the index has {q} query and {g} gallery images{}",
                     if c.dataset.kind == DatasetKindName::Inshop {
                         ""
                     } else {
                         "; use --set retrieve.protocol=leave_one_out"
-                    }
-                );
+                    })));
             }
             (q, g)
         }
@@ -185,10 +177,8 @@ pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
                 count(Split::Test)
             };
             if test == 0 {
-                bail!(
-                    "the index has no test images to evaluate on (splits: {}); check the dataset's test list or, for a folder dataset, dataset.train_classes",
-                    splits(rows)
-                );
+                return Err(StageError::Input(format!("the index has no test images to evaluate on (splits: {}); check the dataset's test list or, for a folder dataset, dataset.train_classes",
+                    splits(rows))));
             }
             (test, test - 1)
         }
@@ -205,14 +195,12 @@ pub fn check_index(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> {
         } else {
             format!("--set retrieve.ks={}", fitting.join(","))
         };
-        bail!(
-            "retrieve.ks includes K = {k}, but each of the {queries} queries can retrieve only {available} gallery images{}; use e.g. {suggestion}",
+        return Err(StageError::setting("retrieve.ks", format!("retrieve.ks includes K = {k}, but each of the {queries} queries can retrieve only {available} gallery images{}; use e.g. {suggestion}",
             if c.retrieve.ks.is_empty() {
                 " (the dataset's default Ks)"
             } else {
                 ""
-            }
-        );
+            })));
     }
     check_classes_per_batch(c, rows)
 }
@@ -230,10 +218,10 @@ fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> 
         .map(|r| r.class_id)
         .collect();
     if train.is_empty() {
-        bail!(
+        return Err(StageError::Input(format!(
             "the index has no train split to plan batches from (splits: {})",
             splits(rows)
-        );
+        )));
     }
     let held = match dml_jobspec::validation::Holdout::of(&c.train.validation) {
         Some(h) => h.classes(rows)?,
@@ -250,11 +238,9 @@ fn check_classes_per_batch(c: &ResolvedConfig, rows: &[IndexRow]) -> Result<()> 
                 train.len()
             )
         };
-        bail!(
-            "setting `plan.p` = {} but the train split has only {left} class(es){holdout}; lower `plan.p` (e.g. --set plan.p={}) or set `plan.allow_repeated_classes = true`",
+        return Err(StageError::setting("plan.p", format!("setting `plan.p` = {} but the train split has only {left} class(es){holdout}; lower `plan.p` (e.g. --set plan.p={}) or set `plan.allow_repeated_classes = true`",
             c.plan.p,
-            left.max(1)
-        );
+            left.max(1))));
     }
     Ok(())
 }

@@ -7,11 +7,11 @@
 //! [`crate::report_html`]) and `tensorboard/<i>/` (each run's final test metrics as a
 //! TensorBoard event file, for `dml tensorboard`).
 use crate::config::{ExperimentConfig, ReportSettings};
+use crate::error::StageError;
 use crate::plots;
 use crate::report_html::{self, Cells, Page, RunRetrievals, RunSection};
 use crate::retrievals::{Catalogue, Gallery, Neighbours};
 use crate::thumbs::{ImageSource, Thumbnails};
-use anyhow::anyhow;
 use dml_artifacts::tensorboard;
 use dml_artifacts::{fsx, tables};
 use dml_jobspec::evaluate::{names, MetricsFile};
@@ -152,7 +152,7 @@ impl ReportStage {
 }
 
 /// The `metrics.json` of an input artifact.
-fn read_metrics(dir: &Path) -> Result<MetricsFile, BoxError> {
+fn read_metrics(dir: &Path) -> crate::Result<MetricsFile> {
     Ok(MetricsFile::read(&dir.join("metrics.json"))?)
 }
 
@@ -177,7 +177,12 @@ impl Stage for ReportStage {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<(), BoxError> {
         let out = ctx.out_dir().to_path_buf();
-        write_report(&out, &self.runs, &self.view, &StageInputs(ctx))
+        Ok(write_report(
+            &out,
+            &self.runs,
+            &self.view,
+            &StageInputs(ctx),
+        )?)
     }
 }
 
@@ -186,7 +191,7 @@ impl Stage for ReportStage {
 /// artifacts' manifest notes.
 pub trait ReportInputs {
     /// The artifact directory of a role of run `run`.
-    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError>;
+    fn dir(&self, role: ReportRole, run: usize) -> crate::Result<PathBuf>;
     /// The manifest notes of a role's artifact (empty when it has none).
     fn notes(&self, role: ReportRole, run: usize) -> Value;
     /// The directory of a role the report can do without (the index and the images), or
@@ -204,8 +209,11 @@ pub trait ReportInputs {
 struct StageInputs<'a, 'b>(&'a RunContext<'b>);
 
 impl ReportInputs for StageInputs<'_, '_> {
-    fn dir(&self, role: ReportRole, run: usize) -> Result<PathBuf, BoxError> {
-        Ok(self.0.input(&role.of(run))?.to_path_buf())
+    fn dir(&self, role: ReportRole, run: usize) -> crate::Result<PathBuf> {
+        self.0
+            .input(&role.of(run))
+            .map(Path::to_path_buf)
+            .map_err(StageError::Engine)
     }
     fn notes(&self, role: ReportRole, run: usize) -> Value {
         self.0
@@ -224,7 +232,7 @@ pub fn write_report(
     runs: &[RunLabel],
     view: &ReportSettings,
     inputs: &dyn ReportInputs,
-) -> Result<(), BoxError> {
+) -> crate::Result<()> {
     let differing = differing_settings(runs);
     let mut rows = Vec::new();
     let mut curves = Vec::new();
@@ -309,7 +317,7 @@ pub fn write_report(
     let groups = aggregate(&table, &differing)?;
     let run_table = run_cells(&rows, &differing);
     let group_table = group_cells(&rows, &groups)?;
-    let md = markdown(&run_table, group_table.as_ref(), &rows)?;
+    let md = markdown(&run_table, group_table.as_ref(), &rows);
     fsx::write(&out.join("report.md"), &md)?;
     fsx::write(
         &out.join("report.json"),
@@ -317,13 +325,17 @@ pub fn write_report(
             "runs": rows,
             "groups": frame_to_json(&groups)?,
             "differing_settings": differing,
-        }))?,
+        }))
+        .map_err(StageError::json("writing report.json"))?,
     )?;
     let mut table = table;
     let file = fsx::create(&out.join("report.parquet"))?;
     ParquetWriter::new(file)
         .finish(&mut table)
-        .map_err(|e| anyhow!("writing report.parquet: {e}"))?;
+        .map_err(|cause| StageError::WriteFrame {
+            file: "report.parquet",
+            cause,
+        })?;
     plots::recall_curves(&out.join("recall.png"), "Recall@K", &curves)?;
     let bars = bar_rows(&groups)?;
     plots::bars(&out.join("r1.png"), "Recall@1 per run", "R@1 (%)", &bars)?;
@@ -343,7 +355,7 @@ fn write_test_events(
         (MetricsFile, MetricsFile),
         Option<(MetricsFile, MetricsFile)>,
     )],
-) -> Result<(), BoxError> {
+) -> crate::Result<()> {
     let scalars = |(r, c): &(MetricsFile, MetricsFile)| -> Vec<(String, f64)> {
         let mut v: Vec<(String, f64)> = r
             .recall
@@ -391,7 +403,7 @@ fn html_page(
     table: Cells,
     groups: Option<Cells>,
     rows: &[Value],
-) -> Result<Page, BoxError> {
+) -> crate::Result<Page> {
     // One catalogue and one image source per index (the runs of a sweep share theirs).
     let mut catalogues: HashMap<PathBuf, Arc<Catalogue>> = HashMap::new();
     let mut sources: Vec<(PathBuf, ImageSource)> = Vec::new();
@@ -492,7 +504,7 @@ fn analyse_run(
     inputs: &dyn ReportInputs,
     catalogues: &mut HashMap<PathBuf, Arc<Catalogue>>,
     sources: &mut Vec<(PathBuf, ImageSource)>,
-) -> Result<Result<(PathBuf, RunRetrievals), String>, BoxError> {
+) -> crate::Result<Result<(PathBuf, RunRetrievals), String>> {
     let retrieve = inputs.dir(ReportRole::Retrieve, i)?;
     let path = retrieve.join("neighbors.parquet");
     if !path.is_file() {
@@ -525,11 +537,12 @@ fn analyse_run(
     } else {
         None
     };
-    let protocol =
-        serde_json::from_str::<Value>(&fsx::read_to_string(&retrieve.join("metrics.json"))?)?
-            .get("protocol")
-            .and_then(Value::as_str)
-            .map(String::from);
+    let metrics = retrieve.join("metrics.json");
+    let protocol = serde_json::from_str::<Value>(&fsx::read_to_string(&metrics)?)
+        .map_err(StageError::json(format!("parsing {}", metrics.display())))?
+        .get("protocol")
+        .and_then(Value::as_str)
+        .map(String::from);
     let cat = catalogues[&index].clone();
     Ok(Ok((
         index,
@@ -562,7 +575,7 @@ fn all_ks(rows: &[Value]) -> Vec<u64> {
 
 /// One row per run; recall columns `r@K` for every K any run has; one string column per
 /// setting that differs between the runs, named by its path (`retrieve.protocol`).
-fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxError> {
+fn build_frame(rows: &[Value], differing: &[String]) -> crate::Result<DataFrame> {
     let s = |key: &str| -> Vec<String> {
         rows.iter()
             .map(|r| r[key].as_str().unwrap_or("").to_string())
@@ -635,7 +648,7 @@ fn build_frame(rows: &[Value], differing: &[String]) -> Result<DataFrame, BoxErr
 
 /// Mean and sample std of every metric per group (runs differing only by seed), with the
 /// group's first value of each differing setting.
-fn aggregate(df: &DataFrame, differing: &[String]) -> Result<DataFrame, BoxError> {
+fn aggregate(df: &DataFrame, differing: &[String]) -> crate::Result<DataFrame> {
     let metrics: Vec<String> = df
         .get_column_names()
         .iter()
@@ -671,7 +684,7 @@ fn aggregate(df: &DataFrame, differing: &[String]) -> Result<DataFrame, BoxError
         .collect()?)
 }
 
-fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
+fn frame_to_json(df: &DataFrame) -> crate::Result<Value> {
     let mut out = Vec::new();
     for i in 0..df.height() {
         let mut o = serde_json::Map::new();
@@ -700,7 +713,7 @@ fn frame_to_json(df: &DataFrame) -> Result<Value, BoxError> {
     Ok(Value::Array(out))
 }
 
-fn bar_rows(groups: &DataFrame) -> Result<Vec<(String, f64, Option<f64>)>, BoxError> {
+fn bar_rows(groups: &DataFrame) -> crate::Result<Vec<(String, f64, Option<f64>)>> {
     let g = frame_to_json(groups)?;
     let r1 = names::column::recall_at(1);
     let (mean, std) = (format!("{r1}_mean"), format!("{r1}_std"));
@@ -813,7 +826,7 @@ fn run_cells(rows: &[Value], differing: &[String]) -> Cells {
 }
 
 /// Mean ± std per group, when some group has several runs (seeds).
-fn group_cells(rows: &[Value], groups: &DataFrame) -> Result<Option<Cells>, BoxError> {
+fn group_cells(rows: &[Value], groups: &DataFrame) -> crate::Result<Option<Cells>> {
     let ks = all_ks(rows);
     let g = frame_to_json(groups)?;
     let multi: Vec<&Value> = g
@@ -854,49 +867,48 @@ fn group_cells(rows: &[Value], groups: &DataFrame) -> Result<Option<Cells>, BoxE
     Ok(Some(Cells { header, rows: out }))
 }
 
-fn md_table(md: &mut String, t: &Cells) -> Result<(), BoxError> {
+fn md_table(md: &mut String, t: &Cells) {
     // A `|` inside a cell would split it.
     let cell = |c: &String| c.replace('|', "\\|");
-    writeln!(
+    let _ = writeln!(
         md,
         "| {} |",
         t.header.iter().map(cell).collect::<Vec<_>>().join(" | ")
-    )?;
-    writeln!(md, "|{}", " --- |".repeat(t.header.len()))?;
+    );
+    let _ = writeln!(md, "|{}", " --- |".repeat(t.header.len()));
     for row in &t.rows {
-        writeln!(
+        let _ = writeln!(
             md,
             "| {} |",
             row.iter().map(cell).collect::<Vec<_>>().join(" | ")
-        )?;
+        );
     }
-    Ok(())
 }
 
 /// The seed's table (one row per run), then the per-group mean ± std when a group has several runs.
-fn markdown(table: &Cells, groups: Option<&Cells>, rows: &[Value]) -> Result<String, BoxError> {
+fn markdown(table: &Cells, groups: Option<&Cells>, rows: &[Value]) -> String {
     let mut md = String::new();
-    md_table(&mut md, table)?;
+    md_table(&mut md, table);
     if let Some(g) = groups {
-        writeln!(md, "\nMean ± std over seeds:\n")?;
-        md_table(&mut md, g)?;
+        let _ = writeln!(md, "\nMean ± std over seeds:\n");
+        md_table(&mut md, g);
     }
     let plots: Vec<(&str, &str)> = rows
         .iter()
         .filter_map(|r| Some((r["run"].as_str()?, r["loss_plot"].as_str()?)))
         .collect();
-    writeln!(
+    let _ = writeln!(
         md,
         "\nThe retrievals themselves (per-class Recall@1, random and worst queries, confused classes): [report.html](report.html)."
-    )?;
+    );
     if !plots.is_empty() {
-        writeln!(
+        let _ = writeln!(
             md,
             "\nPlots: [Recall@K](recall.png), [R@1 per run](r1.png). Loss curves:\n"
-        )?;
+        );
         for (run, file) in plots {
-            writeln!(md, "- [{file}]({file}): {run}")?;
+            let _ = writeln!(md, "- [{file}]({file}): {run}");
         }
     }
-    Ok(md)
+    md
 }

@@ -4,10 +4,10 @@
 //! Recall@1, the most-confused class pairs, and the queries a report shows (a seeded
 //! random draw, and the worst). Nothing is embedded or searched again: everything comes
 //! from the `retrieve.neighbors` neighbours each query has saved.
+use crate::error::StageError;
 use arrow::array::{Array, Float32Array, UInt32Array};
 use dml_artifacts::tables::{self, IndexRow};
 use dml_datasets::Split;
-use dml_pipeline::BoxError;
 use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,13 +30,15 @@ pub struct Neighbours {
 impl Neighbours {
     /// Reads `neighbors.parquet` (query_image_id, rank, neighbor_image_id, distance), checking
     /// that every query has ranks 1..depth in order.
-    pub fn read(path: &Path) -> Result<Self, BoxError> {
+    pub fn read(path: &Path) -> crate::Result<Self> {
         let b = tables::read_table(path)?;
-        let u32s = |n: &str| -> Result<&UInt32Array, BoxError> {
+        let u32s = |n: &str| -> crate::Result<&UInt32Array> {
             tables::column(&b, n, path)?
                 .as_any()
                 .downcast_ref::<UInt32Array>()
-                .ok_or_else(|| format!("{}: column `{n}` is not uint32", path.display()).into())
+                .ok_or_else(|| {
+                    StageError::Input(format!("{}: column `{n}` is not uint32", path.display()))
+                })
         };
         let (q, rank, nb) = (
             u32s("query_image_id")?,
@@ -46,15 +48,19 @@ impl Neighbours {
         let dist = tables::column(&b, "distance", path)?
             .as_any()
             .downcast_ref::<Float32Array>()
-            .ok_or_else(|| format!("{}: column `distance` is not float32", path.display()))?;
+            .ok_or_else(|| {
+                StageError::Input(format!(
+                    "{}: column `distance` is not float32",
+                    path.display()
+                ))
+            })?;
         let depth = rank.values().iter().copied().max().unwrap_or(0) as usize;
         let n = b.num_rows();
         if depth == 0 || n % depth != 0 {
-            return Err(format!(
+            return Err(StageError::Input(format!(
                 "{}: {n} rows are not whole queries of {depth} neighbours",
                 path.display()
-            )
-            .into());
+            )));
         }
         let mut out = Neighbours {
             depth,
@@ -68,11 +74,10 @@ impl Neighbours {
             let whole = (0..depth)
                 .all(|r| q.value(start + r) == query && rank.value(start + r) as usize == r + 1);
             if !whole {
-                return Err(format!(
+                return Err(StageError::Input(format!(
                     "{}: the neighbours of query {query} are not ranks 1..{depth} in order",
                     path.display()
-                )
-                .into());
+                )));
             }
             out.queries.push(query);
             out.rows.insert(query, row);
@@ -103,13 +108,16 @@ pub struct Catalogue {
 
 impl Catalogue {
     /// The index, checked to be dense (row `i` has image id `i`, as the index stage writes it).
-    pub fn new(rows: Vec<IndexRow>) -> Result<Self, BoxError> {
+    pub fn new(rows: Vec<IndexRow>) -> crate::Result<Self> {
         if let Some((i, r)) = rows
             .iter()
             .enumerate()
             .find(|(i, r)| r.image_id as usize != *i)
         {
-            return Err(format!("index row {i} has image_id {}: not dense", r.image_id).into());
+            return Err(StageError::Input(format!(
+                "index row {i} has image_id {}: not dense",
+                r.image_id
+            )));
         }
         let names = rows
             .iter()

@@ -17,7 +17,7 @@ pub fn neighbours_table(
     dim: usize,
     depth: usize,
     distance: dml_metrics::Distance,
-) -> Result<arrow::array::RecordBatch, BoxError> {
+) -> crate::Result<arrow::array::RecordBatch> {
     let nb = dml_metrics::knn(
         &sel.queries,
         &sel.gallery,
@@ -40,14 +40,21 @@ pub fn neighbours_table(
 }
 
 /// The embed input's `embeddings.arrow`.
-pub(crate) fn read_embeddings(ctx: &RunContext<'_>) -> Result<Table, BoxError> {
-    let path = ctx.input(roles::EMBED)?.join("embeddings.arrow");
+pub(crate) fn read_embeddings(ctx: &RunContext<'_>) -> crate::Result<Table> {
+    let path = ctx
+        .input(roles::EMBED)
+        .map_err(crate::StageError::Engine)?
+        .join("embeddings.arrow");
     Ok(Table::read(&path, "embedding", "class_id", Some("split"))?)
 }
 
 /// Writes `v` as pretty JSON, naming the file in errors.
-pub(crate) fn write_json(path: &std::path::Path, v: &serde_json::Value) -> Result<(), BoxError> {
-    dml_artifacts::fsx::write(path, serde_json::to_string_pretty(v)?)?;
+pub(crate) fn write_json(path: &std::path::Path, v: &serde_json::Value) -> crate::Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(crate::StageError::json(format!(
+        "writing {}",
+        path.display()
+    )))?;
+    dml_artifacts::fsx::write(path, text)?;
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! training itself runs in the worker (`dml-torch`), which links libtorch.
 use crate::config::{ImageSettings, TrainSettings};
 use crate::device::{self, DeviceKind};
+use crate::error::StageError;
 use crate::{plots, worker};
-use anyhow::{bail, Context};
 use dml_artifacts::tables;
 use dml_datasets as ds;
 use dml_jobspec::jobs::{TrainJob, WorkerJob};
@@ -39,27 +39,27 @@ impl TrainStage {
         plan_k: u32,
         untrained: bool,
         validation: Option<ValidationPlan>,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> crate::Result<Arc<Self>> {
         let cfg = train_config(settings);
-        cfg.validate().context("invalid [train] settings")?;
+        cfg.validate().map_err(StageError::TrainSettings)?;
         if let Some(k) = settings.loss.required_samples_per_class() {
             if plan_k as usize != k && !untrained {
-                bail!(
-                    "train.loss `{}` needs batches of K = {k} images per class, but plan.k = {plan_k}; set --set plan.k={k} (the seed uses P = {} there)",
+                return Err(StageError::setting("plan.k", format!("train.loss `{}` needs batches of K = {k} images per class, but plan.k = {plan_k}; set --set plan.k={k} (the seed uses P = {} there)",
                     settings.loss.name(),
-                    seed_p(k)
-                );
+                    seed_p(k))));
             }
         }
         if image.crop > image.resize {
-            bail!(
-                "image.crop = {} is larger than image.resize = {}",
-                image.crop,
-                image.resize
-            );
+            return Err(StageError::setting(
+                "image.crop",
+                format!(
+                    "image.crop = {} is larger than image.resize = {}",
+                    image.crop, image.resize
+                ),
+            ));
         }
         let augment = image.augment_policy();
-        augment.validate().context("invalid [image] augmentation")?;
+        augment.validate().map_err(StageError::Augmentation)?;
         let device = device::resolve_kind(&settings.device)?;
         if settings.precision == Precision::Bf16 && !untrained {
             device::check_bf16(device, device::cpu_has_bf16())?;

@@ -10,10 +10,10 @@
 //! fault hook in the worker takes `dml` down with it ([`fault_abort`]), so an interrupted
 //! run leaves what a killed single process would have left.
 use crate::device::worker_path;
-use anyhow::{anyhow, Context};
+use crate::error::StageError;
 use dml_jobspec::jobs::WorkerJob;
 use dml_jobspec::protocol::{WorkerEvent, WorkerRequest, PARENT_PID_VAR};
-use dml_pipeline::{BoxError, RunContext};
+use dml_pipeline::RunContext;
 use indicatif::ProgressBar;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -26,10 +26,11 @@ pub fn run_in_worker(
     job: WorkerJob,
     roles: &[&str],
     checkpoints: bool,
-) -> Result<serde_json::Map<String, serde_json::Value>, BoxError> {
+) -> crate::Result<serde_json::Map<String, serde_json::Value>> {
     let mut inputs = BTreeMap::new();
     for role in roles {
-        inputs.insert(role.to_string(), ctx.input(role)?.to_path_buf());
+        let dir = ctx.input(role).map_err(StageError::Engine)?;
+        inputs.insert(role.to_string(), dir.to_path_buf());
     }
     let request = WorkerRequest {
         job,
@@ -38,7 +39,10 @@ pub fn run_in_worker(
         out_dir: ctx.out_dir().to_path_buf(),
         inputs,
         checkpoint_dir: if checkpoints {
-            Some(ctx.key_cache_dir("checkpoints")?)
+            Some(
+                ctx.key_cache_dir("checkpoints")
+                    .map_err(StageError::Engine)?,
+            )
         } else {
             None
         },
@@ -58,7 +62,7 @@ pub fn run_in_worker(
 pub fn run_request(
     request: &WorkerRequest,
     progress: &mut dyn FnMut(u64, &str) -> ProgressBar,
-) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+) -> crate::Result<serde_json::Map<String, serde_json::Value>> {
     let worker = worker_path()?;
     let mut cmd = Command::new(&worker);
     cmd.arg("run-stage")
@@ -67,21 +71,25 @@ pub fn run_request(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting the training worker `{}`", worker.display()))?;
+    let mut child = cmd.spawn().map_err(StageError::io(format!(
+        "starting the training worker `{}`",
+        worker.display()
+    )))?;
     let _registered = Registered::new(child.id());
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        serde_json::to_writer(&mut stdin, request)?;
-        stdin.flush()?;
+        serde_json::to_writer(&mut stdin, request)
+            .map_err(StageError::json("sending the job to the training worker"))?;
+        stdin
+            .flush()
+            .map_err(StageError::io("sending the job to the training worker"))?;
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut bars: HashMap<usize, ProgressBar> = HashMap::new();
     let mut outcome: Option<Result<(), String>> = None;
     let mut notes = serde_json::Map::new();
     for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading the training worker's output")?;
+        let line = line.map_err(StageError::io("reading the training worker's output"))?;
         let event: WorkerEvent = match serde_json::from_str(&line) {
             Ok(e) => e,
             // Something else printed on stdout (a library): pass it on.
@@ -113,15 +121,17 @@ pub fn run_request(
     for b in bars.into_values() {
         b.finish_and_clear();
     }
-    let status = child.wait().context("waiting for the training worker")?;
+    let status = child
+        .wait()
+        .map_err(StageError::io("waiting for the training worker"))?;
     match (outcome, status.success()) {
         (Some(Ok(())), true) => Ok(notes),
-        (Some(Err(message)), _) => Err(anyhow!(message)),
-        (_, _) => Err(anyhow!(
+        (Some(Err(message)), _) => Err(StageError::Worker(message)),
+        (_, _) => Err(StageError::Worker(format!(
             "the training worker `{}` {}",
             worker.display(),
             describe(status)
-        )),
+        ))),
     }
 }
 

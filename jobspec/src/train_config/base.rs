@@ -1,17 +1,27 @@
 //! What the tables of the training settings share: the error of their checks, and serde's
 //! defaults and skips.
 
-/// A setting that cannot work, found before anything is built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A setting that cannot work, found before anything is built: which setting, and the
+/// whole message (the setting, its value, why it cannot work and what to set instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    /// The setting at fault as a config file spells it (`train.optimizer.learning_rate`);
+    /// `train.loss` for a parameter of the loss.
+    pub setting: String,
+    /// What the user reads.
+    pub message: String,
 }
 
-impl std::error::Error for ConfigError {}
+impl ConfigError {
+    /// The error of `setting`, told by `message`.
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Results of the checks here.
 pub type Result<T> = std::result::Result<T, ConfigError>;

@@ -345,7 +345,7 @@ impl Loss {
     /// The loss with the seed's parameters, by name.
     pub fn with_defaults(name: &str) -> Result<Loss> {
         serde_json::from_value(serde_json::json!({ "name": name }))
-            .map_err(|e| ConfigError(format!("unknown loss `{name}`: {e}")))
+            .map_err(|e| ConfigError::new("train.loss.name", format!("unknown loss `{name}`: {e}")))
     }
 
     /// Whether the seed L2-normalises embeddings for this loss (its recommended setting).
@@ -376,7 +376,12 @@ impl Loss {
 
     /// Checks the parameters once, before anything runs.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(ConfigError(format!("{}: {what}", self.name())));
+        let bad = |what: &str| {
+            Err(ConfigError::new(
+                "train.loss",
+                format!("{}: {what}", self.name()),
+            ))
+        };
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         match self {
@@ -489,7 +494,7 @@ impl Loss {
             _ => Ok(()),
         }?;
         if !(self.lr_multiplier().is_finite() && self.lr_multiplier() > 0.0) {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new("train.loss.lr_multiplier", format!(
                 "train.loss.lr_multiplier = {} must be > 0 (it scales the learning rate of the loss's parameters)",
                 self.lr_multiplier()
             )));
@@ -601,8 +606,9 @@ impl MarginLossConfig {
             BetaScope::Global => Ok(1),
             BetaScope::PerClass => match self.num_classes {
                 Some(n) if n > 0 => Ok(n as i64),
-                _ => Err(ConfigError(
-                    "margin loss with beta_scope = per_class needs num_classes > 0".into(),
+                _ => Err(ConfigError::new(
+                    "train.loss.num_classes",
+                    "margin loss with beta_scope = per_class needs num_classes > 0",
                 )),
             },
         }

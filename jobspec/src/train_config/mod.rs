@@ -14,10 +14,9 @@ pub use loss::*;
 pub use model::*;
 pub use optim::*;
 
-use anyhow::Context;
 use base::is_zero_u64;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Numeric precision of the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -66,11 +65,14 @@ impl TrainConfig {
         self.loss.validate()?;
         self.optimizer.validate()?;
         if self.optimizer.layer_decay != 1.0 && self.model.backbone.vit().is_none() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new(
+                "train.optimizer.layer_decay",
+                format!(
                 "train.optimizer.layer_decay = {} is for the ViT backbones (their blocks are the layers), not {}; remove it",
                 self.optimizer.layer_decay,
                 self.model.backbone.name()
-            )));
+            ),
+            ));
         }
         Ok(())
     }
@@ -78,9 +80,12 @@ impl TrainConfig {
     /// Checks the settings that depend on the number of training steps.
     pub fn validate_steps(&self, steps: u64) -> Result<()> {
         let longer = |what: &str, n: u64| {
-            Err(ConfigError(format!(
+            Err(ConfigError::new(
+                what,
+                format!(
                 "{what} = {n} is not shorter than training (plan.steps = {steps}); lower it or plan more steps"
-            )))
+            ),
+            ))
         };
         if self.optimizer.warmup_steps > 0 && self.optimizer.warmup_steps >= steps {
             return longer("train.optimizer.warmup_steps", self.optimizer.warmup_steps);
@@ -145,15 +150,45 @@ pub fn misplaced_loss_setting(loss: &str, field: &str) -> Option<String> {
 
 /// The settings in a train artifact's `model.json` (which also says, under `validation`,
 /// which step's weights it holds when `[train.validation]` was on).
-pub fn read_model_json(path: &Path) -> anyhow::Result<TrainConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+pub fn read_model_json(path: &Path) -> std::result::Result<TrainConfig, ModelJsonError> {
+    let read = |what| {
+        let path = path.to_path_buf();
+        move |source| ModelJsonError::Json { what, path, source }
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ModelJsonError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(read("parsing"))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("validation");
     }
-    serde_json::from_value(v).with_context(|| format!("reading the settings in {}", path.display()))
+    serde_json::from_value(v).map_err(read("reading the settings in"))
+}
+
+/// Why [`read_model_json`] could not read a `model.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelJsonError {
+    /// The file could not be read.
+    #[error("reading {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not JSON (`what` = "parsing"), or not the settings ("reading the settings in").
+    #[error("{what} {}", path.display())]
+    Json {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[cfg(test)]
@@ -161,7 +196,7 @@ mod tests {
     use super::*;
 
     fn steps_error(cfg: &TrainConfig, steps: u64) -> String {
-        cfg.validate_steps(steps).unwrap_err().0
+        cfg.validate_steps(steps).unwrap_err().message
     }
 
     #[test]
@@ -172,7 +207,7 @@ mod tests {
             assert!(Backbone::BnInception.check_crop(crop).is_ok(), "{crop}");
         }
         for crop in [8, 28, 30, 48, 80, 112] {
-            let e = Backbone::BnInception.check_crop(crop).unwrap_err().0;
+            let e = Backbone::BnInception.check_crop(crop).unwrap_err().message;
             assert!(
                 e.contains(&format!("image.crop = {crop}")) && e.contains("multiple of 32"),
                 "{e}"
@@ -219,7 +254,7 @@ mod tests {
 
     /// The message of the first check `cfg` fails.
     fn invalid(cfg: &TrainConfig) -> String {
-        cfg.validate().unwrap_err().0
+        cfg.validate().unwrap_err().message
     }
 
     #[test]
@@ -312,7 +347,7 @@ mod tests {
             let mut o = OptimConfig::default();
             o.validate().unwrap();
             set(&mut o);
-            assert_eq!(o.validate().unwrap_err().0, message);
+            assert_eq!(o.validate().unwrap_err().message, message);
         }
         let stepped = OptimConfig {
             schedule: LrSchedule::Step,
@@ -344,7 +379,7 @@ mod tests {
             ),
         ] {
             let l = loss(v);
-            assert_eq!(l.validate().unwrap_err().0, message);
+            assert_eq!(l.validate().unwrap_err().message, message);
         }
         loss(serde_json::json!({"name": "hard_triplet", "margin": "soft"}))
             .validate()
@@ -362,13 +397,13 @@ mod tests {
                 alpha: 32.0,
                 lr_multiplier: bad,
             };
-            let e = loss.validate().unwrap_err().0;
+            let e = loss.validate().unwrap_err().message;
             assert!(e.contains("train.loss.lr_multiplier"), "{e}");
             let opt = OptimConfig {
                 head_lr_multiplier: bad,
                 ..OptimConfig::default()
             };
-            let e = opt.validate().unwrap_err().0;
+            let e = opt.validate().unwrap_err().message;
             assert!(e.contains("train.optimizer.head_lr_multiplier"), "{e}");
         }
     }

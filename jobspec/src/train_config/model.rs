@@ -206,7 +206,7 @@ impl Backbone {
         let mut n = pool(pool(conv_s2(i64::from(crop))));
         for block in ["inception_3c", "inception_4e"] {
             if n < 1 || conv_s2(n) != pool(n) {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::new("image.crop", format!(
                     "image.crop = {crop}: bn_inception's {block} gets a {n}×{n} map, on which its stride-2 convolution and max pool disagree (the reference's too); use a multiple of 32 (e.g. 224, 256, 160, 64)"
                 )));
             }
@@ -447,22 +447,28 @@ impl ModelConfig {
     /// Checks the settings once, before anything is built.
     pub fn validate(&self) -> Result<()> {
         if self.embedding_dim <= 0 {
-            return Err(ConfigError(format!(
-                "embedding_dim must be > 0, got {}",
-                self.embedding_dim
-            )));
+            return Err(ConfigError::new(
+                "train.model.embedding_dim",
+                format!("embedding_dim must be > 0, got {}", self.embedding_dim),
+            ));
         }
         if self.pool != Pool::Token && self.backbone.vit().is_none() {
-            return Err(ConfigError(format!(
-                "train.model.pool = \"mean\" is for the ViT backbones, not {}",
-                self.backbone.name()
-            )));
+            return Err(ConfigError::new(
+                "train.model.pool",
+                format!(
+                    "train.model.pool = \"mean\" is for the ViT backbones, not {}",
+                    self.backbone.name()
+                ),
+            ));
         }
         if self.freeze_bn && self.backbone.vit().is_some() {
-            return Err(ConfigError(format!(
-                "train.model.freeze_bn: {} has no batch norms to freeze",
-                self.backbone.name()
-            )));
+            return Err(ConfigError::new(
+                "train.model.freeze_bn",
+                format!(
+                    "train.model.freeze_bn: {} has no batch norms to freeze",
+                    self.backbone.name()
+                ),
+            ));
         }
         Ok(())
     }

@@ -212,49 +212,66 @@ impl OptimConfig {
         let positive = |x: f64| x.is_finite() && x > 0.0;
         let fraction = |x: f64| (0.0..1.0).contains(&x);
         if !positive(self.head_lr_multiplier) {
-            return Err(ConfigError(format!(
-                "train.optimizer.head_lr_multiplier = {} must be > 0",
-                self.head_lr_multiplier
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.head_lr_multiplier",
+                format!(
+                    "train.optimizer.head_lr_multiplier = {} must be > 0",
+                    self.head_lr_multiplier
+                ),
+            ));
         }
         if self.schedule == LrSchedule::Step && self.decay_every == 0 {
-            return Err(ConfigError(
-                "train.optimizer.schedule = \"step\" needs train.optimizer.decay_every = N (steps between decays)".into(),
+            return Err(ConfigError::new("train.optimizer.decay_every", 
+                "train.optimizer.schedule = \"step\" needs train.optimizer.decay_every = N (steps between decays)",
             ));
         }
         if !(self.decay_gamma.is_finite() && self.decay_gamma > 0.0 && self.decay_gamma <= 1.0) {
-            return Err(ConfigError(format!(
-                "train.optimizer.decay_gamma = {} must lie in (0, 1]",
-                self.decay_gamma
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.decay_gamma",
+                format!(
+                    "train.optimizer.decay_gamma = {} must lie in (0, 1]",
+                    self.decay_gamma
+                ),
+            ));
         }
         if !(self.layer_decay.is_finite() && self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
-            return Err(ConfigError(format!(
-                "train.optimizer.layer_decay = {} must lie in (0, 1] (1: off)",
-                self.layer_decay
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.layer_decay",
+                format!(
+                    "train.optimizer.layer_decay = {} must lie in (0, 1] (1: off)",
+                    self.layer_decay
+                ),
+            ));
         }
         if !self.clip_grad_norm.is_none_or(positive) {
-            return Err(ConfigError(
-                "train.optimizer.clip_grad_norm must be > 0 (or left out for no clipping)".into(),
+            return Err(ConfigError::new(
+                "train.optimizer.clip_grad_norm",
+                "train.optimizer.clip_grad_norm must be > 0 (or left out for no clipping)",
             ));
         }
         if !positive(self.learning_rate) {
-            return Err(ConfigError(format!(
-                "train.optimizer.learning_rate = {} must be finite and > 0",
-                self.learning_rate
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.learning_rate",
+                format!(
+                    "train.optimizer.learning_rate = {} must be finite and > 0",
+                    self.learning_rate
+                ),
+            ));
         }
         if let Some(b) = self.beta_learning_rate.filter(|&b| !positive(b)) {
-            return Err(ConfigError(format!(
-                "train.optimizer.beta_learning_rate = {b} must be finite and > 0"
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.beta_learning_rate",
+                format!("train.optimizer.beta_learning_rate = {b} must be finite and > 0"),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(ConfigError(format!(
-                "train.optimizer.weight_decay = {} must be ≥ 0",
-                self.weight_decay
-            )));
+            return Err(ConfigError::new(
+                "train.optimizer.weight_decay",
+                format!(
+                    "train.optimizer.weight_decay = {} must be ≥ 0",
+                    self.weight_decay
+                ),
+            ));
         }
         match self.algorithm {
             Algorithm::Adam {
@@ -266,12 +283,16 @@ impl OptimConfig {
                 beta1,
                 beta2,
                 epsilon,
-            } if !(fraction(beta1) && fraction(beta2) && positive(epsilon)) => Err(ConfigError(
-                "train.optimizer.algorithm: adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0".into(),
-            )),
-            Algorithm::Sgd { momentum, .. } if !fraction(momentum) => {
-                Err(ConfigError("sgd needs 0 ≤ momentum < 1".into()))
+            } if !(fraction(beta1) && fraction(beta2) && positive(epsilon)) => {
+                Err(ConfigError::new(
+                    "train.optimizer.algorithm",
+                    "train.optimizer.algorithm: adam needs 0 ≤ beta1, beta2 < 1 and epsilon > 0",
+                ))
             }
+            Algorithm::Sgd { momentum, .. } if !fraction(momentum) => Err(ConfigError::new(
+                "train.optimizer.algorithm",
+                "sgd needs 0 ≤ momentum < 1",
+            )),
             _ => Ok(()),
         }
     }

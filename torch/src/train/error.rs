@@ -112,6 +112,6 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl From<dml_jobspec::train_config::ConfigError> for TrainError {
     fn from(e: dml_jobspec::train_config::ConfigError) -> Self {
-        TrainError::Config(e.0)
+        TrainError::Config(e.message)
     }
 }
