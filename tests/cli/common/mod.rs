@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn dml() -> Command {
+    static FRESH: std::sync::Once = std::sync::Once::new();
+    FRESH.call_once(check_worker_is_fresh);
     let mut c = Command::new(env!("CARGO_BIN_EXE_dml"));
     c.env_remove("DML_STORE")
         .env_remove("DML_REMOTE")
@@ -23,6 +25,57 @@ pub fn worker() -> PathBuf {
         w.display()
     );
     w
+}
+
+/// The source folders the worker is built from.
+const WORKER_SOURCES: [&str; 6] = [
+    "torch/src",
+    "jobspec/src",
+    "pipeline/src",
+    "artifacts/src",
+    "datasets/src",
+    "metrics/src",
+];
+
+/// Refuses a worker older than a source file it is built from: `cargo test --test cli`
+/// builds `dml` but not `dml-torch` (another package's binary), so after a change the tests
+/// would otherwise run the old worker. `cargo build`, `cargo test --workspace` and
+/// `scripts/test.sh` build both.
+fn check_worker_is_fresh() {
+    fn newest(dir: &Path, best: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                newest(&p, best);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    if best.as_ref().is_none_or(|(b, _)| t > *b) {
+                        *best = Some((t, p));
+                    }
+                }
+            }
+        }
+    }
+    let w = worker();
+    let built = std::fs::metadata(&w).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut best = None;
+    for dir in WORKER_SOURCES {
+        newest(&root.join(dir), &mut best);
+    }
+    if let Some((t, p)) = best {
+        assert!(
+            t <= built,
+            "the training worker {} is older than {}: `cargo test --test cli` does not rebuild it \
+             (it is a binary of the dml-torch package); run `cargo build --release` first, or \
+             test with `--workspace`",
+            w.display(),
+            p.display()
+        );
+    }
 }
 
 /// Runs `dml --store STORE ARGS…`, returning the output (not asserting success).
