@@ -4,6 +4,8 @@
 //! safetensors (`scripts/python-extras.sh` installs them; `DML_PYTHON` overrides the
 //! interpreter).
 
+mod common;
+use common::{get, python, read, repo_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,14 +14,6 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn python() -> String {
-    std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Runs `scripts/export_bninception.py --random-init`; with `size`, also writes the reference
 /// input and features.
@@ -55,18 +49,6 @@ fn config(weights: &Path) -> ModelConfig {
         pretrained: Some(weights.to_path_buf()),
         ..ModelConfig::default()
     }
-}
-
-fn read(path: &Path) -> Vec<(String, Tensor)> {
-    Tensor::read_safetensors(path).expect("read safetensors")
-}
-
-fn get(tensors: &[(String, Tensor)], name: &str) -> Tensor {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .unwrap_or_else(|| panic!("no tensor `{name}`"))
 }
 
 /// Max |dml − reference| over the batch, after checking it is within the tolerance.

@@ -10,20 +10,13 @@
 //! Needs the Python environment that supplies libtorch (`DML_PYTHON` overrides the
 //! interpreter).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{python, repo_root};
 use std::process::Command;
 
 use dml_torch::train::optim::{Algorithm, LrSchedule, OptimConfig, Optimizer};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
-
-fn python() -> String {
-    std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// One tensor: its name (its learning-rate group follows from the prefix), start,
 /// target and weight of the quadratic loss.

@@ -4,7 +4,8 @@
 //! PATH; `DML_PYTHON` overrides the interpreter). torchvision and safetensors are installed into
 //! it with `pip install --no-deps` when missing.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{python, repo_root};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -15,14 +16,6 @@ use tch::{Device, Kind, Tensor};
 /// torchvision release built against torch 2.11 (its metadata requires torch==2.11.0).
 const TORCHVISION: &str = "torchvision==0.26.0";
 const TOLERANCE: f64 = 1e-4;
-
-fn python() -> String {
-    std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Makes sure torchvision and safetensors import, installing them once if needed.
 fn python_ready() -> &'static Result<(), String> {

@@ -3,7 +3,8 @@
 //! Needs the Python environment that supplies libtorch with pytorch-metric-learning 2.9.0
 //! (`scripts/python-extras.sh` installs it; `DML_PYTHON` overrides the interpreter).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{python, repo_root};
 use std::process::Command;
 
 use dml_torch::train::losses::{
@@ -16,14 +17,6 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-5;
-
-fn python() -> String {
-    std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// One comparison: a loss, its parameters, precision and the batches it sees.
 struct Case {

@@ -3,6 +3,8 @@
 //! Needs the Python environment that supplies libtorch with timm 1.0.22 and safetensors
 //! (`scripts/python-extras.sh` installs them; `DML_PYTHON` overrides the interpreter).
 
+mod common;
+use common::{python, repo_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,14 +13,6 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn python() -> String {
-    std::env::var("DML_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Runs `scripts/export_timm.py`; with `size`, also writes the reference input and features.
 fn export(model: &str, dir: &Path, pool: &str, size: Option<i64>) -> (PathBuf, Option<PathBuf>) {
