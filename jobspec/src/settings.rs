@@ -1,6 +1,7 @@
 //! The settings the training worker is handed: `[train]` (with `[train.validation]`) and
 //! `[embed]`, tables of the experiment configuration (`dml_stages::config`, which
 //! re-exports them). Every struct denies unknown fields and fills defaults.
+use crate::train_config::is_zero_u64;
 use serde::{Deserialize, Serialize};
 
 /// `[train]`: the network (`[train.model]`), the loss (`[train.loss]`, with `name`),
@@ -48,10 +49,6 @@ impl Default for TrainSettings {
             validation: Default::default(),
         }
     }
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
 }
 
 /// `[embed]`.

@@ -35,7 +35,7 @@ pub(super) fn one() -> f64 {
     1.0
 }
 
-pub(super) fn is_zero_u64(x: &u64) -> bool {
+pub(crate) fn is_zero_u64(x: &u64) -> bool {
     *x == 0
 }
 

@@ -14,7 +14,7 @@ pub use loss::*;
 pub use model::*;
 pub use optim::*;
 
-use base::is_zero_u64;
+pub(crate) use base::is_zero_u64;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
